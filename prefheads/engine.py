@@ -1,0 +1,241 @@
+"""Batched feature extraction: last-token hidden states (and optionally log-probs) per candidate.
+
+Two exact strategies, both length-bucketed (no fixed-length padding):
+
+* **shared prefix** (default): the prompt of each group of candidates is encoded once; its KV
+  cache is indexed per candidate and only the completion tokens are run again;
+* **full**: every candidate sequence is encoded on its own (the reference).
+
+Both call the backbone's decoder (``model.base_model``) rather than the causal-LM wrapper, so
+the vocab projection is never computed unless log-probs are requested, and then only on the
+completion positions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import inspect
+
+import torch
+from torch import nn
+
+from prefheads.chat import Encoded
+from prefheads.families import FamilyProfile, unwrap
+from prefheads.hooks import FINAL, Capture
+
+
+@dataclass
+class Features:
+    """Outputs of :func:`extract`, in the order of the input candidates.
+
+    Attributes:
+        states: layer -> ``[N, d]`` fp32 hidden states at each reward token.
+        logprob_sum: ``[N]`` summed log-probabilities of the completion tokens (reward token
+            included), or ``None``.
+        n_tokens: ``[N]`` number of completion tokens scored.
+    """
+
+    states: dict[int, torch.Tensor]
+    logprob_sum: torch.Tensor | None
+    n_tokens: torch.Tensor
+
+
+def _decoder(model: nn.Module) -> nn.Module:
+    inner = unwrap(model)
+    return inner.base_model if hasattr(inner, "base_model") else inner
+
+
+def _cache_kw(dec: nn.Module) -> str:
+    # transformers >= 5.24 renamed past_key_values -> cache
+    return "cache" if "cache" in inspect.signature(dec.forward).parameters else "past_key_values"
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(unwrap(model).parameters()).device
+
+
+def _logits_fn(model: nn.Module):
+    inner = unwrap(model)
+    head = inner.get_output_embeddings()
+    cap = getattr(inner.config, "final_logit_softcapping", None)
+
+    def fn(h: torch.Tensor) -> torch.Tensor:
+        logits = head(h).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return fn
+
+
+def _pad(seqs: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if side == "left":
+            ids[i, T - len(s):] = torch.tensor(s)
+            mask[i, T - len(s):] = 1
+        else:
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _buckets(lengths: list[int], order: list[int], max_tokens: int, max_batch: int) -> list[list[int]]:
+    """Split ``order`` (indices sorted by length) into batches of at most max_tokens padded tokens."""
+    out, cur, longest = [], [], 0
+    for i in order:
+        L = lengths[i]
+        if cur and (max(longest, L) * (len(cur) + 1) > max_tokens or len(cur) >= max_batch):
+            out.append(cur)
+            cur, longest = [], 0
+        cur.append(i)
+        longest = max(longest, L)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _gather_logprobs(logits_fn, hidden: torch.Tensor, targets: torch.Tensor, tmask: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(target) over positions where tmask; hidden ``[B, S, d]`` predicts targets ``[B, S]``."""
+    out = torch.zeros(hidden.shape[0])
+    for b in range(hidden.shape[0]):
+        sel = tmask[b].nonzero().squeeze(-1)
+        if sel.numel():
+            lp = torch.log_softmax(logits_fn(hidden[b, sel]), dim=-1)
+            out[b] = lp.gather(-1, targets[b, sel, None].to(lp.device)).sum().cpu()
+    return out
+
+
+@torch.no_grad()
+def extract(
+    model: nn.Module,
+    profile: FamilyProfile,
+    items: list[Encoded],
+    layers: list[int],
+    *,
+    pad_id: int,
+    logprobs: bool = False,
+    shared_prefix: bool = True,
+    padding_side: str = "right",
+    max_tokens: int = 4096,
+    max_batch: int = 64,
+) -> Features:
+    """Run the backbone over ``items`` and read hidden states at each reward token.
+
+    Args:
+        model: Causal LM (possibly peft-wrapped); not modified.
+        profile: Its family profile.
+        items: Encoded candidates (see :func:`prefheads.chat.encode`).
+        layers: Hidden states to return (-1: after the final norm; i: block i).
+        pad_id: Padding token id (its value never matters: pads are masked).
+        logprobs: Also compute summed completion log-probs.
+        shared_prefix: Encode each distinct prompt once (exact; the default).
+        padding_side: ``"right"`` or ``"left"`` for full encoding (results are identical).
+        max_tokens: Padded-token budget per forward.
+        max_batch: Most sequences per forward.
+    """
+    if not items:
+        raise ValueError("nothing to score: no candidates given")
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if shared_prefix:
+        return _extract_shared(model, profile, items, layers, pad_id, logprobs, max_tokens, max_batch)
+    return _extract_full(model, profile, items, layers, pad_id, logprobs, padding_side, max_tokens, max_batch)
+
+
+def _init(n: int, logprobs: bool):
+    return defaultdict(dict), (torch.zeros(n) if logprobs else None), torch.zeros(n, dtype=torch.long)
+
+
+def _finish(states: dict, n: int, layers: list[int], lp, nt) -> Features:
+    out = {l: torch.stack([states[l][i] for i in range(n)]).float().cpu() for l in layers}
+    return Features(out, lp, nt)
+
+
+def _extract_full(model, profile, items, layers, pad_id, logprobs, side, max_tokens, max_batch) -> Features:
+    dec, dev = _decoder(model), _device(model)
+    logits_fn = _logits_fn(model) if logprobs else None
+    n = len(items)
+    states, lp, nt = _init(n, logprobs)
+    lengths = [len(it.ids) for it in items]
+    order = sorted(range(n), key=lambda i: lengths[i])
+    for batch in _buckets(lengths, order, max_tokens, max_batch):
+        ids, mask = _pad([items[i].ids for i in batch], pad_id, side)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        # row-wise index of the reward token: the last real token of each row
+        if side == "right":
+            read = torch.tensor([lengths[i] - 1 for i in batch])
+        else:
+            read = torch.full((len(batch),), ids.shape[1] - 1)
+        with Capture(model, profile, layers, read, full_final=logprobs) as cap:
+            dec(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=False)
+        for j, i in enumerate(batch):
+            for l in layers:
+                states[l][i] = cap.states[l][j]
+        if logprobs:
+            T = ids.shape[1]
+            offs = T - torch.tensor([lengths[i] for i in batch]) if side == "left" else torch.zeros(len(batch), dtype=torch.long)
+            targets = torch.zeros_like(ids)
+            tmask = torch.zeros_like(ids, dtype=torch.bool)
+            for j, i in enumerate(batch):
+                P, L, o = items[i].prompt_len, lengths[i], int(offs[j])
+                # hidden at t predicts token t+1; completion tokens are P..L-1
+                targets[j, o + P - 1: o + L - 1] = torch.tensor(items[i].ids[P:L])
+                tmask[j, o + P - 1: o + L - 1] = True
+                nt[i] = L - P
+            lp[batch] = _gather_logprobs(logits_fn, cap.final_full, targets, tmask)
+    return _finish(states, n, layers, lp, nt)
+
+
+def _extract_shared(model, profile, items, layers, pad_id, logprobs, max_tokens, max_batch) -> Features:
+    from transformers import DynamicCache
+
+    dec, dev = _decoder(model), _device(model)
+    ckw = _cache_kw(dec)
+    logits_fn = _logits_fn(model) if logprobs else None
+    n = len(items)
+    states, lp, nt = _init(n, logprobs)
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, it in enumerate(items):
+        groups[tuple(it.ids[: it.prompt_len])].append(i)
+    keys = list(groups)
+    # cost of a group chunk: prefix tokens once + suffix tokens per candidate
+    cost = [len(k) + sum(len(items[i].ids) - len(k) for i in groups[k]) for k in keys]
+    order = sorted(range(len(keys)), key=lambda g: len(keys[g]))
+    for chunk in _buckets(cost, order, max_tokens, max_batch):
+        prefixes = [list(keys[g]) for g in chunk]
+        pids, pmask = _pad(prefixes, pad_id, "left")
+        ppos = (pmask.cumsum(-1) - 1).clamp_min(0)
+        cache = DynamicCache()
+        last = torch.full((len(chunk),), pids.shape[1] - 1)
+        pre_layers = [FINAL] if logprobs else []
+        with Capture(model, profile, pre_layers or layers, last if logprobs else None,
+                     early_exit=not logprobs) as pcap:
+            dec(input_ids=pids.to(dev), attention_mask=pmask.to(dev), position_ids=ppos.to(dev),
+                use_cache=True, **{ckw: cache})
+        members = [i for g in chunk for i in groups[keys[g]]]
+        owner = torch.tensor([j for j, g in enumerate(chunk) for _ in groups[keys[g]]])
+        cache.reorder_cache(owner.to(dev))
+        suffixes = [items[i].ids[items[i].prompt_len:] for i in members]
+        sids, smask = _pad(suffixes, pad_id, "right")
+        plens = torch.tensor([len(keys[chunk[int(o)]]) for o in owner])
+        spos = plens[:, None] + torch.arange(sids.shape[1])[None, :]
+        mask = torch.cat([pmask[owner], smask], dim=1)
+        read = torch.tensor([len(s) - 1 for s in suffixes])
+        with Capture(model, profile, layers, read, full_final=logprobs) as cap:
+            dec(input_ids=sids.to(dev), attention_mask=mask.to(dev), position_ids=spos.to(dev),
+                use_cache=True, **{ckw: cache})
+        for j, i in enumerate(members):
+            for l in layers:
+                states[l][i] = cap.states[l][j]
+        if logprobs:
+            # the first completion token is predicted by the prompt's last position
+            hid = torch.cat([pcap.states[FINAL][owner][:, None, :].to(cap.final_full.dtype), cap.final_full[:, :-1]], 1)
+            tmask = smask.bool()
+            lp[members] = _gather_logprobs(logits_fn, hid, sids, tmask)
+            nt[members] = smask.sum(-1)
+    return _finish(states, n, layers, lp, nt)

@@ -1,0 +1,219 @@
+"""Head files: a folder holding ``heads.json``, one safetensors file per head, and a README card.
+
+Layout (``huggingface_hub`` style: config JSON + safetensors + model card)::
+
+    my-heads/
+      heads.json                       # format, library version, base model, every head's config
+      glue__rte.3f9c2a1b7e4d.safetensors
+      README.md
+
+Weight files are content-addressed (the name carries the first 12 hex digits of their sha256),
+so a save writes new files first, then swaps ``heads.json`` in one ``os.replace``: a crash at any
+point leaves a folder that loads either the old or the new set, never a mix. Files the new
+config no longer references are deleted last. Each weight file's sha256 is checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from prefheads.heads import HeadConfig, RewardHead
+
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
+
+CONFIG = "heads.json"
+FORMAT = "prefheads-heads"
+FORMAT_VERSION = 1
+
+
+class HeadFileError(ValueError):
+    """A head folder is missing, corrupted, or does not fit the backbone."""
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("prefheads")
+    except Exception:  # noqa: BLE001 - running from a source tree
+        return "0+unknown"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name.replace("/", "__"))
+
+
+def base_record(pm: "PreferenceModel") -> dict[str, Any]:
+    """What identifies the backbone a head was trained on."""
+    from prefheads.families import unwrap
+
+    cfg = unwrap(pm.backbone).config
+    return {
+        "model_id": pm.model_id,
+        "revision": pm.revision,
+        "model_type": getattr(cfg, "model_type", None),
+        "hidden_size": pm.hidden_size,
+        "num_layers": pm.num_layers,
+        "chat_mode": pm.chat.mode,
+        "reward_token": pm.chat.reward_token,
+        "reward_token_id": pm.chat.reward_token_id,
+        "template_fingerprint": pm.chat.fingerprint,
+    }
+
+
+def save_heads(pm: "PreferenceModel", directory: str | os.PathLike, names: Sequence[str] | None = None) -> Path:
+    """Save heads of ``pm`` (all by default) into ``directory``; returns the folder."""
+    names = list(names) if names is not None else pm.head_names
+    if not names:
+        raise ValueError("no heads to save")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, Any] = {}
+    for name in names:
+        head = pm._get(name)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+        blob = st_save(tensors, metadata={"format": "pt", "head": name})
+        digest = hashlib.sha256(blob).hexdigest()
+        fname = f"{_safe(name)}.{digest[:12]}.safetensors"
+        if not (out / fname).is_file():
+            _atomic_write(out / fname, blob)
+        entries[name] = {"config": head.config.to_dict(), "file": fname, "sha256": digest,
+                         "num_parameters": head.num_parameters()}
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": _version(),
+              "base": base_record(pm), "active": pm.active if pm.active in entries else names[0],
+              "heads": entries}
+    _atomic_write(out / CONFIG, json.dumps(config, indent=2).encode())
+    keep = {e["file"] for e in entries.values()}
+    for f in out.glob("*.safetensors"):
+        if f.name not in keep and re.fullmatch(r".+\.[0-9a-f]{12}\.safetensors", f.name):
+            f.unlink()
+    _atomic_write(out / "README.md", render_card(config).encode())
+    return out
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate ``heads.json`` of a head folder."""
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise HeadFileError(f"{path}: not found (is {directory} a prefheads head folder?)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise HeadFileError(f"{path}: invalid JSON ({e})") from e
+    if config.get("format") != FORMAT:
+        raise HeadFileError(f"{path}: field 'format' is {config.get('format')!r}, expected {FORMAT!r}")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise HeadFileError(f"{path}: format_version {config['format_version']} is newer than this prefheads "
+                            f"({FORMAT_VERSION}); upgrade prefheads")
+    for field in ("base", "heads"):
+        if field not in config:
+            raise HeadFileError(f"{path}: missing field '{field}'")
+    return config
+
+
+def check_base(pm: "PreferenceModel", base: dict[str, Any], where: str, allow_mismatch: bool) -> None:
+    """Refuse heads trained on another backbone (width mismatches are never allowed)."""
+    mine = base_record(pm)
+    if base.get("hidden_size") != mine["hidden_size"]:
+        raise HeadFileError(f"{where}: heads read width {base.get('hidden_size')} of base {base.get('model_id')!r}, "
+                            f"but {mine['model_id']!r} has width {mine['hidden_size']}")
+    diffs = [k for k in ("model_id", "num_layers", "template_fingerprint", "reward_token")
+             if base.get(k) != mine[k]]
+    if diffs and not allow_mismatch:
+        detail = ", ".join(f"{k}: {base.get(k)!r} vs {mine[k]!r}" for k in diffs)
+        raise HeadFileError(
+            f"{where}: heads were trained on base {base.get('model_id')!r}, not on {mine['model_id']!r} ({detail}); "
+            "pass allow_base_mismatch=True (CLI: --allow-base-mismatch) to load them anyway"
+        )
+
+
+def _load_entry(directory: Path, name: str, entry: dict[str, Any]) -> RewardHead:
+    path = directory / entry["file"]
+    if not path.is_file():
+        raise HeadFileError(f"{path}: weights of head {name!r} not found")
+    blob = path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != entry.get("sha256"):
+        raise HeadFileError(f"{path}: weights of head {name!r} are corrupted or truncated (sha256 mismatch)")
+    try:
+        tensors = st_load(blob)
+    except (SafetensorError, ValueError) as e:
+        raise HeadFileError(f"{path}: unreadable safetensors file ({e})") from e
+    head = RewardHead(HeadConfig.from_dict(entry["config"]))
+    missing, unexpected = head.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise HeadFileError(f"{path}: head {name!r} does not match its config (missing {missing}, unexpected {unexpected})")
+    return head
+
+
+def load_heads(pm: "PreferenceModel", directory: str | os.PathLike, *, names: Sequence[str] | None = None,
+               allow_base_mismatch: bool = False) -> list[str]:
+    """Load heads from ``directory`` onto ``pm``; returns the names loaded (replacing same names)."""
+    directory = Path(directory)
+    config = read_config(directory)
+    check_base(pm, config["base"], str(directory / CONFIG), allow_base_mismatch)
+    wanted = list(names) if names is not None else list(config["heads"])
+    unknown = [n for n in wanted if n not in config["heads"]]
+    if unknown:
+        raise HeadFileError(f"{directory / CONFIG}: no head named {unknown}; heads: {list(config['heads'])}")
+    loaded = {n: _load_entry(directory, n, config["heads"][n]) for n in wanted}  # all or nothing
+    for n, head in loaded.items():
+        if n in pm.heads:
+            pm.remove_head(n)
+        pm.attach_head(n, head, activate=False)
+    active = config.get("active")
+    pm.active = active if active in loaded else (pm.active or wanted[0])
+    return wanted
+
+
+def load_head(pm: "PreferenceModel", directory: str | os.PathLike, name: str, **kw: Any) -> RewardHead:
+    """Load the single head ``name`` from ``directory`` onto ``pm`` and return it."""
+    load_heads(pm, directory, names=[name], **kw)
+    return pm.heads[name]
+
+
+def render_card(config: dict[str, Any]) -> str:
+    """A human-readable model card (README.md) for a head folder."""
+    base = config["base"]
+    lines = [
+        "---", "library_name: prefheads", f"base_model: {base.get('model_id')}",
+        "tags: [prefheads, direct-preference-head, reward-model]", "---", "",
+        f"# Direct Preference Heads for `{base.get('model_id')}`", "",
+        "Reward heads read at the end-of-turn token "
+        f"`{base.get('reward_token')}` ({base.get('chat_mode')} layout). They score candidate answers; "
+        "they never change the language model's own outputs.", "",
+        "| head | pooler | layer | parameters | details |", "|---|---|---|---|---|",
+    ]
+    for name, e in config["heads"].items():
+        c = e["config"]
+        details = ", ".join(f"{k}={v}" for k, v in sorted(c.get("meta", {}).items()) if not isinstance(v, (dict, list)))
+        lines.append(f"| {name} | {c['pooler']} | {c['layer']} | {e['num_parameters']:,} | {details} |")
+    lines += ["", "```python", "from prefheads import PreferenceModel",
+              f"pm = PreferenceModel.from_pretrained({base.get('model_id')!r}, heads='path/to/this/folder')",
+              "pm.score('Your question', ['answer A', 'answer B'])", "```", "",
+              f"prefheads {config.get('library_version')}, format {config.get('format_version')}.", ""]
+    return "\n".join(lines)

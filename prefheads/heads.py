@@ -1,0 +1,98 @@
+"""A reward head: pooler → dropout → reward vector, with an optional fixed input standardiser.
+
+``r = w · dropout(f((h - μ) / σ)) (+ b)``. μ and σ are buffers (identity by default) that frozen
+probes fit once on their training features: last-layer states carry a large constant offset
+that otherwise saturates ``tanh`` poolers and collapses every answer onto one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from prefheads.poolers import POOLERS, build_pooler
+
+
+@dataclass
+class HeadConfig:
+    """Configuration of one reward head; round-trips through JSON.
+
+    Attributes:
+        pooler: Registered pooler name (``identity``, ``bert``, ``swiglu``, ...).
+        hidden_size: Width d of the hidden state read from the backbone.
+        layer: Which hidden state the head reads (-1: last layer after the final norm;
+            i >= 0: output of decoder block i).
+        dropout: Dropout on the pooler output (paper: 0.1; 0 for frozen backbones).
+        bias: Whether the reward vector has a bias.
+        pooler_kwargs: Extra pooler arguments (``ffn_dim`` for ``swiglu``).
+        init_std: Std of the normal init of every weight (biases start at 0).
+        meta: Free-form record (task, training summary...) saved with the head.
+    """
+
+    pooler: str = "swiglu"
+    hidden_size: int = 0
+    layer: int = -1
+    dropout: float = 0.1
+    bias: bool = False
+    pooler_kwargs: dict[str, Any] = field(default_factory=dict)
+    init_std: float = 0.02
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        POOLERS.get(self.pooler)  # unknown pooler -> clear error listing known names
+        if self.hidden_size <= 0:
+            raise ValueError(f"hidden_size must be positive, got {self.hidden_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "HeadConfig":
+        """Build from a dict, ignoring keys written by newer versions."""
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class RewardHead(nn.Module):
+    """Pooler + dropout + reward vector. Maps hidden states ``[N, d]`` to rewards ``[N]``."""
+
+    def __init__(self, config: HeadConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        self.register_buffer("input_mean", torch.zeros(d))
+        self.register_buffer("input_std", torch.ones(d))
+        self.pooler = build_pooler(config.pooler, d, **config.pooler_kwargs)
+        self.dropout = nn.Dropout(config.dropout)
+        self.reward = nn.Linear(d, 1, bias=config.bias)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights, zero biases (as the reference code)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=self.config.init_std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    @torch.no_grad()
+    def fit_standardizer(self, features: torch.Tensor, eps: float = 1e-6) -> None:
+        """Set the input standardiser from training features ``[N, d]``."""
+        f = features.float()
+        self.input_mean.copy_(f.mean(0))
+        self.input_std.copy_(f.std(0).clamp_min(eps) if f.shape[0] > 1 else torch.ones_like(f[0]))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """``[..., d] -> [...]`` rewards, computed in fp32."""
+        h = (h.float() - self.input_mean) / self.input_std
+        return self.reward(self.dropout(self.pooler(h))).squeeze(-1)
+
+    def num_parameters(self) -> int:
+        """Trainable parameter count (buffers excluded)."""
+        return sum(p.numel() for p in self.parameters())

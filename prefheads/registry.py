@@ -1,0 +1,102 @@
+"""A small generic name → object registry.
+
+Poolers, losses, training modes, metrics and tasks each keep one :class:`Registry` so that a
+component is looked up by the name written in a config file, and adding a component is one
+decorated definition. A duplicate name is an error rather than a silent override, so two files
+can never fight over the same name.
+
+Example:
+    >>> LOSSES = Registry("loss")
+    >>> @LOSSES.register("separable")
+    ... def separable(r_w, r_l): ...
+    >>> LOSSES.get("separable") is separable
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """Raised by :meth:`Registry.get` for an unknown name; also a ``KeyError``."""
+
+    def __str__(self) -> str:  # KeyError would repr-quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class Registry(Generic[T]):
+    """Maps names to objects (functions or classes) of one kind.
+
+    Args:
+        kind: What is registered ("loss", "pooler"...); used in error messages only.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Return a decorator that registers its argument under ``name`` and returns it unchanged.
+
+        Args:
+            name: The lookup key; must be a non-empty string not already registered.
+
+        Raises:
+            ValueError: If ``name`` is empty or already registered.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+
+        def decorator(obj: T) -> T:
+            self.add(name, obj)
+            return obj
+
+        return decorator
+
+    def add(self, name: str, obj: T) -> None:
+        """Register ``obj`` under ``name`` directly (the non-decorator form).
+
+        Raises:
+            ValueError: If ``name`` is already registered.
+        """
+        if name in self._items:
+            raise ValueError(
+                f"{self.kind} {name!r} is already registered (by {self._items[name]!r}); "
+                "pick another name"
+            )
+        self._items[name] = obj
+
+    def get(self, name: str) -> T:
+        """Return the object registered under ``name``.
+
+        Raises:
+            UnknownNameError: (a ``KeyError``) If ``name`` is unknown; the message lists the
+                known names.
+        """
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(repr(n) for n in self.names()) or "none"
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}; known {self.kind} names: {known}"
+            ) from None
+
+    def names(self) -> list[str]:
+        """Return the registered names, sorted."""
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, names={self.names()})"

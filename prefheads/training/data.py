@@ -1,0 +1,98 @@
+"""Training rows: flat (prompt, completion) candidates plus which one is preferred.
+
+Labelled multiple-choice examples keep every choice, so that the features of all candidates are
+computed once and each epoch can pair the correct answer with a freshly, uniformly sampled
+incorrect one (the paper's pairing, re-drawn per epoch at no backbone cost). Preference pairs
+are the special case of one dispreferred candidate.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from prefheads.types import Example, PreferencePair, Prompt
+
+
+@dataclass
+class Candidates:
+    """Rows to encode and how they pair up.
+
+    Attributes:
+        prompts: Prompt of each row.
+        completions: Completion of each row.
+        groups: ``(preferred_row, [dispreferred_rows])`` per example.
+        ids: Example id per group (for reports and errors).
+    """
+
+    prompts: list[Prompt | str] = field(default_factory=list)
+    completions: list[str] = field(default_factory=list)
+    groups: list[tuple[int, list[int]]] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def subset(self, group_idx: Sequence[int]) -> "Candidates":
+        """The candidates of the given groups, renumbered."""
+        out = Candidates()
+        for g in group_idx:
+            w, ls = self.groups[g]
+            base = len(out.completions)
+            rows = [w] + ls
+            for r in rows:
+                out.prompts.append(self.prompts[r])
+                out.completions.append(self.completions[r])
+            out.groups.append((base, list(range(base + 1, base + len(rows)))))
+            out.ids.append(self.ids[g])
+        return out
+
+
+def from_examples(examples: Sequence[Example]) -> Candidates:
+    """Candidates of labelled multiple-choice examples (unlabelled ones are an error)."""
+    out = Candidates()
+    for ex in examples:
+        if ex.label is None:
+            raise ValueError(f"{ex.id}: example has no label; it cannot train a head")
+        if len(ex.choices) < 2:
+            raise ValueError(f"{ex.id}: needs at least 2 choices, got {len(ex.choices)}")
+        base = len(out.completions)
+        for c in ex.choices:
+            out.prompts.append(ex.prompt)
+            out.completions.append(c)
+        out.groups.append((base + ex.label, [base + j for j in range(len(ex.choices)) if j != ex.label]))
+        out.ids.append(ex.id)
+    return out
+
+
+def from_pairs(pairs: Sequence[PreferencePair]) -> Candidates:
+    """Candidates of preference pairs."""
+    out = Candidates()
+    for p in pairs:
+        base = len(out.completions)
+        out.prompts += [p.prompt, p.prompt]
+        out.completions += [p.chosen, p.rejected]
+        out.groups.append((base, [base + 1]))
+        out.ids.append(p.id)
+    return out
+
+
+def split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded (train, validation) split of ``range(n)``; validation is empty for fraction 0."""
+    idx = list(range(n))
+    random.Random(seed).shuffle(idx)
+    n_val = int(round(n * val_fraction)) if n > 1 else 0
+    n_val = min(n_val, n - 1)
+    return sorted(idx[n_val:]), sorted(idx[:n_val])
+
+
+def sample_pairs(groups: Sequence[tuple[int, list[int]]], gen: torch.Generator) -> torch.Tensor:
+    """One ``(preferred, dispreferred)`` row pair per group, dispreferred drawn uniformly: ``[G, 2]``."""
+    out = torch.empty((len(groups), 2), dtype=torch.long)
+    for i, (w, ls) in enumerate(groups):
+        out[i, 0] = w
+        out[i, 1] = ls[int(torch.randint(len(ls), (1,), generator=gen))]
+    return out

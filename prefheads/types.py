@@ -1,0 +1,68 @@
+"""Plain data records shared by tasks, training and evaluation.
+
+A *prompt* is a list of chat messages (``{"role": ..., "content": ...}``) ending with a user
+turn; a *completion* is the text of the assistant reply that is scored. Keeping these as plain
+dataclasses lets every stage (rendering, feature extraction, metrics) agree on one shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = dict[str, str]
+Prompt = list[Message]
+
+
+def as_prompt(prompt: str | Prompt, system: str | None = None) -> Prompt:
+    """Normalise a user string or a message list into a message list.
+
+    Args:
+        prompt: A user message string, or a list of ``{"role", "content"}`` dicts.
+        system: Optional system message placed first when ``prompt`` is a string.
+
+    Returns:
+        A new list of messages.
+    """
+    if isinstance(prompt, str):
+        msgs: Prompt = [{"role": "system", "content": system}] if system else []
+        msgs.append({"role": "user", "content": prompt})
+        return msgs
+    if not isinstance(prompt, list) or not all(isinstance(m, dict) for m in prompt):
+        raise TypeError(f"a prompt is a string or a list of message dicts, got {type(prompt).__name__}")
+    for i, m in enumerate(prompt):
+        if "role" not in m or "content" not in m:
+            raise ValueError(f"prompt message {i} lacks 'role' or 'content': {m!r}")
+    return [dict(m) for m in prompt]
+
+
+@dataclass
+class Example:
+    """A labelled multiple-choice example: one prompt, several candidate completions.
+
+    Attributes:
+        id: Stable identifier (file + row or dataset id), used in error messages and reports.
+        prompt: Chat messages shown to the model before the answer.
+        choices: Candidate assistant completions.
+        label: Index of the correct choice; ``None`` when unknown (e.g. unlabelled test data).
+        task: Canonical task name (``glue/rte``...).
+        meta: Free-form extra fields (gold score for STS-B, source row...).
+    """
+
+    id: str
+    prompt: Prompt
+    choices: list[str]
+    label: int | None = None
+    task: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreferencePair:
+    """A preference pair: the same prompt with a preferred and a dispreferred completion."""
+
+    id: str
+    prompt: Prompt
+    chosen: str
+    rejected: str
+    task: str = ""

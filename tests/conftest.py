@@ -1,0 +1,115 @@
+"""Shared fixtures: tiny offline tokenizers and tiny random backbones of every family."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.", "Question: what is the capital of France? Answer: Paris",
+    "yes no positive negative True False Neither A. B. C. D.", "Hello world, prefheads! Sentence 1 Sentence 2",
+    "Below is an instruction that describes a task. Write a response.", "system user assistant 0 1 2 3 4 5",
+]
+
+
+def make_tokenizer(chat: bool = True):
+    """A small byte-level BPE tokenizer with ChatML specials, built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(CORPUS * 4, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<pad>",
+                                  additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    if chat:
+        tok.chat_template = CHATML
+    return tok
+
+
+def _cfg(family: str, vocab: int):
+    import transformers as T
+
+    small = dict(vocab_size=vocab, num_hidden_layers=3, hidden_size=32, intermediate_size=64,
+                 num_attention_heads=4, max_position_embeddings=256)
+    if family == "llama":
+        return T.LlamaConfig(num_key_value_heads=2, **small)
+    if family == "qwen2":
+        return T.Qwen2Config(num_key_value_heads=2, **small)
+    if family == "mistral":
+        return T.MistralConfig(num_key_value_heads=2, sliding_window=None, **small)
+    if family == "gemma3_text":
+        return T.Gemma3TextConfig(num_key_value_heads=2, head_dim=8, sliding_window=4,
+                                  layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                                  **small)
+    if family == "phi":
+        return T.PhiConfig(**small)
+    if family == "gpt2":
+        return T.GPT2Config(vocab_size=vocab, n_layer=3, n_embd=32, n_head=4, n_positions=256, n_inner=64)
+    if family == "opt":
+        return T.OPTConfig(vocab_size=vocab, num_hidden_layers=3, hidden_size=32, ffn_dim=64,
+                           num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=32)
+    if family == "gpt_neox":
+        return T.GPTNeoXConfig(**small)
+    raise KeyError(family)
+
+
+FAMILIES = ["llama", "qwen2", "mistral", "gemma3_text", "phi", "gpt2", "opt", "gpt_neox"]
+
+
+def make_backbone(family: str, tok=None, seed: int = 0):
+    """A tiny random causal LM of ``family`` matching ``tok``'s vocabulary."""
+    from transformers import AutoModelForCausalLM
+
+    tok = tok or make_tokenizer()
+    torch.manual_seed(seed)
+    cfg = _cfg(family, len(tok))
+    cfg.pad_token_id = tok.pad_token_id
+    cfg.eos_token_id = tok.eos_token_id
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+    return model.eval(), tok
+
+
+@pytest.fixture(scope="session")
+def tok():
+    return make_tokenizer()
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real dataset copies (../shared/data beside the checkout)."""
+    p = Path(os.environ.get("PREFHEADS_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    if not p.is_dir():
+        pytest.skip(f"real data not found at {p}")
+    return p
+
+
+def save_to_hub_cache(model, tok, repo_id: str, hf_home: Path, revision: str = "0" * 40) -> Path:
+    """Lay out ``model`` as the hub cache would after a download of ``repo_id``."""
+    hub = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snap = hub / "snapshots" / revision
+    snap.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(snap)
+    tok.save_pretrained(snap)
+    (hub / "refs").mkdir(exist_ok=True)
+    (hub / "refs" / "main").write_text(revision)
+    return snap

@@ -1,0 +1,184 @@
+"""PreferenceModel on tiny random backbones of every family: hooks, exactness, invariances."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_backbone, make_tokenizer
+from prefheads import PreferenceModel
+from prefheads.chat import ChatFormat, RewardTokenError, encode
+from prefheads.families import get_module, unwrap
+
+PROMPTS = ["Question: what is the capital of France?"] * 3 + ["hello world", "The quick brown fox " * 6]
+COMPS = ["Paris", "London is a big city", "yes", "no", "Answer: the lazy dog"]
+
+
+def _pm(family, **kw):
+    bb, tok = make_backbone(family)
+    pm = PreferenceModel.from_backbone(bb, tok, **kw)
+    return pm
+
+
+def _hooked(pm):
+    inner = unwrap(pm.backbone)
+    mods = [get_module(inner, pm.profile.final_norm), *get_module(inner, pm.profile.layers)]
+    return sum(len(m._forward_hooks) for m in mods)
+
+
+def test_shared_prefix_equals_full_and_padding_invariant(family):
+    pm = _pm(family)
+    ref = pm.features(PROMPTS, COMPS, layers=[-1, 0, 2], logprobs=True, shared_prefix=False)
+    for kw in ({"shared_prefix": True}, {"shared_prefix": False, "padding_side": "left"}):
+        got = pm.features(PROMPTS, COMPS, layers=[-1, 0, 2], logprobs=True, **kw)
+        for layer in ref.states:
+            assert torch.allclose(got.states[layer], ref.states[layer], atol=1e-5), (family, kw, layer)
+        assert torch.allclose(got.logprob_sum, ref.logprob_sum, atol=1e-4)
+        assert torch.equal(got.n_tokens, ref.n_tokens)
+
+
+def test_batch_size_invariance(family):
+    pm = _pm(family)
+    pm.add_head("h", "swiglu")
+    big = pm.score(PROMPTS, COMPS)
+    pm.max_tokens = 1  # one sequence (or one prompt group) per forward
+    small = pm.score(PROMPTS, COMPS)
+    assert torch.allclose(big, small, atol=1e-5)
+    singles = torch.cat([pm.score(p, c) for p, c in zip(PROMPTS, COMPS)])
+    assert torch.allclose(big, singles, atol=1e-5)
+
+
+def test_logprobs_match_a_plain_forward(family):
+    pm = _pm(family)
+    feats = pm.features(PROMPTS[:2], COMPS[:2], logprobs=True)
+    for i, item in enumerate(pm.encode(PROMPTS[:2], COMPS[:2])):
+        logits = pm.backbone(input_ids=torch.tensor([item.ids])).logits[0].float()
+        lp = torch.log_softmax(logits, -1)
+        want = sum(lp[t - 1, item.ids[t]] for t in range(item.prompt_len, len(item.ids)))
+        assert abs(float(want.detach()) - float(feats.logprob_sum[i])) < 1e-4
+
+
+def test_reward_is_read_at_the_last_end_of_turn_token(tok):
+    pm = _pm("llama")
+    item = pm.encode(["hi"], ["a reply"])[0]
+    assert item.ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert item.ids.count(item.ids[-1]) == 2  # the user turn's <|im_end|> and the final one
+    # the final state equals a plain forward's final-norm output at that position
+    out = pm.backbone(input_ids=torch.tensor([item.ids]), output_hidden_states=True)
+    want = out.hidden_states[-1][0, -1]
+    got = pm.features(["hi"], ["a reply"]).states[-1][0]
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_logits_bit_identical_with_heads_attached():
+    bb, tok = make_backbone("llama")
+    ids = torch.tensor([tok("hello world, the quick brown fox")["input_ids"]])
+    before = bb(input_ids=ids).logits.clone()
+    pm = PreferenceModel.from_backbone(bb, tok)
+    pm.add_head("a", "swiglu")
+    pm.add_head("b", "bert")
+    pm.score_all_heads("hi", ["x", "y"])
+    assert torch.equal(pm.backbone(input_ids=ids).logits, before)
+    assert _hooked(pm) == 0  # no hook outlives a scoring call
+    assert pm.detach() is bb
+
+
+def test_hooks_removed_when_forward_raises():
+    pm = _pm("llama")
+    pm.add_head("a", "identity")
+    block = get_module(unwrap(pm.backbone), pm.profile.layers)[1]
+    handle = block.register_forward_pre_hook(lambda *_: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        pm.score("hi", ["x"])
+    handle.remove()
+    assert _hooked(pm) == 0
+    pm.score("hi", ["x"])  # still usable
+
+
+def test_no_vocab_projection_when_only_rewards_needed():
+    pm = _pm("llama")
+    pm.add_head("a", "swiglu")
+    calls = []
+    h = unwrap(pm.backbone).get_output_embeddings().register_forward_hook(lambda *a: calls.append(1))
+    pm.score(PROMPTS, COMPS)
+    assert calls == []
+    pm.features(PROMPTS, COMPS, logprobs=True)
+    assert calls  # log-probs do need it
+    h.remove()
+
+
+def test_early_exit_stops_after_the_deepest_block_and_is_exact():
+    pm = _pm("llama")
+    pm.add_head("mid", "identity", layer=0)
+    ran = []
+    blocks = get_module(unwrap(pm.backbone), pm.profile.layers)
+    hs = [b.register_forward_hook(lambda m, i, o, k=k: ran.append(k)) for k, b in enumerate(blocks)]
+    r = pm.score(PROMPTS, COMPS)
+    assert set(ran) == {0}
+    for h in hs:
+        h.remove()
+    full = pm.backbone(input_ids=torch.tensor([pm.encode(PROMPTS[:1], COMPS[:1])[0].ids]), output_hidden_states=True)
+    h0 = full.hidden_states[1][0, -1]
+    pm.heads["mid"].eval()
+    assert torch.allclose(pm(h0[None], "mid"), r[:1], atol=1e-5)
+
+
+def test_score_all_heads_runs_the_backbone_once():
+    pm = _pm("qwen2")
+    for name, pooler in [("a", "swiglu"), ("b", "bert"), ("c", "identity")]:
+        pm.add_head(name, pooler)
+    calls = []
+    h = get_module(unwrap(pm.backbone), pm.profile.final_norm).register_forward_hook(lambda *a: calls.append(1))
+    allr = pm.score_all_heads(PROMPTS[3:], COMPS[3:], shared_prefix=False)
+    n_all = len(calls)
+    calls.clear()
+    one = pm.score(PROMPTS[3:], COMPS[3:], head="b", shared_prefix=False)
+    assert n_all == len(calls) == 1
+    h.remove()
+    assert set(allr) == {"a", "b", "c"}
+    assert torch.allclose(allr["b"], one, atol=1e-6)
+
+
+def test_head_management():
+    pm = _pm("llama")
+    pm.add_head("a", "identity")
+    pm.add_head("b", "bert", activate=False)
+    assert pm.head_names == ["a", "b"] and pm.active == "a"
+    pm.set_head("b")
+    assert pm.active == "b"
+    with pytest.raises(KeyError, match="no head named 'zzz'"):
+        pm.set_head("zzz")
+    with pytest.raises(ValueError, match="exists already"):
+        pm.add_head("a", "identity")
+    pm.remove_head("b")
+    assert pm.active == "a"
+    with pytest.raises(IndexError):
+        pm.add_head("c", "identity", layer=99)
+
+
+def test_missing_reward_token_is_an_error_naming_the_example(tok):
+    fake = ChatFormat("chat", "<pad>", tok.pad_token_id, "x")
+    with pytest.raises(RewardTokenError, match="example 7"):
+        encode(tok, fake, "hi", "there", name="example 7")
+
+
+def test_plain_fallback_without_chat_template():
+    tok = make_tokenizer(chat=False)
+    bb, tok = make_backbone("gpt2", tok)
+    pm = PreferenceModel.from_backbone(bb, tok)
+    assert pm.chat.mode == "plain" and pm.chat.reward_token == tok.eos_token
+    item = pm.encode(["hi"], ["there"])[0]
+    assert item.ids[-1] == tok.eos_token_id
+    assert "Assistant: there" in tok.decode(item.ids)
+    pm.add_head("a", "bert")
+    a = pm.score(["q1", "q1"], ["x", "y"])
+    b = pm.score(["q1", "q1"], ["x", "y"], shared_prefix=False)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_long_sequences_lose_prompt_tokens_from_the_left():
+    pm = _pm("llama", max_length=40)
+    item = pm.encode(["The quick brown fox " * 30], ["yes"])[0]
+    assert len(item.ids) == 40 and item.truncated > 0
+    assert item.ids[-1] == pm.chat.reward_token_id
+    assert pm.tokenizer.decode(item.ids[item.prompt_len:]).startswith("yes")
