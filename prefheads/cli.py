@@ -19,41 +19,35 @@ Base = Annotated[Optional[str], typer.Option(help="Hub id, local folder or GGUF 
 def _quiet() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
 
 
-@app.command()
-def fit(
-    base: Base = None,
-    task: Annotated[Optional[str], typer.Option(help="Task or group, e.g. glue/rte, openbookqa.")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="JSONL of prompt/chosen/rejected pairs.")] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="Local dataset copies (default $PREFHEADS_DATA, else the hub).")] = None,
-    out: Annotated[Path, typer.Option(help="Output folder of the head set.")] = Path("runs/heads"),
-    head_name: Annotated[Optional[str], typer.Option(help="Head name (default: the task).")] = None,
-    pooler: Annotated[str, typer.Option(help="identity | bert | swiglu | a registered pooler.")] = "swiglu",
-    layer: Annotated[int, typer.Option(help="-1: after the final norm; i: output of block i.")] = -1,
-    objective: Annotated[str, typer.Option(help="separable | contrastive.")] = "separable",
-    dph_eps: Annotated[float, typer.Option(help="Label smoothing of the DPH loss.")] = 0.1,
-    epochs: Annotated[int, typer.Option(help="Epochs over the training pairs.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    max_train: Annotated[Optional[int], typer.Option(help="Cap on training examples (seeded subset).")] = None,
-    revision: Annotated[Optional[str], typer.Option(help="Hub revision of the base.")] = None,
-) -> None:
-    """Train a reward head on a frozen backbone and save it."""
+def _run_fit(cfg) -> None:
+    """Train a reward head (frozen backbone, LoRA, or full fine-tuning) and save it."""
     _quiet()
-    from prefheads.training import FitConfig
     from prefheads.training import fit as run_fit
 
-    cfg = FitConfig(base=base, revision=revision, task=task, data=str(data) if data else None,
-                    data_dir=data_dir, out=str(out), head_name=head_name, pooler=pooler, layer=layer,
-                    objective=objective, dph_eps=dph_eps, epochs=epochs, batch_size=batch_size, lr=lr,
-                    seed=seed, max_train=max_train)
     res = run_fit(cfg)
-    best = res.history[res.best_epoch - 1]
-    typer.echo(f"head {res.head_name!r} saved to {res.out} (best epoch {res.best_epoch}: "
-               f"val pair accuracy {best['val_pair_accuracy']:.3f}; train {res.n_train}, val {res.n_val}; "
-               f"backbone {res.feature_seconds:.1f}s, head {res.train_seconds:.1f}s)")
+    typer.echo(f"head {res.head_name!r} saved to {res.out} (mode {cfg.mode}; best epoch {res.best_epoch}: "
+               f"val pair accuracy {res.best['val_pair_accuracy']:.3f}; train {res.n_train}, val {res.n_val}; "
+               f"setup {res.setup_seconds:.1f}s{' (feature cache hit)' if res.cache_hit else ''}, "
+               f"training {res.train_seconds:.1f}s)")
+
+
+def _register_fit() -> None:
+    from prefheads.cliargs import command_from_dataclass
+    from prefheads.training.config import FitConfig
+
+    app.command(name="fit", help="Train a reward head (frozen backbone, LoRA, or full fine-tuning) and save it.")(
+        command_from_dataclass(FitConfig, _run_fit))
+
+
+_register_fit()
 
 
 @app.command()
@@ -68,15 +62,10 @@ def score(
 ) -> None:
     """Print each candidate's reward, best first."""
     _quiet()
-    from prefheads.headio import read_config
+    from prefheads.headio import heads_base
     from prefheads.model import PreferenceModel
 
-    if base is None:
-        base_id = read_config(heads)["base"]["model_id"]
-        from prefheads.loading import BUNDLED_NAME
-
-        base = None if base_id == BUNDLED_NAME else base_id
-    pm = PreferenceModel.from_pretrained(base)
+    pm = PreferenceModel.from_pretrained(base if base is not None else heads_base(heads))
     pm.load_heads(heads, allow_base_mismatch=allow_base_mismatch)
     rewards = pm.score(prompt, candidate, head=head).tolist()
     ranked = sorted(zip(candidate, rewards), key=lambda x: -x[1])

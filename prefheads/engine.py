@@ -110,7 +110,6 @@ def _gather_logprobs(logits_fn, hidden: torch.Tensor, targets: torch.Tensor, tma
     return out
 
 
-@torch.no_grad()
 def extract(
     model: nn.Module,
     profile: FamilyProfile,
@@ -123,6 +122,7 @@ def extract(
     padding_side: str = "right",
     max_tokens: int = 4096,
     max_batch: int = 64,
+    grad: bool = False,
 ) -> Features:
     """Run the backbone over ``items`` and read hidden states at each reward token.
 
@@ -137,14 +137,16 @@ def extract(
         padding_side: ``"right"`` or ``"left"`` for full encoding (results are identical).
         max_tokens: Padded-token budget per forward.
         max_batch: Most sequences per forward.
+        grad: Keep the autograd graph (LoRA / full training); default no-grad.
     """
     if not items:
         raise ValueError("nothing to score: no candidates given")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    if shared_prefix:
-        return _extract_shared(model, profile, items, layers, pad_id, logprobs, max_tokens, max_batch)
-    return _extract_full(model, profile, items, layers, pad_id, logprobs, padding_side, max_tokens, max_batch)
+    with torch.set_grad_enabled(grad):
+        if shared_prefix:
+            return _extract_shared(model, profile, items, layers, pad_id, logprobs, max_tokens, max_batch)
+        return _extract_full(model, profile, items, layers, pad_id, logprobs, padding_side, max_tokens, max_batch)
 
 
 def _init(n: int, logprobs: bool):

@@ -83,7 +83,23 @@ def base_record(pm: "PreferenceModel") -> dict[str, Any]:
         "reward_token": pm.chat.reward_token,
         "reward_token_id": pm.chat.reward_token_id,
         "template_fingerprint": pm.chat.fingerprint,
+        # LoRA runs save their adapter, full runs their backbone, beside the heads (relative paths)
+        "adapter": getattr(pm, "adapter", None),
+        "fine_tuned": getattr(pm, "fine_tuned", None),
     }
+
+
+def heads_base(directory: str | os.PathLike) -> str | None:
+    """What to load as the backbone of a head folder: its fine-tuned backbone, else the base id.
+
+    Returns None for the bundled model.
+    """
+    from prefheads.loading import BUNDLED_NAME
+
+    base = read_config(directory)["base"]
+    if base.get("fine_tuned"):
+        return str(Path(directory) / base["fine_tuned"])
+    return None if base.get("model_id") == BUNDLED_NAME else base.get("model_id")
 
 
 def save_heads(pm: "PreferenceModel", directory: str | os.PathLike, names: Sequence[str] | None = None) -> Path:
@@ -136,9 +152,14 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def check_base(pm: "PreferenceModel", base: dict[str, Any], where: str, allow_mismatch: bool) -> None:
+def check_base(pm: "PreferenceModel", base: dict[str, Any], where: str, allow_mismatch: bool,
+               directory: Path | None = None) -> None:
     """Refuse heads trained on another backbone (width mismatches are never allowed)."""
     mine = base_record(pm)
+    if base.get("fine_tuned") and directory is not None:
+        # heads of a full fine-tune belong to the backbone saved beside them
+        same = Path(str(pm.model_id)).resolve() == (directory / base["fine_tuned"]).resolve()
+        base = dict(base, model_id=pm.model_id if same else str(directory / base["fine_tuned"]))
     if base.get("hidden_size") != mine["hidden_size"]:
         raise HeadFileError(f"{where}: heads read width {base.get('hidden_size')} of base {base.get('model_id')!r}, "
                             f"but {mine['model_id']!r} has width {mine['hidden_size']}")
@@ -175,7 +196,14 @@ def load_heads(pm: "PreferenceModel", directory: str | os.PathLike, *, names: Se
     """Load heads from ``directory`` onto ``pm``; returns the names loaded (replacing same names)."""
     directory = Path(directory)
     config = read_config(directory)
-    check_base(pm, config["base"], str(directory / CONFIG), allow_base_mismatch)
+    check_base(pm, config["base"], str(directory / CONFIG), allow_base_mismatch, directory)
+    adapter = config["base"].get("adapter")
+    if adapter and not hasattr(pm.backbone, "peft_config"):
+        from peft import PeftModel
+
+        pm.backbone = PeftModel.from_pretrained(pm.backbone, str(directory / adapter))
+        pm.backbone.eval()
+        pm.adapter = adapter
     wanted = list(names) if names is not None else list(config["heads"])
     unknown = [n for n in wanted if n not in config["heads"]]
     if unknown:

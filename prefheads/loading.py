@@ -154,6 +154,8 @@ def load_backbone(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import prefheads.inhouse  # noqa: F401 - registers the in-house architecture with the Auto classes
+
     path, model_id = resolve_base(base)
     kw: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     tok = AutoTokenizer.from_pretrained(path, **kw)

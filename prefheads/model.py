@@ -190,7 +190,8 @@ class PreferenceModel(nn.Module):
 
     def features(self, prompts: Sequence[str | Prompt], completions: Sequence[str], *,
                  layers: Sequence[int] | None = None, logprobs: bool = False,
-                 shared_prefix: bool | None = None, padding_side: str = "right") -> Features:
+                 shared_prefix: bool | None = None, padding_side: str = "right",
+                 grad: bool = False) -> Features:
         """Hidden states at each reward token (and optionally completion log-probs).
 
         Args:
@@ -201,6 +202,7 @@ class PreferenceModel(nn.Module):
                 on completion tokens only).
             shared_prefix: Encode each distinct prompt once (default: ``self.shared_prefix``).
             padding_side: Padding for full encoding.
+            grad: Keep the autograd graph through the backbone (LoRA / full training).
         """
         if layers is None:
             layers = sorted({h.config.layer for h in self.heads.values()} or {self.layer})
@@ -208,7 +210,7 @@ class PreferenceModel(nn.Module):
         return extract(self.backbone, self.profile, items, list(layers),
                        pad_id=self.tokenizer.pad_token_id or 0, logprobs=logprobs,
                        shared_prefix=self.shared_prefix if shared_prefix is None else shared_prefix,
-                       padding_side=padding_side, max_tokens=self.max_tokens)
+                       padding_side=padding_side, max_tokens=self.max_tokens, grad=grad)
 
     # ----------------------------------------------------------------- scoring
     def forward(self, states: Features | dict[int, torch.Tensor] | torch.Tensor, head: str | None = None) -> torch.Tensor:

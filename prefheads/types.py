@@ -59,10 +59,15 @@ class Example:
 
 @dataclass
 class PreferencePair:
-    """A preference pair: the same prompt with a preferred and a dispreferred completion."""
+    """A preference pair: the same prompt with a preferred and a dispreferred completion.
+
+    ``meta`` carries the source file and row, the split, and for pairs built from labelled
+    examples the indices of the chosen / rejected choices.
+    """
 
     id: str
     prompt: Prompt
     chosen: str
     rejected: str
     task: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)

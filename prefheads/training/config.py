@@ -35,8 +35,26 @@ class FitConfig:
         max_train: Cap on training examples (seeded subset).
         max_eval: Cap on evaluation examples (seeded subset).
         val_fraction: Share of training examples carved out for validation (best epoch kept).
-        mode: Training mode: frozen (head only).
+        mode: frozen (head only, cached features) | lora (peft adapters + head) | full (all, prior-regularized).
         shared_prefix: Encode each prompt once for all its candidates.
+        feature_cache: Cache frozen-backbone features on disk.
+        cache_dir: Feature cache folder (default $PREFHEADS_CACHE/features).
+        cache_dtype: float32 or float16 feature storage.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA alpha.
+        lora_dropout: LoRA dropout.
+        lora_targets: LoRA target modules (default: the zoo profile's).
+        prior: Prior-regularization coefficient toward the starting weights (full mode).
+        prior_exclude: Name substrings of parameters without prior regularization (e.g. embed).
+        dpo_weight: α1 of the joint α1·cDPO + α2·DPH objective (0: DPH only).
+        dph_weight: α2 of the joint objective.
+        beta: DPO β.
+        dpo_eps: cDPO label smoothing ε.
+        grad_accum: Gradient-accumulation steps (through accelerate).
+        mixed_precision: no | fp16 | bf16 (through accelerate).
+        save_every: Checkpoint every N optimizer steps (0: at epoch ends only).
+        resume: Continue from the checkpoint in ``out/checkpoint`` if there is one.
+        eval_task: Evaluate the final head on this task's eval split (default: the training task).
     """
 
     base: str | None = None
@@ -64,13 +82,33 @@ class FitConfig:
     val_fraction: float = 0.1
     mode: str = "frozen"
     shared_prefix: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    feature_cache: bool = True
+    cache_dir: str | None = None
+    cache_dtype: str = "float32"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | None = None
+    prior: float = 0.5
+    prior_exclude: list[str] = field(default_factory=list)
+    dpo_weight: float = 0.0
+    dph_weight: float = 1.0
+    beta: float = 0.1
+    dpo_eps: float = 0.1
+    grad_accum: int = 1
+    mixed_precision: str = "no"
+    save_every: int = 0
+    resume: bool = False
 
     def __post_init__(self) -> None:
         if self.task is None and self.data is None:
             raise ValueError("give a task (--task) or a preference file (--data)")
-        if self.mode not in ("frozen",):
-            raise ValueError(f"mode {self.mode!r} is not available; choose frozen")
+        if self.mode not in ("frozen", "lora", "full"):
+            raise ValueError(f"mode {self.mode!r} is not available; choose frozen, lora or full")
+        if self.dpo_weight < 0 or self.dph_weight < 0:
+            raise ValueError("dpo_weight and dph_weight must be >= 0")
+        if not 0.0 <= self.dpo_eps <= 0.5:
+            raise ValueError(f"dpo_eps must be in [0, 0.5], got {self.dpo_eps}")
         if self.objective not in ("separable", "contrastive"):
             raise ValueError(f"objective must be separable or contrastive, got {self.objective!r}")
         if not 0.0 <= self.dph_eps <= 0.5:

@@ -1,0 +1,58 @@
+"""Turn a config dataclass into typer options: the dataclass is the CLI schema.
+
+Each field becomes ``--field-name`` with its type, default, and the help text from the
+dataclass docstring's ``Attributes:`` section, so the CLI, the Python API and recipe files can
+never drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: help}`` parsed from a Google-style ``Attributes:`` docstring section."""
+    doc = inspect.getdoc(cls) or ""
+    out: dict[str, str] = {}
+    section = doc.split("Attributes:", 1)[1] if "Attributes:" in doc else ""
+    current = None
+    for line in section.splitlines():
+        m = re.match(r"^\s{4}(\w+):\s*(.*)$", line)
+        if m:
+            current = m.group(1)
+            out[current] = m.group(2).strip().replace("``", "")
+        elif current and line.strip():
+            out[current] += " " + line.strip().replace("``", "")
+    return out
+
+
+def command_from_dataclass(cls: type, run: Callable[[Any], None], skip: tuple[str, ...] = ()) -> Callable[..., None]:
+    """A function whose signature holds one typer option per field of ``cls``; calls ``run(cls(**kw))``."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (list,) or (typing.get_args(tp) and list in [typing.get_origin(a) for a in typing.get_args(tp)]):
+            tp, default = typing.Optional[list[str]], (default or None)
+        ann = Annotated[tp, typer.Option(help=docs.get(f.name, ""))]
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann))
+
+    def command(**kwargs: Any) -> None:
+        kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
+        run(cls(**kwargs))
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__doc__ = run.__doc__
+    return command

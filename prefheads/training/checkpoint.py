@@ -1,0 +1,87 @@
+"""Atomic, safetensors-only training checkpoints (no pickle).
+
+A checkpoint folder holds ``state.safetensors`` (trainable weights, optimizer tensors, RNG
+states, the best weights so far) and ``state.json`` (optimizer/scheduler scaffolding, the data
+position, the history). It is written to a sibling temporary folder and swapped in, so a crash
+leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, scaffold = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for pid, st in sd["state"].items():
+        scaffold["state"][str(pid)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous()
+                scaffold["state"][str(pid)][k] = {"tensor": f"opt.{pid}.{k}"}
+            else:
+                scaffold["state"][str(pid)][k] = {"value": v}
+    return tensors, scaffold
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], scaffold: dict[str, Any]) -> dict[str, Any]:
+    state = {}
+    for pid, st in scaffold["state"].items():
+        state[int(pid)] = {k: tensors[v["tensor"]] if "tensor" in v else v["value"] for k, v in st.items()}
+    return {"state": state, "param_groups": scaffold["param_groups"]}
+
+
+def save_checkpoint(directory: Path, *, weights: dict[str, torch.Tensor], best: dict[str, torch.Tensor] | None,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, info: dict[str, Any]) -> None:
+    """Write a checkpoint to ``directory`` atomically (swap of a complete temporary folder)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    opt_t, opt_s = _flatten_optimizer(optimizer.state_dict())
+    tensors = {f"w.{k}": v.detach().cpu().contiguous() for k, v in weights.items()}
+    tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in (best or {}).items()})
+    tensors.update(opt_t)
+    tensors["rng.torch"] = torch.get_rng_state()
+    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    meta = {"optimizer": opt_s, "scheduler": sched, "has_best": best is not None, **info}
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        save_file(tensors, str(tmp / "state.safetensors"), metadata={"format": "pt"})
+        (tmp / "state.json").write_text(json.dumps(meta))
+        old = directory.with_name(directory.name + ".old")
+        if directory.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def find_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint to resume from (the previous one if a swap was interrupted), or None."""
+    for cand in (Path(directory), Path(directory).with_name(Path(directory).name + ".old")):
+        if (cand / "state.json").is_file() and (cand / "state.safetensors").is_file():
+            return cand
+    return None
+
+
+def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer, scheduler: Any
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, Any]]:
+    """Restore optimizer, scheduler and RNG; return (weights, best weights or None, info)."""
+    tensors = load_file(str(Path(directory) / "state.safetensors"))
+    meta = json.loads((Path(directory) / "state.json").read_text())
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta.pop("optimizer")))
+    scheduler.load_state_dict(meta.pop("scheduler"))
+    torch.set_rng_state(tensors["rng.torch"])
+    weights = {k[2:]: v for k, v in tensors.items() if k.startswith("w.")}
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} if meta.pop("has_best") else None
+    return weights, best, meta

@@ -1,0 +1,149 @@
+"""The one training loop, over any :class:`~prefheads.training.strategies.Trainable`.
+
+Pairs are re-drawn each epoch from a generator seeded by (seed, epoch), so the data order is a
+pure function of the position: a resumed run replays exactly what an uninterrupted run does.
+Devices, DDP, mixed precision and gradient accumulation come from accelerate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prefheads.losses import cdpo_loss, get_loss, joint_loss
+from prefheads.optim import warmup_cosine_schedule
+from prefheads.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from prefheads.training.config import FitConfig
+from prefheads.training.data import sample_pairs
+
+
+def _epoch_pairs(groups: list[tuple[int, list[int]]], seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    pairs = sample_pairs(groups, g)
+    return pairs[torch.randperm(len(pairs), generator=g)]
+
+
+@torch.no_grad()
+def pair_accuracy(trainable: Any, pairs: torch.Tensor, chunk: int = 256) -> float:
+    """Fraction of ``[P, 2]`` row pairs whose preferred row out-scores the other (eval mode)."""
+    if pairs.numel() == 0:
+        return float("nan")
+    was = trainable.training
+    trainable.eval()
+    rows = pairs.reshape(-1)
+    r = torch.cat([trainable(rows[i: i + chunk])[0] for i in range(0, len(rows), chunk)]).view(-1, 2)
+    trainable.train(was)
+    return float((r[:, 0] > r[:, 1]).float().mean())
+
+
+def _loss(cfg: FitConfig, r: torch.Tensor, lp: torch.Tensor | None, ref: torch.Tensor | None):
+    dph = get_loss(cfg.objective)(r[:, 0], r[:, 1], eps=cfg.dph_eps)
+    if not cfg.dpo_weight:
+        return dph
+    dpo = cdpo_loss(lp[:, 0], lp[:, 1], ref[:, 0], ref[:, 1], beta=cfg.beta, eps=cfg.dpo_eps)
+    return joint_loss(dph, dpo, alpha_dpo=cfg.dpo_weight, alpha_dph=cfg.dph_weight)
+
+
+def train(
+    trainable: Any,
+    train_groups: list[tuple[int, list[int]]],
+    val_groups: list[tuple[int, list[int]]],
+    cfg: FitConfig,
+    out: Path,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[list[dict[str, float]], int]:
+    """Train ``trainable`` (already set up); keep its best-validation state.
+
+    Returns:
+        ``(history, best_epoch)``, one history record per epoch.
+    """
+    from accelerate import Accelerator
+
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    rows = sorted({r for w, ls in train_groups for r in [w, *ls]})
+    std = trainable.standardizer_features(rows)
+    if std is not None:
+        trainable.head.fit_standardizer(std)
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    batches_per_epoch = math.ceil(len(train_groups) / cfg.batch_size)
+    total = max(1, cfg.epochs * batches_per_epoch // cfg.grad_accum)
+    sched = warmup_cosine_schedule(opt, int(cfg.warmup_ratio * total), total, cfg.final_lr_ratio)
+    model, opt = acc.prepare(trainable, opt)
+    inner = acc.unwrap_model(model)
+    val_pairs = sample_pairs(val_groups, torch.Generator().manual_seed(cfg.seed + 1)) if val_groups else None
+    history: list[dict[str, float]] = []
+    best_score, best_epoch, best_state = -1.0, 0, None
+    start_epoch, start_batch, step = 1, 0, 0
+    ckpt_dir = out / "checkpoint"
+    found = find_checkpoint(ckpt_dir) if cfg.resume else None
+    if found is not None:
+        weights, best_state, info = load_checkpoint(found, opt.optimizer if hasattr(opt, "optimizer") else opt, sched)
+        inner.load_trainable_state(weights)
+        history, best_score, best_epoch = info["history"], info["best_score"], info["best_epoch"]
+        start_epoch, start_batch, step = info["epoch"], info["batch"], info["step"]
+
+    def checkpoint(epoch: int, batch: int) -> None:
+        if acc.is_main_process:
+            save_checkpoint(ckpt_dir, weights=inner.trainable_state(), best=best_state, optimizer=opt, scheduler=sched,
+                            info={"epoch": epoch, "batch": batch, "step": step, "history": history,
+                                  "best_score": best_score, "best_epoch": best_epoch})
+        acc.wait_for_everyone()
+
+    rank, world = acc.process_index, acc.num_processes
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        pairs = _epoch_pairs(train_groups, cfg.seed, epoch)
+        tot: dict[str, float] = {"loss": 0.0, "pair_accuracy": 0.0, "margin": 0.0}
+        seen = 0
+        for b in range(start_batch if epoch == start_epoch else 0, batches_per_epoch):
+            batch = pairs[b * cfg.batch_size: (b + 1) * cfg.batch_size][rank::world]
+            with acc.accumulate(model):
+                with acc.autocast():
+                    r, lp = model(batch.reshape(-1))
+                ref = inner.ref_logp[batch.reshape(-1)].view(-1, 2) if inner.ref_logp is not None else None
+                loss, m = _loss(cfg, r.float().view(-1, 2), None if lp is None else lp.view(-1, 2), ref)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(params, cfg.clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if acc.sync_gradients:
+                    lr = sched.get_last_lr()[0]
+                    if inner.prior is not None:
+                        inner.prior.step(lr)
+                    sched.step()
+                    step += 1
+            n = len(batch)
+            seen += n
+            for k in tot:
+                tot[k] += float(m.get(k, m.get(f"dph/{k}", 0.0))) * n
+            if on_step and acc.is_main_process:
+                on_step({"epoch": epoch, "step": step, "loss": float(loss.detach()),
+                         "pair_accuracy": float(m.get("pair_accuracy", m.get("dph/pair_accuracy", 0.0))),
+                         "margin": float(m.get("margin", m.get("dph/margin", 0.0))), "lr": sched.get_last_lr()[0]})
+            if cfg.save_every and step % cfg.save_every == 0 and acc.sync_gradients and b + 1 < batches_per_epoch:
+                checkpoint(epoch, b + 1)
+        rec = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in tot.items()}, "seconds": time.perf_counter() - t0}
+        rec["val_pair_accuracy"] = pair_accuracy(inner, val_pairs) if val_pairs is not None else float("nan")
+        history.append(rec)
+        score = rec["val_pair_accuracy"] if val_pairs is not None else float(epoch)  # no val: keep the last
+        if score > best_score:
+            best_score, best_epoch = score, epoch
+            best_state = {k: v.detach().clone() for k, v in inner.trainable_state().items()}
+        checkpoint(epoch + 1, 0)
+    if best_state is not None:
+        inner.load_trainable_state(best_state)
+    inner.eval()
+    if acc.is_main_process:
+        (out / "history.json").write_text(json.dumps(history, indent=2))
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the saved heads are the result
+    return history, best_epoch

@@ -1,0 +1,143 @@
+"""Training modes as strategies of one loop: what trains, and how rewards are computed.
+
+* ``frozen``: the backbone runs once (through the feature cache); only pooler + head train.
+* ``lora``: peft LoRA adapters on the zoo profile's target modules train beside the head.
+* ``full``: every parameter trains, decayed toward its starting value (prior regularization).
+
+Each strategy exposes one ``nn.Module`` (:class:`Trainable`) whose ``forward(rows)`` returns the
+rewards (and policy log-probs when cDPO is on) of candidate rows, so accelerate can wrap it for
+distributed data parallelism like any model.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from prefheads.registry import Registry
+from prefheads.training.cache import FeatureCache, cached_features
+from prefheads.training.config import FitConfig
+from prefheads.training.data import Candidates
+
+log = logging.getLogger(__name__)
+MODES: Registry[type["Trainable"]] = Registry("training mode")
+
+
+class Trainable(nn.Module):
+    """Base: holds the head (and what else trains) and the training candidates.
+
+    Attributes:
+        ref_logp: ``[M]`` reference-policy summed log-probs per candidate (cDPO), or None.
+        prior: A :class:`~prefheads.optim.PriorRegularizer` applied after each step, or None.
+    """
+
+    uses_backbone_grad = True
+
+    def __init__(self, pm: Any, head_name: str, cands: Candidates, cfg: FitConfig) -> None:
+        super().__init__()
+        # not a submodule: only what trains is registered (the head, and the backbone in lora/full)
+        object.__setattr__(self, "pm", pm)
+        self.cands, self.cfg = cands, cfg
+        self.head = pm.heads[head_name]
+        self.layer = self.head.config.layer
+        self.ref_logp: torch.Tensor | None = None
+        self.prior = None
+
+    def setup(self) -> None:
+        """Prepare before the optimizer is built (freeze, wrap, cache, reference log-probs)."""
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Tensors that change during training (checkpointed and kept for the best epoch)."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith("head.")} | {
+            n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`trainable_state`."""
+        missing = set(self.trainable_state()) - set(state)
+        if missing:
+            raise ValueError(f"checkpoint lacks {sorted(missing)[:5]}")
+        self.load_state_dict(state, strict=False)
+
+    def _backbone_forward(self, rows: torch.Tensor, logprobs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        idx = rows.tolist()
+        f = self.pm.features([self.cands.prompts[i] for i in idx], [self.cands.completions[i] for i in idx],
+                             layers=[self.layer], logprobs=logprobs, grad=torch.is_grad_enabled())
+        return self.head(f.states[self.layer]), f.logprob_sum
+
+    def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rewards ``[R]`` (and policy log-probs ``[R]`` or None) of candidate rows ``[R]``."""
+        return self._backbone_forward(rows, self.ref_logp is not None)
+
+    def standardizer_features(self, rows: list[int]) -> torch.Tensor | None:
+        """Features to fit the head's input standardiser on (frozen mode only)."""
+        return None
+
+    @torch.no_grad()
+    def _reference_logprobs(self) -> torch.Tensor:
+        f = self.pm.features(self.cands.prompts, self.cands.completions, layers=[self.layer], logprobs=True)
+        return f.logprob_sum
+
+
+@MODES.register("frozen")
+class FrozenTrainable(Trainable):
+    """Head only, on cached backbone features."""
+
+    uses_backbone_grad = False
+
+    def setup(self) -> None:
+        if self.cfg.dpo_weight:
+            raise ValueError("cDPO (--dpo-weight) needs a trainable policy: use --mode lora or --mode full")
+        for p in self.pm.backbone.parameters():
+            p.requires_grad_(False)
+        cache = FeatureCache(self.cfg.cache_dir, self.cfg.cache_dtype) if self.cfg.feature_cache else None
+        states, hit = cached_features(self.pm, self.cands.prompts, self.cands.completions, [self.layer], cache)
+        self.cache_hit = hit
+        self.register_buffer("feats", states[self.layer], persistent=False)
+
+    def standardizer_features(self, rows: list[int]) -> torch.Tensor:
+        return self.feats[rows]
+
+    def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.head(self.feats[rows]), None
+
+
+@MODES.register("lora")
+class LoraTrainable(Trainable):
+    """peft LoRA adapters on the profile's target modules, trained with the head."""
+
+    def setup(self) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        targets = list(self.cfg.lora_targets or self.pm.profile.lora_targets)
+        if not targets:
+            raise ValueError(f"no LoRA target modules known for {self.pm.profile.model_type}; pass --lora-targets")
+        conf = LoraConfig(r=self.cfg.lora_r, lora_alpha=self.cfg.lora_alpha, lora_dropout=self.cfg.lora_dropout,
+                          target_modules=targets, bias="none")
+        self.pm.backbone = get_peft_model(self.pm.backbone, conf)
+        self.backbone = self.pm.backbone  # registered: its adapters are trainable parameters
+        if self.cfg.dpo_weight:
+            # the reference policy is the base model: adapters disabled, computed once, no copy
+            with self.pm.backbone.disable_adapter():
+                self.ref_logp = self._reference_logprobs()
+
+
+@MODES.register("full")
+class FullTrainable(Trainable):
+    """Every backbone parameter trains, decayed toward its start (decoupled prior regularization)."""
+
+    def setup(self) -> None:
+        from prefheads.optim import PriorRegularizer
+
+        self.backbone = self.pm.backbone
+        for p in self.backbone.parameters():
+            p.requires_grad_(True)
+        if self.cfg.dpo_weight:
+            self.ref_logp = self._reference_logprobs()  # before any update: the starting policy
+        excl = tuple(self.cfg.prior_exclude)
+        named = [(f"backbone.{n}", p) for n, p in self.backbone.named_parameters()
+                 if not any(e in n for e in excl)]
+        if self.cfg.prior > 0:
+            self.prior = PriorRegularizer(named, coefficient=self.cfg.prior)
