@@ -91,6 +91,11 @@ def demo(
     run_demo(out=out, max_train=max_train, max_eval=max_eval, epochs=epochs, seed=seed)
 
 
+from prefheads.commands import register_all  # noqa: E402 - after the core commands
+
+register_all(app)
+
+
 def main() -> None:  # pragma: no cover
     """Console entry point."""
     app()

@@ -1,0 +1,16 @@
+"""CLI command groups. Each module defines ``register(app)``; :func:`register_all` wires them in."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+# one module per concern; each adds its commands to the main app
+MODULES: list[str] = []
+
+
+def register_all(app: typer.Typer) -> None:
+    """Add every command module's commands to ``app``."""
+    for name in MODULES:
+        importlib.import_module(f"prefheads.commands.{name}").register(app)
