@@ -113,7 +113,9 @@ def save_heads(pm: "PreferenceModel", directory: str | os.PathLike, names: Seque
     for name in names:
         head = pm._get(name)
         tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-        blob = st_save(tensors, metadata={"format": "pt", "head": name})
+        # one metadata key only: safetensors orders several keys arbitrarily, which would make the
+        # bytes (and so the content address) of identical weights differ between saves
+        blob = st_save(tensors, metadata={"format": "pt"})
         digest = hashlib.sha256(blob).hexdigest()
         fname = f"{_safe(name)}.{digest[:12]}.safetensors"
         if not (out / fname).is_file():

@@ -49,7 +49,7 @@ def save_checkpoint(directory: Path, *, weights: dict[str, torch.Tensor], best: 
     tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in (best or {}).items()})
     tensors.update(opt_t)
     tensors["rng.torch"] = torch.get_rng_state()
-    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    sched = scheduler.state_dict()  # LambdaLR: plain numbers (lr_lambdas of functions are None)
     meta = {"optimizer": opt_s, "scheduler": sched, "has_best": best is not None, **info}
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
     try:

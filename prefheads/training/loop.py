@@ -105,13 +105,17 @@ def train(
         tot: dict[str, float] = {"loss": 0.0, "pair_accuracy": 0.0, "margin": 0.0}
         seen = 0
         for b in range(start_batch if epoch == start_epoch else 0, batches_per_epoch):
-            batch = pairs[b * cfg.batch_size: (b + 1) * cfg.batch_size][rank::world]
+            full = pairs[b * cfg.batch_size: (b + 1) * cfg.batch_size]
+            batch = full[rank::world]
+            # a rank left without pairs still joins the collective backward, with zero weight
+            weight = 1.0 if len(batch) else 0.0
+            batch = batch if len(batch) else full[:1]
             with acc.accumulate(model):
                 with acc.autocast():
                     r, lp = model(batch.reshape(-1))
                 ref = inner.ref_logp[batch.reshape(-1)].view(-1, 2) if inner.ref_logp is not None else None
                 loss, m = _loss(cfg, r.float().view(-1, 2), None if lp is None else lp.view(-1, 2), ref)
-                acc.backward(loss)
+                acc.backward(loss * weight)
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(params, cfg.clip)
                 opt.step()
@@ -122,7 +126,7 @@ def train(
                         inner.prior.step(lr)
                     sched.step()
                     step += 1
-            n = len(batch)
+            n = len(batch) if weight else 0
             seen += n
             for k in tot:
                 tot[k] += float(m.get(k, m.get(f"dph/{k}", 0.0))) * n
