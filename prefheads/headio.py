@@ -212,6 +212,11 @@ def load_heads(pm: "PreferenceModel", directory: str | os.PathLike, *, names: Se
         raise HeadFileError(f"{directory / CONFIG}: no head named {unknown}; heads: {list(config['heads'])}")
     loaded = {n: _load_entry(directory, n, config["heads"][n]) for n in wanted}  # all or nothing
     for n, head in loaded.items():
+        # a layer mix is tied to its backbone's depth: never loadable elsewhere, override or not
+        if head.config.layers and head.config.num_base_layers not in (None, pm.num_layers):
+            raise HeadFileError(f"{directory / CONFIG}: head {n!r} mixes layers of a {head.config.num_base_layers}-block "
+                                f"base ({config['base'].get('model_id')!r}); {pm.model_id!r} has {pm.num_layers} blocks")
+    for n, head in loaded.items():
         if n in pm.heads:
             pm.remove_head(n)
         pm.attach_head(n, head, activate=False)
@@ -241,7 +246,14 @@ def render_card(config: dict[str, Any]) -> str:
     for name, e in config["heads"].items():
         c = e["config"]
         details = ", ".join(f"{k}={v}" for k, v in sorted(c.get("meta", {}).items()) if not isinstance(v, (dict, list)))
-        lines.append(f"| {name} | {c['pooler']} | {c['layer']} | {e['num_parameters']:,} | {details} |")
+        layer = c.get("layers") or c["layer"]
+        lines.append(f"| {name} | {c['pooler']} | {layer} | {e['num_parameters']:,} | {details} |")
+    for name, e in config["heads"].items():
+        ls = e["config"].get("meta", {}).get("layer_scores")
+        if ls:
+            lines += ["", f"Validation pair accuracy per layer of `{name}` (chosen: {e['config']['meta'].get('chosen_layer')}):",
+                      "", "| layer | " + " | ".join(ls) + " |", "|---|" + "---|" * len(ls),
+                      "| val acc | " + " | ".join(f"{v:.3f}" for v in ls.values()) + " |"]
     lines += ["", "```python", "from prefheads import PreferenceModel",
               f"pm = PreferenceModel.from_pretrained({base.get('model_id')!r}, heads='path/to/this/folder')",
               "pm.score('Your question', ['answer A', 'answer B'])", "```", "",

@@ -25,6 +25,10 @@ class HeadConfig:
         hidden_size: Width d of the hidden state read from the backbone.
         layer: Which hidden state the head reads (-1: last layer after the final norm;
             i >= 0: output of decoder block i).
+        layers: For multi-layer poolers (``layermix``): the hidden states read, in order;
+            ``layer`` is then ignored.
+        num_base_layers: Block count of the backbone the head was built for (multi-layer heads
+            refuse any other).
         dropout: Dropout on the pooler output (paper: 0.1; 0 for frozen backbones).
         bias: Whether the reward vector has a bias.
         pooler_kwargs: Extra pooler arguments (``ffn_dim`` for ``swiglu``).
@@ -35,6 +39,8 @@ class HeadConfig:
     pooler: str = "swiglu"
     hidden_size: int = 0
     layer: int = -1
+    layers: list[int] | None = None
+    num_base_layers: int | None = None
     dropout: float = 0.1
     bias: bool = False
     pooler_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -47,6 +53,17 @@ class HeadConfig:
             raise ValueError(f"hidden_size must be positive, got {self.hidden_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.layers is not None:
+            self.layers = [int(l) for l in self.layers]
+            if not self.layers or len(set(self.layers)) != len(self.layers):
+                raise ValueError(f"layers must be distinct and non-empty, got {self.layers}")
+        if self.pooler == "layermix" and not self.layers:
+            raise ValueError("the layermix pooler needs layers=[...]")
+
+    @property
+    def reads(self) -> list[int]:
+        """The hidden states this head reads."""
+        return list(self.layers) if self.layers else [self.layer]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -66,9 +83,13 @@ class RewardHead(nn.Module):
         super().__init__()
         self.config = config
         d = config.hidden_size
-        self.register_buffer("input_mean", torch.zeros(d))
-        self.register_buffer("input_std", torch.ones(d))
-        self.pooler = build_pooler(config.pooler, d, **config.pooler_kwargs)
+        shape = (len(config.layers), d) if config.layers else (d,)
+        self.register_buffer("input_mean", torch.zeros(shape))
+        self.register_buffer("input_std", torch.ones(shape))
+        kw = dict(config.pooler_kwargs)
+        if config.pooler == "layermix":
+            kw["num_mixed"] = len(config.layers)
+        self.pooler = build_pooler(config.pooler, d, **kw)
         self.dropout = nn.Dropout(config.dropout)
         self.reward = nn.Linear(d, 1, bias=config.bias)
         self.reset_parameters()
@@ -83,13 +104,19 @@ class RewardHead(nn.Module):
 
     @torch.no_grad()
     def fit_standardizer(self, features: torch.Tensor, eps: float = 1e-6) -> None:
-        """Set the input standardiser from training features ``[N, d]``."""
+        """Set the input standardiser from training features ``[N, d]`` (``[N, L, d]`` multi-layer)."""
         f = features.float()
         self.input_mean.copy_(f.mean(0))
         self.input_std.copy_(f.std(0).clamp_min(eps) if f.shape[0] > 1 else torch.ones_like(f[0]))
 
+    def select(self, states: dict[int, torch.Tensor]) -> torch.Tensor:
+        """This head's input from ``{layer: [N, d]}``: ``[N, d]``, or ``[N, L, d]`` multi-layer."""
+        if self.config.layers:
+            return torch.stack([states[l] for l in self.config.layers], dim=-2)
+        return states[self.config.layer]
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """``[..., d] -> [...]`` rewards, computed in fp32."""
+        """``[..., d]`` (or ``[..., L, d]`` multi-layer) ``-> [...]`` rewards, computed in fp32."""
         h = (h.float() - self.input_mean) / self.input_std
         return self.reward(self.dropout(self.pooler(h))).squeeze(-1)
 

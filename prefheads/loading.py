@@ -130,6 +130,23 @@ def resolve_base(base: str | os.PathLike | None) -> tuple[str, str]:
     return str(base), str(base)
 
 
+def quantization_config(load_in_4bit: bool = False, load_in_8bit: bool = False) -> Any:
+    """A bitsandbytes config for 4/8-bit loading, or None; clear errors where unsupported."""
+    if not (load_in_4bit or load_in_8bit):
+        return None
+    if not torch.cuda.is_available():
+        raise RuntimeError("4/8-bit backbones (bitsandbytes) need a CUDA GPU; none is available here")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError("4/8-bit backbones need bitsandbytes: pip install 'prefheads[quant]'") from e
+    from transformers import BitsAndBytesConfig
+
+    if load_in_4bit:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4")
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
 def load_backbone(
     base: str | os.PathLike | None = None,
     *,

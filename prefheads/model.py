@@ -136,18 +136,24 @@ class PreferenceModel(nn.Module):
         if name in self.heads:
             raise ValueError(f"a head named {name!r} exists already; remove_head it first")
         kw = dict(cfg.pop("pooler_kwargs", {}) or {})
-        if pooler == "swiglu":
+        if pooler == "swiglu" or (pooler == "layermix" and kw.get("inner") == "swiglu"):
             kw.setdefault("ffn_dim", _default_ffn(unwrap(self.backbone).config, self.hidden_size))
+        for l in cfg.get("layers") or []:
+            self._check_layer(l)
         config = HeadConfig(pooler=pooler, hidden_size=self.hidden_size,
                             layer=self._check_layer(self.layer if layer is None else layer),
-                            pooler_kwargs=kw, **cfg)
+                            pooler_kwargs=kw, num_base_layers=self.num_layers, **cfg)
         return self.attach_head(name, RewardHead(config), activate=activate)
 
     def attach_head(self, name: str, head: RewardHead, *, activate: bool = True) -> RewardHead:
         """Attach an existing :class:`RewardHead` (checks its width and layer)."""
         if head.config.hidden_size != self.hidden_size:
             raise ValueError(f"head {name!r} reads width {head.config.hidden_size}, the backbone has {self.hidden_size}")
-        self._check_layer(head.config.layer)
+        for l in head.config.reads:
+            self._check_layer(l)
+        if head.config.layers and head.config.num_base_layers not in (None, self.num_layers):
+            raise ValueError(f"head {name!r} mixes layers of a {head.config.num_base_layers}-block backbone; "
+                             f"this one has {self.num_layers} blocks")
         dev = next(unwrap(self.backbone).parameters()).device
         self.heads[name] = head.to(dev)
         if activate or self.active is None:
@@ -205,12 +211,16 @@ class PreferenceModel(nn.Module):
             grad: Keep the autograd graph through the backbone (LoRA / full training).
         """
         if layers is None:
-            layers = sorted({h.config.layer for h in self.heads.values()} or {self.layer})
+            layers = self.layers_for(self.head_names) or [self.layer]
         items = self.encode(prompts, completions)
         return extract(self.backbone, self.profile, items, list(layers),
                        pad_id=self.tokenizer.pad_token_id or 0, logprobs=logprobs,
                        shared_prefix=self.shared_prefix if shared_prefix is None else shared_prefix,
                        padding_side=padding_side, max_tokens=self.max_tokens, grad=grad)
+
+    def layers_for(self, heads: Sequence[str]) -> list[int]:
+        """Sorted hidden states the given heads read (one backbone pass serves them all)."""
+        return sorted({l for h in heads for l in self._get(h).config.reads})
 
     # ----------------------------------------------------------------- scoring
     def forward(self, states: Features | dict[int, torch.Tensor] | torch.Tensor, head: str | None = None) -> torch.Tensor:
@@ -223,7 +233,7 @@ class PreferenceModel(nn.Module):
         h = self._get(head)
         if isinstance(states, Features):
             states = states.states
-        x = states[h.config.layer] if isinstance(states, dict) else states
+        x = h.select(states) if isinstance(states, dict) else states
         return h(x.to(h.input_mean.device))
 
     @torch.no_grad()
@@ -238,7 +248,7 @@ class PreferenceModel(nn.Module):
         was = h.training
         h.eval()
         try:
-            return self(self.features(prompts, completions, layers=[h.config.layer], **kw), head)
+            return self(self.features(prompts, completions, layers=h.config.reads, **kw), head)
         finally:
             h.train(was)
 

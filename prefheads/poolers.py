@@ -70,6 +70,37 @@ class SwiGLUPooler(nn.Module):
         return torch.tanh(self.down(x * F.silu(g)))
 
 
+@POOLERS.register("layermix")
+class LayerMixPooler(nn.Module):
+    """Learned softmax-weighted sum of several layers' states, scaled, fed to an inner pooler.
+
+    ``f(h) = inner(γ · Σ_l softmax(a)_l · h_l)`` with ``h: [..., L, d]``; ``a`` starts uniform
+    and ``γ`` at 1.
+
+    Args:
+        hidden_size: d.
+        num_mixed: L, the number of layers mixed.
+        inner: Registered pooler applied to the mix (``identity``, ``bert``, ``swiglu``...).
+        **inner_kwargs: Passed to the inner pooler (``ffn_dim``...).
+    """
+
+    def __init__(self, hidden_size: int, num_mixed: int = 1, inner: str = "identity", **inner_kwargs: object) -> None:
+        super().__init__()
+        if inner == "layermix":
+            raise ValueError("layermix cannot nest itself")
+        self.num_mixed = int(num_mixed)
+        self.logits = nn.Parameter(torch.zeros(self.num_mixed))
+        self.scale = nn.Parameter(torch.ones(()))
+        self.inner = build_pooler(inner, hidden_size, **inner_kwargs)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """``[..., L, d] -> [..., d]``."""
+        if h.shape[-2] != self.num_mixed:
+            raise ValueError(f"layermix expects {self.num_mixed} layers, got {h.shape[-2]}")
+        w = torch.softmax(self.logits, dim=0)
+        return self.inner(self.scale * torch.einsum("l,...ld->...d", w, h))
+
+
 def build_pooler(name: str, hidden_size: int, **kwargs: object) -> nn.Module:
     """Instantiate the pooler registered as ``name``."""
     return POOLERS.get(name)(hidden_size, **kwargs)

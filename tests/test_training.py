@@ -167,3 +167,14 @@ def test_two_process_accelerate_run(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     cfg = json.loads((tmp_path / "o" / "heads.json").read_text())
     assert cfg["heads"]["default"]["config"]["meta"]["val_pair_accuracy"] >= 0.8
+
+
+def test_quantized_backbones_fail_clearly_where_unsupported():
+    from prefheads.loading import quantization_config
+
+    with pytest.raises(ValueError, match="frozen or lora"):
+        FitConfig(task="x", mode="full", load_in_4bit=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA GPU"):
+            quantization_config(load_in_4bit=True)
+    assert quantization_config() is None

@@ -7,7 +7,8 @@ import importlib
 import typer
 
 # one module per concern; each adds its commands to the main app
-MODULES: list[str] = []
+MODULES: list[str] = ["layers"]
+MODULES += ["evaluate", "infer"]  # eval; rerank, serve
 
 
 def register_all(app: typer.Typer) -> None:

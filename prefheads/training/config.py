@@ -20,7 +20,11 @@ class FitConfig:
         out: Output folder of the head set.
         head_name: Name of the trained head (default: the task name, or "default").
         pooler: Registered pooler (identity, bert, swiglu, ...).
-        layer: Hidden state read: -1 = after the final norm, i = output of block i.
+        layer: Hidden state read: -1 = after the final norm, i = output of block i, or "auto":
+            one head per candidate layer (see layers), the best on the validation split kept.
+        layers: Candidate layers for --layer auto, or the layers a layermix pooler mixes:
+            "all", "0,5,10", "10:20" (Python slice; -1 is the final norm).
+        layermix_inner: Pooler applied to the layer mix (identity, bert, swiglu).
         objective: DPH loss: separable or contrastive.
         dph_eps: Label smoothing ε of the DPH loss.
         epochs: Passes over the training pairs.
@@ -54,7 +58,9 @@ class FitConfig:
         mixed_precision: no | fp16 | bf16 (through accelerate).
         save_every: Checkpoint every N optimizer steps (0: at epoch ends only).
         resume: Continue from the checkpoint in ``out/checkpoint`` if there is one.
-        eval_task: Evaluate the final head on this task's eval split (default: the training task).
+        load_in_4bit: Load the backbone 4-bit quantized (bitsandbytes, CUDA; frozen and lora modes).
+        load_in_8bit: Load the backbone 8-bit quantized (bitsandbytes, CUDA; frozen and lora modes).
+        log_with: Also log metrics to tensorboard or wandb (through accelerate); off unless asked.
     """
 
     base: str | None = None
@@ -65,7 +71,9 @@ class FitConfig:
     out: str = "runs/heads"
     head_name: str | None = None
     pooler: str = "swiglu"
-    layer: int = -1
+    layer: str = "-1"
+    layers: str | None = None
+    layermix_inner: str = "identity"
     objective: str = "separable"
     dph_eps: float = 0.1
     epochs: int = 10
@@ -99,24 +107,50 @@ class FitConfig:
     mixed_precision: str = "no"
     save_every: int = 0
     resume: bool = False
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    log_with: str | None = None
 
     def __post_init__(self) -> None:
+        if self.task and self.task.startswith("pairs:") and self.data is None:
+            self.task, self.data = None, self.task[len("pairs:"):]
         if self.task is None and self.data is None:
             raise ValueError("give a task (--task) or a preference file (--data)")
         if self.mode not in ("frozen", "lora", "full"):
             raise ValueError(f"mode {self.mode!r} is not available; choose frozen, lora or full")
         if self.dpo_weight < 0 or self.dph_weight < 0:
             raise ValueError("dpo_weight and dph_weight must be >= 0")
+        if (self.load_in_4bit or self.load_in_8bit) and self.mode == "full":
+            raise ValueError("quantized backbones train in frozen or lora mode only, not full")
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("choose one of load_in_4bit and load_in_8bit")
+        if self.log_with not in (None, "tensorboard", "wandb"):
+            raise ValueError(f"log_with must be tensorboard or wandb, got {self.log_with!r}")
         if not 0.0 <= self.dpo_eps <= 0.5:
             raise ValueError(f"dpo_eps must be in [0, 0.5], got {self.dpo_eps}")
         if self.objective not in ("separable", "contrastive"):
             raise ValueError(f"objective must be separable or contrastive, got {self.objective!r}")
         if not 0.0 <= self.dph_eps <= 0.5:
             raise ValueError(f"dph_eps must be in [0, 0.5], got {self.dph_eps}")
+        self.layer = str(self.layer)
+        if self.layer != "auto":
+            try:
+                int(self.layer)
+            except ValueError:
+                raise ValueError(f"layer must be an integer or 'auto', got {self.layer!r}") from None
+        if self.layer == "auto" and self.mode != "frozen":
+            raise ValueError("--layer auto trains one head per layer on cached features: frozen mode only")
+        if self.pooler == "layermix" and not self.layers:
+            raise ValueError("the layermix pooler needs --layers (e.g. all, or 10:20)")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    @property
+    def layer_index(self) -> int | None:
+        """``layer`` as an int, or None for ``auto``."""
+        return None if str(self.layer) == "auto" else int(self.layer)
 
     @property
     def head_dropout(self) -> float:

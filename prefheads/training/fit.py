@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from prefheads.layers import parse_layers
 from prefheads.training.config import FitConfig
 from prefheads.training.data import Candidates, from_examples, from_pairs, split
 
@@ -82,17 +83,26 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
 
     torch.manual_seed(cfg.seed)
     if pm is None:
-        pm = PreferenceModel.from_pretrained(cfg.base, revision=cfg.revision, layer=cfg.layer)
+        from prefheads.loading import quantization_config
+
+        quant = quantization_config(cfg.load_in_4bit, cfg.load_in_8bit)
+        kw = {"quantization_config": quant, "device_map": "auto"} if quant is not None else {}
+        pm = PreferenceModel.from_pretrained(cfg.base, revision=cfg.revision, **kw)
     pm.shared_prefix = cfg.shared_prefix
     name = cfg.head_name or cfg.task or "default"
     cands = cands if cands is not None else training_candidates(cfg)
     tr, va = split(len(cands), cfg.val_fraction, cfg.seed)
     if name in pm.heads:
         pm.remove_head(name)
-    pm.add_head(name, cfg.pooler, layer=cfg.layer, dropout=cfg.head_dropout)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fit_config.json").write_text(cfg.to_json())
+    if cfg.layer == "auto":
+        return _fit_auto(cfg, pm, name, cands, tr, va, out)
+    head_kw: dict[str, Any] = {}
+    if cfg.pooler == "layermix":
+        head_kw = {"layers": parse_layers(cfg.layers, pm.num_layers), "pooler_kwargs": {"inner": cfg.layermix_inner}}
+    pm.add_head(name, cfg.pooler, layer=cfg.layer_index, dropout=cfg.head_dropout, **head_kw)
     t0 = time.perf_counter()
     trainable = MODES.get(cfg.mode)(pm, name, cands, cfg)
     with bar(progress) as pb:
@@ -123,6 +133,74 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
     pm.save_heads(out)
     return FitResult(out, name, history, best_epoch, len(tr), len(va), setup_s, train_s,
                      getattr(trainable, "cache_hit", False))
+
+
+@torch.no_grad()
+def choice_accuracy(trainable: Any, groups: list[tuple[int, list[int]]]) -> float:
+    """Fraction of groups whose preferred row out-scores every other candidate (ties count wrong)."""
+    was = trainable.training
+    trainable.eval()
+    rows = torch.tensor([r for w, ls in groups for r in [w, *ls]])
+    r = trainable(rows)[0].tolist()
+    trainable.train(was)
+    ok, i = 0, 0
+    for w, ls in groups:
+        ok += int(r[i] > max(r[i + 1: i + 1 + len(ls)]))
+        i += 1 + len(ls)
+    return ok / max(1, len(groups))
+
+
+def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[int], va: list[int],
+              out: Path) -> FitResult:
+    """``--layer auto``: one head per candidate layer on ONE backbone pass; keep the best on validation.
+
+    Selection uses only the validation split carved from the training data, never eval data, by
+    choice accuracy (the preferred candidate must beat every other one).
+    """
+    from prefheads.training.cache import FeatureCache, cached_features
+    from prefheads.training.loop import train
+    from prefheads.training.strategies import FrozenTrainable
+
+    if not va:
+        raise ValueError("--layer auto chooses on a validation split: set val_fraction > 0")
+    layers = parse_layers(cfg.layers, pm.num_layers)
+    t0 = time.perf_counter()
+    cache = FeatureCache(cfg.cache_dir, cfg.cache_dtype) if cfg.feature_cache else None
+    states, hit = cached_features(pm, cands.prompts, cands.completions, layers, cache)
+    setup_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    trg, vag = [cands.groups[g] for g in tr], [cands.groups[g] for g in va]
+    scores: dict[int, float] = {}
+    pair_scores: dict[int, float] = {}
+    best: tuple[float, int, list, int] | None = None
+    for layer in layers:
+        torch.manual_seed(cfg.seed)  # every layer's head starts from the same draw
+        tmp = f"{name}@{layer}"
+        pm.add_head(tmp, cfg.pooler, layer=layer, dropout=cfg.head_dropout, activate=False)
+        trainable = FrozenTrainable(pm, tmp, cands, cfg, states=states)
+        trainable.setup()
+        history, best_epoch = train(trainable, trg, vag, cfg, out / "layers" / str(layer))
+        scores[layer] = choice_accuracy(trainable, vag)
+        pair_scores[layer] = history[best_epoch - 1]["val_pair_accuracy"]
+        if best is None or scores[layer] > best[0]:
+            if best is not None:
+                pm.remove_head(f"{name}@{best[1]}")
+            best = (scores[layer], layer, history, best_epoch)
+        else:
+            pm.remove_head(tmp)
+    _, layer, history, best_epoch = best
+    head = pm.remove_head(f"{name}@{layer}")
+    pm.attach_head(name, head)
+    head.config.meta.update({"task": cfg.task or Path(cfg.data).name, "objective": cfg.objective, "mode": "frozen",
+                             "epochs": cfg.epochs, "best_epoch": best_epoch, "n_train": len(tr), "n_val": len(va),
+                             "seed": cfg.seed, "chosen_layer": layer, "val_accuracy": round(scores[layer], 4),
+                             "val_pair_accuracy": round(pair_scores[layer], 4),
+                             "layer_scores": {str(k): round(v, 4) for k, v in scores.items()}})
+    pm.save_heads(out)
+    (out / "layer_scores.json").write_text(json.dumps(
+        {"chosen": layer, "metric": "validation choice accuracy", "val_accuracy": scores,
+         "val_pair_accuracy": pair_scores, "n_val": len(va)}, indent=2))
+    return FitResult(out, name, history, best_epoch, len(tr), len(va), setup_s, time.perf_counter() - t1, hit)
 
 
 def _save_backbone_changes(pm: Any, cfg: FitConfig, out: Path) -> None:

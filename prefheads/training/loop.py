@@ -66,7 +66,10 @@ def train(
     """
     from accelerate import Accelerator
 
-    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
+                      log_with=cfg.log_with, project_dir=str(out) if cfg.log_with else None)
+    if cfg.log_with:
+        acc.init_trackers("prefheads", config={k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))})
     rows = sorted({r for w, ls in train_groups for r in [w, *ls]})
     std = trainable.standardizer_features(rows)
     if std is not None:
@@ -130,6 +133,8 @@ def train(
             seen += n
             for k in tot:
                 tot[k] += float(m.get(k, m.get(f"dph/{k}", 0.0))) * n
+            if cfg.log_with:
+                acc.log({"loss": float(loss.detach()), **{k: float(v) for k, v in m.items()}}, step=step)
             if on_step and acc.is_main_process:
                 on_step({"epoch": epoch, "step": step, "loss": float(loss.detach()),
                          "pair_accuracy": float(m.get("pair_accuracy", m.get("dph/pair_accuracy", 0.0))),
@@ -147,6 +152,8 @@ def train(
     if best_state is not None:
         inner.load_trainable_state(best_state)
     inner.eval()
+    if cfg.log_with:
+        acc.end_training()
     if acc.is_main_process:
         (out / "history.json").write_text(json.dumps(history, indent=2))
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the saved heads are the result

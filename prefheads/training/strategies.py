@@ -42,7 +42,7 @@ class Trainable(nn.Module):
         object.__setattr__(self, "pm", pm)
         self.cands, self.cfg = cands, cfg
         self.head = pm.heads[head_name]
-        self.layer = self.head.config.layer
+        self.reads = self.head.config.reads
         self.ref_logp: torch.Tensor | None = None
         self.prior = None
 
@@ -64,8 +64,8 @@ class Trainable(nn.Module):
     def _backbone_forward(self, rows: torch.Tensor, logprobs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         idx = rows.tolist()
         f = self.pm.features([self.cands.prompts[i] for i in idx], [self.cands.completions[i] for i in idx],
-                             layers=[self.layer], logprobs=logprobs, grad=torch.is_grad_enabled())
-        return self.head(f.states[self.layer]), f.logprob_sum
+                             layers=self.reads, logprobs=logprobs, grad=torch.is_grad_enabled())
+        return self.head(self.head.select(f.states)), f.logprob_sum
 
     def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Rewards ``[R]`` (and policy log-probs ``[R]`` or None) of candidate rows ``[R]``."""
@@ -77,31 +77,43 @@ class Trainable(nn.Module):
 
     @torch.no_grad()
     def _reference_logprobs(self) -> torch.Tensor:
-        f = self.pm.features(self.cands.prompts, self.cands.completions, layers=[self.layer], logprobs=True)
+        f = self.pm.features(self.cands.prompts, self.cands.completions, layers=self.reads, logprobs=True)
         return f.logprob_sum
 
 
 @MODES.register("frozen")
 class FrozenTrainable(Trainable):
-    """Head only, on cached backbone features."""
+    """Head only, on cached backbone features.
+
+    ``states`` (``{layer: [M, d]}``) may be given up front, e.g. when one pass feeds the heads
+    of every layer (``--layer auto``); otherwise they come from the feature cache.
+    """
 
     uses_backbone_grad = False
+
+    def __init__(self, *args: Any, states: dict[int, torch.Tensor] | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.feats = states
+        self.cache_hit = states is not None
 
     def setup(self) -> None:
         if self.cfg.dpo_weight:
             raise ValueError("cDPO (--dpo-weight) needs a trainable policy: use --mode lora or --mode full")
         for p in self.pm.backbone.parameters():
             p.requires_grad_(False)
-        cache = FeatureCache(self.cfg.cache_dir, self.cfg.cache_dtype) if self.cfg.feature_cache else None
-        states, hit = cached_features(self.pm, self.cands.prompts, self.cands.completions, [self.layer], cache)
-        self.cache_hit = hit
-        self.register_buffer("feats", states[self.layer], persistent=False)
+        if self.feats is None:
+            cache = FeatureCache(self.cfg.cache_dir, self.cfg.cache_dtype) if self.cfg.feature_cache else None
+            self.feats, self.cache_hit = cached_features(self.pm, self.cands.prompts, self.cands.completions,
+                                                         self.reads, cache)
+
+    def _rows(self, rows: Any) -> torch.Tensor:
+        return self.head.select({l: self.feats[l][rows] for l in self.reads})
 
     def standardizer_features(self, rows: list[int]) -> torch.Tensor:
-        return self.feats[rows]
+        return self._rows(rows)
 
     def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return self.head(self.feats[rows]), None
+        return self.head(self._rows(rows)), None
 
 
 @MODES.register("lora")
