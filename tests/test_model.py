@@ -182,3 +182,20 @@ def test_long_sequences_lose_prompt_tokens_from_the_left():
     assert len(item.ids) == 40 and item.truncated > 0
     assert item.ids[-1] == pm.chat.reward_token_id
     assert pm.tokenizer.decode(item.ids[item.prompt_len:]).startswith("yes")
+
+
+def test_unknown_family_falls_back_to_a_structural_profile_with_a_warning():
+    bb, tok = make_backbone("llama")
+    want = PreferenceModel.from_backbone(bb, tok).features(PROMPTS, COMPS, layers=[-1, 1]).states
+    bb.config.model_type = "mystery_decoder"
+    with pytest.warns(UserWarning, match="no prefheads profile for model_type 'mystery_decoder'"):
+        pm = PreferenceModel.from_backbone(bb, tok)
+    assert pm.profile.generic and pm.profile.layers == "model.layers" and pm.profile.final_norm == "model.norm"
+    got = pm.features(PROMPTS, COMPS, layers=[-1, 1]).states
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_every_family_has_a_profile_and_no_fallback(family):
+    bb, tok = make_backbone(family)
+    pm = PreferenceModel.from_backbone(bb, tok)
+    assert not pm.profile.generic and pm.profile.model_type == bb.config.model_type
