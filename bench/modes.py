@@ -20,8 +20,8 @@ from common import DATA, machine, table  # noqa: E402
 
 SETTINGS = {
     "frozen": {"epochs": 10, "lr": 1e-3},
-    "lora": {"epochs": 2, "lr": 5e-4},
-    "full": {"epochs": 2, "lr": 2e-5, "prior": 0.5},
+    "lora": {"epochs": 2, "lr": 5e-4, "head_lr": 1e-3},
+    "full": {"epochs": 2, "lr": 2e-5, "head_lr": 1e-3, "prior": 0.5},
 }
 
 

@@ -30,6 +30,7 @@ class FitConfig:
         epochs: Passes over the training pairs.
         batch_size: Pairs per optimizer step.
         lr: Peak learning rate.
+        head_lr: Peak learning rate of the head in lora / full modes (default: lr).
         weight_decay: AdamW weight decay of the head.
         warmup_ratio: Fraction of steps of linear warmup before cosine decay.
         final_lr_ratio: Cosine decays to lr · final_lr_ratio.
@@ -79,6 +80,7 @@ class FitConfig:
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
+    head_lr: float | None = None
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     final_lr_ratio: float = 0.1

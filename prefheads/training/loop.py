@@ -75,7 +75,11 @@ def train(
     if std is not None:
         trainable.head.fit_standardizer(std)
     params = [p for p in trainable.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    head_ids = {id(p) for p in trainable.head.parameters()}
+    groups = [{"params": [p for p in params if id(p) in head_ids], "lr": cfg.head_lr or cfg.lr},
+              {"params": [p for p in params if id(p) not in head_ids], "lr": cfg.lr}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95),
+                            weight_decay=cfg.weight_decay)
     batches_per_epoch = math.ceil(len(train_groups) / cfg.batch_size)
     total = max(1, cfg.epochs * batches_per_epoch // cfg.grad_accum)
     sched = warmup_cosine_schedule(opt, int(cfg.warmup_ratio * total), total, cfg.final_lr_ratio)

@@ -219,11 +219,15 @@ def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
 
 
 def trainable_named_parameters(model: nn.Module, which: str) -> list[tuple[str, nn.Parameter]]:
-    """Set ``requires_grad`` for ``which`` (``embeddings`` | ``all``) and return the trainable parameters."""
-    emb = model.get_input_embeddings().weight
+    """Set ``requires_grad`` for ``which`` (``embeddings`` | ``all``) and return the trainable parameters.
+
+    ``embeddings`` is the input token embedding plus the LM head's vocab matrix (one tensor when tied).
+    """
+    out_emb = model.get_output_embeddings()
+    emb = {id(model.get_input_embeddings().weight)} | ({id(out_emb.weight)} if out_emb is not None else set())
     named = list(model.named_parameters())
     for _, p in named:
-        p.requires_grad_(which == "all" or p is emb)
+        p.requires_grad_(which == "all" or id(p) in emb)
     return [(n, p) for n, p in named if p.requires_grad]
 
 

@@ -71,9 +71,18 @@ class Trainable(nn.Module):
         """Rewards ``[R]`` (and policy log-probs ``[R]`` or None) of candidate rows ``[R]``."""
         return self._backbone_forward(rows, self.ref_logp is not None)
 
-    def standardizer_features(self, rows: list[int]) -> torch.Tensor | None:
-        """Features to fit the head's input standardiser on (frozen mode only)."""
-        return None
+    @torch.no_grad()
+    def standardizer_features(self, rows: list[int], sample: int = 256) -> torch.Tensor | None:
+        """Features to fit the head's input standardiser on: a seeded sample of training rows.
+
+        Last-layer states carry a large constant offset that saturates tanh poolers; the
+        standardiser removes it (frozen mode uses every training row, from the cache).
+        """
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        pick = [rows[i] for i in torch.randperm(len(rows), generator=g)[:sample].tolist()]
+        f = self.pm.features([self.cands.prompts[i] for i in pick], [self.cands.completions[i] for i in pick],
+                             layers=self.reads)
+        return self.head.select(f.states)
 
     @torch.no_grad()
     def _reference_logprobs(self) -> torch.Tensor:
