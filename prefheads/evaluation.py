@@ -1,18 +1,45 @@
-"""Scoring labelled multiple-choice examples both ways from one backbone pass.
+"""Scoring labelled tasks and preference pairs both ways from one backbone pass.
 
 * log-prob: the candidate with the highest *mean* log-probability of its assistant tokens
-  (the end-of-turn token included, as in the reference code);
+  (the end-of-turn token included, as in the reference code), ``logprob_sum / n_tokens``;
 * DPH: the candidate with the highest reward at its end-of-turn token, for every head.
+
+:func:`evaluate` runs tasks and groups (PAPER.md section 5) and returns an :class:`EvalRun`: a
+versioned, JSON-ready results dict and one record per example; :func:`prefheads.report.save_run`
+writes them as ``results.json`` + ``results.examples.jsonl``. Metric values are fractions
+(reports show %).
+
+Ties are broken toward the lowest candidate index (:func:`prefheads.metrics.choose`) and their
+count is reported for every method; preference pairs count a tie as a miss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefheads.metrics import accuracy, choose, prediction_distribution
+import numpy as np
+import torch
+
+from prefheads.metrics import (accuracy, brier_score, choose, expected_calibration_error, f1,
+                               gpt4all_score, glue_score, mcc, pair_accuracy, pearson,
+                               prediction_distribution, race_score, reliability_bins, spearman)
 from prefheads.types import Example
+
+SCHEMA = "prefheads-eval"
+SCHEMA_VERSION = 1
+LOGPROB = "logprob"
+"""Method name of mean log-prob scoring; heads are ``dph:<head>``."""
+
+
+def method_name(head: str) -> str:
+    """Method name of a head's reward (``dph:<head>``)."""
+    return f"dph:{head}"
 
 
 @dataclass
@@ -33,32 +60,70 @@ class ChoiceScores:
 
     def methods(self) -> dict[str, list[list[float]]]:
         """Score tables by method name (``logprob``, ``dph:<head>``)."""
-        out = {"logprob": self.logprob}
-        out.update({f"dph:{h}": r for h, r in self.rewards.items()})
+        out = {LOGPROB: self.logprob}
+        out.update({method_name(h): r for h, r in self.rewards.items()})
         return out
 
 
+@contextlib.contextmanager
+def _eval_mode(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
+    # Heads are nn.Modules, in training mode after construction or loading: dropout on the
+    # pooler output would make eval scores random. Restore the caller's mode afterwards.
+    was = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, w in zip(modules, was):
+            m.train(w)
+
+
 def score_examples(pm: Any, examples: Sequence[Example], heads: Sequence[str] | None = None,
-                   logprobs: bool = True) -> ChoiceScores:
-    """Score every candidate of every example, all heads and log-prob from one pass."""
+                   logprobs: bool = True, *, chunk_size: int = 256,
+                   on_chunk: Callable[[int], None] | None = None, **feature_kw: Any) -> ChoiceScores:
+    """Score every candidate of every example, all heads and log-prob from one pass.
+
+    Args:
+        pm: A :class:`~prefheads.model.PreferenceModel`.
+        examples: Examples to score (every choice is a candidate).
+        heads: Heads to apply (default: all attached).
+        logprobs: Also compute mean / summed completion log-probs.
+        chunk_size: Examples per :meth:`features` call (bounds memory; results do not depend on it).
+        on_chunk: Called with the number of examples after each chunk (progress bars).
+        **feature_kw: Passed to :meth:`features` (``shared_prefix``, ``padding_side``).
+
+    Returns:
+        fp32 scores as :class:`ChoiceScores`; heads run in eval mode (no dropout).
+    """
     examples = list(examples)
-    prompts = [ex.prompt for ex in examples for _ in ex.choices]
-    comps = [c for ex in examples for c in ex.choices]
+    if not examples:
+        raise ValueError("no examples to score")
     heads = list(pm.heads) if heads is None else list(heads)
-    layers = sorted({pm.heads[h].config.layer for h in heads} | ({-1} if not heads else set()))
-    feats = pm.features(prompts, comps, layers=layers, logprobs=logprobs)
-    flat_rewards = {h: pm(feats.states, h).tolist() for h in heads}
-    out = ChoiceScores(examples)
-    i = 0
-    for ex in examples:
-        k = len(ex.choices)
-        if logprobs:
-            s = feats.logprob_sum[i: i + k]
-            out.logprob_sum.append(s.tolist())
-            out.logprob.append((s / feats.n_tokens[i: i + k].clamp_min(1)).tolist())
-        for h in heads:
-            out.rewards.setdefault(h, []).append(flat_rewards[h][i: i + k])
-        i += k
+    if not heads and not logprobs:
+        raise ValueError("nothing to compute: no heads and logprobs=False")
+    # every hidden state any head reads, so one pass serves them all
+    layers = pm.layers_for(heads) or [-1]
+    out = ChoiceScores(examples, rewards={h: [] for h in heads})
+    with torch.no_grad(), _eval_mode([pm.heads[h] for h in heads]):
+        for start in range(0, len(examples), chunk_size):
+            part = examples[start: start + chunk_size]
+            prompts = [ex.prompt for ex in part for _ in ex.choices]
+            comps = [c for ex in part for c in ex.choices]
+            feats = pm.features(prompts, comps, layers=layers, logprobs=logprobs, **feature_kw)
+            flat = {h: pm(feats.states, h).float().cpu() for h in heads}
+            i = 0
+            for ex in part:
+                k = len(ex.choices)
+                if logprobs:
+                    s = feats.logprob_sum[i: i + k].double()
+                    out.logprob_sum.append(s.tolist())
+                    out.logprob.append((s / feats.n_tokens[i: i + k].clamp_min(1)).tolist())
+                for h in heads:
+                    out.rewards[h].append(flat[h][i: i + k].tolist())
+                i += k
+            if on_chunk is not None:
+                on_chunk(len(part))
     return out
 
 
@@ -71,8 +136,334 @@ def summarize(scores: ChoiceScores) -> dict[str, Any]:
         if not table:
             continue
         preds, ties = choose(table)
+        dist = prediction_distribution(preds, n_choices)
         out[name] = {"accuracy": accuracy(preds, labels), "ties": ties,
-                     "predicted": prediction_distribution(preds, n_choices)["counts"],
-                     "majority_fraction": prediction_distribution(preds, n_choices)["majority_fraction"]}
+                     "predicted": dist["counts"], "majority_fraction": dist["majority_fraction"]}
     out["gold"] = prediction_distribution(labels, n_choices)["counts"]
     return out
+
+
+# ----------------------------------------------------------------------------- per-task metrics
+
+def choice_names(spec: Any, examples: Sequence[Example]) -> list[str]:
+    """Names of candidate positions: the fixed choices, ``chosen``/``rejected``, or A, B, C..."""
+    if spec.kind == "pairs":
+        return ["chosen", "rejected"]
+    if spec.choices:
+        return list(spec.choices)
+    n = max(len(ex.choices) for ex in examples)
+    return [chr(65 + i) if n <= 26 else str(i) for i in range(n)]
+
+
+def _metric(spec: Any, name: str, examples: Sequence[Example], preds: Sequence[int]) -> float:
+    labels = [ex.label for ex in examples]
+    if name in ("pearson", "spearman"):
+        # STS-B: six choices "0".."5"; the chosen integer is correlated with the gold float
+        values = [float(spec.choices[p]) for p in preds]
+        gold = [float(ex.meta["score"]) if "score" in ex.meta else float(ex.label) for ex in examples]
+        return (pearson if name == "pearson" else spearman)(values, gold)
+    if name == "f1":
+        return f1(preds, labels, pos_label=1 if spec.positive_label is None else spec.positive_label)
+    if name == "mcc":
+        return mcc(preds, labels)
+    if name == "accuracy":
+        return accuracy(preds, labels)
+    raise KeyError(f"unknown task metric {name!r}")
+
+
+def choice_metrics(spec: Any, examples: Sequence[Example], preds: Sequence[int]) -> tuple[dict[str, float], list[str]]:
+    """The task's own metrics (``spec.metrics``) and which of them form its score.
+
+    A task with several eval splits (MNLI matched / mismatched) gets each metric per split
+    (``accuracy_matched``...), which are its official values, and over all splits.
+    """
+    metrics: dict[str, float] = {}
+    official: list[str] = []
+    if len(spec.eval_splits) > 1:
+        for split in spec.eval_splits:
+            idx = [i for i, ex in enumerate(examples) if ex.meta.get("split") == split]
+            if not idx:
+                continue
+            short = split.rsplit("_", 1)[-1]
+            for m in spec.metrics:
+                metrics[f"{m}_{short}"] = _metric(spec, m, [examples[i] for i in idx], [preds[i] for i in idx])
+                official.append(f"{m}_{short}")
+        metrics.update({m: _metric(spec, m, examples, preds) for m in spec.metrics})
+    else:
+        metrics = {m: _metric(spec, m, examples, preds) for m in spec.metrics}
+        official = list(spec.metrics)
+    metrics.setdefault("accuracy", accuracy(preds, [ex.label for ex in examples]))
+    return metrics, official
+
+
+def calibration(table: Sequence[Sequence[float]], labels: Sequence[int], n_bins: int = 10) -> dict[str, Any]:
+    """σ(reward) of every candidate against its correctness: ECE, Brier and reliability bins.
+
+    Meaningful for separable heads, whose objective pushes σ(r) toward P(correct).
+    """
+    probs, correct = [], []
+    for row, label in zip(table, labels):
+        probs.extend(1.0 / (1.0 + math.exp(-max(min(r, 60.0), -60.0))) for r in row)
+        correct.extend(float(j == label) for j in range(len(row)))
+    return {"ece": expected_calibration_error(probs, correct, n_bins), "brier": brier_score(probs, correct),
+            "n_candidates": len(probs), "bins": reliability_bins(probs, correct, n_bins)}
+
+
+def task_metrics(spec: Any, scores: ChoiceScores, separable: Sequence[str] = ()) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """Per-method metrics, predicted-choice distribution and ties of one scored task.
+
+    Args:
+        spec: The task's :class:`~prefheads.tasks.TaskSpec`.
+        scores: Its scores (pairs as two-candidate examples, chosen first, label 0).
+        separable: Heads trained with the separable objective; they also get calibration.
+
+    Returns:
+        ``(methods, predictions)``: method -> result block, and method -> predicted indices.
+    """
+    exs = scores.examples
+    labels = [ex.label for ex in exs]
+    names = choice_names(spec, exs)
+    blocks: dict[str, Any] = {}
+    all_preds: dict[str, list[int]] = {}
+    for method, table in scores.methods().items():
+        if not table:
+            continue
+        preds, ties = choose(table)
+        if spec.kind == "pairs":
+            metrics = {"pair_accuracy": pair_accuracy([r[0] for r in table], [r[1] for r in table])}
+            official = ["pair_accuracy"]
+            ties = sum(1 for r in table if r[0] == r[1])
+        else:
+            metrics, official = choice_metrics(spec, exs, preds)
+        dist = prediction_distribution(preds, names)
+        block = {"score": float(np.mean([metrics[k] for k in official])), "metrics": metrics,
+                 "official": official, "ties": ties, "predicted": dist["counts"],
+                 "majority_choice": dist["majority_choice"], "majority_fraction": dist["majority_fraction"]}
+        if method.startswith("dph:") and method[4:] in separable:
+            block["calibration"] = calibration(table, labels)
+        blocks[method] = block
+        all_preds[method] = preds
+    return blocks, all_preds
+
+
+# ----------------------------------------------------------------------------- aggregates
+
+def aggregates(task_results: dict[str, dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
+    """GLUE (with and without WNLI), GPT4All and RACE scores of every method, where present.
+
+    A group evaluated only in part is still aggregated over what is there, flagged
+    ``partial`` with its ``missing`` members, so it is never mistaken for the paper's score.
+    RACE weights middle and high by the number of questions evaluated of each.
+    """
+    from prefheads import tasks
+
+    out: dict[str, Any] = {}
+
+    def entry(group: str, members: list[str], fn: Callable[[str, list[str]], float]) -> None:
+        present = [t for t in members if t in task_results]
+        if not present:
+            return
+        missing = [t for t in members if t not in task_results]
+        values = {m: fn(m, present) for m in methods if all(m in task_results[t]["methods"] for t in present)}
+        out[group] = {"tasks": present, "missing": missing, "partial": bool(missing), "values": values}
+
+    def official(method: str, name: str) -> dict[str, dict[str, float]]:
+        block = task_results[name]["methods"][method]
+        if name == "glue/mnli":  # two GLUE entries, merged by glue_score
+            return {f"glue/mnli_{k.rsplit('_', 1)[-1]}": {"accuracy": block["metrics"][k]} for k in block["official"]}
+        return {name: {k: block["metrics"][k] for k in block["official"]}}
+
+    def glue(include_wnli: bool) -> Callable[[str, list[str]], float]:
+        def fn(method: str, present: list[str]) -> float:
+            per: dict[str, dict[str, float]] = {}
+            for t in present:
+                if include_wnli or t != "glue/wnli":
+                    per.update(official(method, t))
+            return glue_score(per, include_wnli=include_wnli)
+        return fn
+
+    glue_members = tasks.expand("glue")
+    if "glue/wnli" in task_results:
+        entry("glue", glue_members, glue(True))
+    if any(t in task_results for t in glue_members if t != "glue/wnli"):
+        entry("glue_no_wnli", [t for t in glue_members if t != "glue/wnli"], glue(False))
+    members = tasks.expand("gpt4all")
+    entry("gpt4all", members, lambda m, present: gpt4all_score(
+        {t: task_results[t]["methods"][m]["score"] for t in present},
+        expected_tasks=len(members) if len(present) == len(members) else None))
+
+    def race(method: str, present: list[str]) -> float:
+        acc = {t: task_results[t]["methods"][method]["score"] for t in present}
+        n = {t: task_results[t]["n"] for t in present}
+        return race_score(acc.get("race/middle", 0.0), n.get("race/middle", 0),
+                          acc.get("race/high", 0.0), n.get("race/high", 0))
+
+    entry("race", tasks.expand("race"), race)
+    return out
+
+
+# ----------------------------------------------------------------------------- running
+
+@dataclass
+class EvalRun:
+    """Outcome of :func:`evaluate`.
+
+    Attributes:
+        results: Versioned JSON-ready results: ``schema`` (:data:`SCHEMA`), ``schema_version``,
+            ``prefheads_version``, ``model`` (id, revision, reward token, template fingerprint),
+            ``heads`` (folder, names, each head's pooler / objective / meta / sha256), ``config``
+            (tasks, data dir, max_eval, seed, variant), ``methods``, ``tasks`` (per task: template
+            hash, split sizes, seconds, gold distribution and, per method, ``score``, ``metrics``,
+            ``official``, ``predicted``, ``ties``, ``calibration``), ``missing``, ``aggregates``
+            and ``wall_seconds``.
+        records: One dict per example: id, task, split, label, per-method scores and prediction.
+    """
+
+    results: dict[str, Any]
+    records: list[dict[str, Any]]
+
+
+def _version() -> str:
+    from prefheads import __version__
+
+    return __version__
+
+
+def _heads_record(pm: Any, heads: Sequence[str], heads_dir: Any) -> dict[str, Any]:
+    files: dict[str, Any] = {}
+    if heads_dir is not None:
+        from prefheads.headio import read_config
+
+        files = read_config(heads_dir)["heads"]
+    return {"dir": str(heads_dir) if heads_dir is not None else None, "names": list(heads), "active": pm.active,
+            "heads": {h: {"pooler": pm.heads[h].config.pooler, "layer": pm.heads[h].config.reads,
+                          "objective": pm.heads[h].config.meta.get("objective"),
+                          "meta": pm.heads[h].config.meta, "sha256": files.get(h, {}).get("sha256")}
+                      for h in heads}}
+
+
+def _load(spec: Any, name: str, data_dir: Any, max_eval: int | None, seed: int, variant: str) -> tuple[list[Example], Any]:
+    from prefheads import tasks
+
+    kw = dict(limit=max_eval, seed=seed, shuffle=max_eval is not None, variant=variant)
+    if spec.kind == "pairs":
+        loaded = tasks.load_pairs(name, "eval", data_dir, **kw)
+        exs = [Example(p.id, p.prompt, [p.chosen, p.rejected], 0, p.task, p.meta) for p in loaded]
+    else:
+        loaded = tasks.load_examples(name, "eval", data_dir, **kw)
+        exs = [ex for ex in loaded if ex.label is not None]  # unlabelled test rows cannot be scored
+    return exs, loaded
+
+
+def evaluate_task(pm: Any, name: str, *, data_dir: Any = None, max_eval: int | None = None, seed: int = 0,
+                  heads: Sequence[str] | None = None, variant: str = "paper", progress: Any = None,
+                  **feature_kw: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Load, score and measure one task; returns its result block and per-example records."""
+    from prefheads import tasks
+
+    spec = tasks.get_task(name, variant)
+    heads = list(pm.heads) if heads is None else list(heads)
+    t0 = time.perf_counter()
+    exs, loaded = _load(spec, name, data_dir, max_eval, seed, variant)
+    if not exs:
+        raise ValueError(f"task {spec.name!r}: no labelled examples to evaluate")
+    t1 = time.perf_counter()
+    tid = progress.add_task(spec.name, total=len(exs)) if progress is not None else None
+    scores = score_examples(pm, exs, heads, chunk_size=feature_kw.pop("chunk_size", 256),
+                            on_chunk=(lambda k: progress.advance(tid, k)) if progress is not None else None,
+                            **feature_kw)
+    t2 = time.perf_counter()
+    separable = [h for h in heads if pm.heads[h].config.meta.get("objective") == "separable"]
+    blocks, preds = task_metrics(spec, scores, separable)
+    splits: dict[str, int] = {}
+    for ex in exs:
+        splits[ex.meta.get("split", "")] = splits.get(ex.meta.get("split", ""), 0) + 1
+    names = choice_names(spec, exs)
+    result = {"kind": spec.kind, "template_hash": spec.template_hash(), "variant": spec.variant,
+              "n": len(exs), "splits": splits, "n_candidates": sum(len(ex.choices) for ex in exs),
+              "unlabelled": len(loaded) - len(exs) if spec.kind == "choice" else 0,
+              "skipped": loaded.skipped, "dropped": loaded.dropped, "choices": names,
+              "gold": prediction_distribution([ex.label for ex in exs], names)["counts"],
+              "seconds": {"load": round(t1 - t0, 3), "score": round(t2 - t1, 3), "total": round(t2 - t0, 3)},
+              "methods": blocks}
+    tables = scores.methods()
+    records = []
+    for j, ex in enumerate(exs):
+        rec = {"id": ex.id, "task": spec.name, "split": ex.meta.get("split"), "label": ex.label,
+               "scores": {m: t[j] for m, t in tables.items() if t},
+               "pred": {m: p[j] for m, p in preds.items()}}
+        if "score" in ex.meta:
+            rec["gold_score"] = ex.meta["score"]
+        records.append(rec)
+    return result, records
+
+
+def expand_tasks(names: Sequence[str]) -> list[str]:
+    """Task names of ``names`` (groups expanded, comma lists split, duplicates removed)."""
+    from prefheads import tasks
+
+    out: list[str] = []
+    for raw in names:
+        for name in (n.strip() for n in str(raw).split(",")):
+            if not name:
+                continue
+            members = [name] if name.startswith("pairs:") else tasks.expand(name)
+            out.extend(m for m in members if m not in out)
+    if not out:
+        raise ValueError("no task given")
+    return out
+
+
+def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike | None = None,
+             max_eval: int | None = None, seed: int = 0, heads: Sequence[str] | None = None,
+             heads_dir: str | os.PathLike | None = None, variant: str = "paper", skip_missing: bool = False,
+             progress: bool = False, **feature_kw: Any) -> EvalRun:
+    """Evaluate log-prob scoring and every head on tasks and groups.
+
+    Args:
+        pm: The model, with the heads to evaluate attached (none: log-prob only).
+        task_names: Tasks and/or groups (``glue``, ``gpt4all``, ``race``, ``glue/rte``...).
+        data_dir: Data folder (see :func:`prefheads.tasks.load_examples`).
+        max_eval: Evaluate a seeded random subset of at most this many examples per split.
+        seed: Subset seed.
+        heads: Heads to evaluate (default: all attached).
+        heads_dir: The folder they came from (recorded, with each head's sha256).
+        variant: Template variant.
+        skip_missing: Record tasks whose data files are missing instead of raising.
+        progress: Show a progress bar.
+        **feature_kw: ``shared_prefix``, ``padding_side``, ``chunk_size`` (results do not depend on them).
+    """
+    from prefheads import tasks
+    from prefheads.progress import bar
+
+    names = expand_tasks(task_names)
+    heads = list(pm.heads) if heads is None else list(heads)
+    methods = [LOGPROB] + [method_name(h) for h in heads]
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "prefheads_version": _version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": {"id": pm.model_id, "revision": pm.revision, "chat_mode": pm.chat.mode,
+                  "reward_token": pm.chat.reward_token, "template_fingerprint": pm.chat.fingerprint},
+        "heads": _heads_record(pm, heads, heads_dir),
+        "config": {"tasks": list(task_names), "data_dir": str(data_dir) if data_dir is not None else None,
+                   "max_eval": max_eval, "seed": seed, "variant": variant,
+                   "features": {k: v for k, v in feature_kw.items()}, "max_tokens": pm.max_tokens},
+        "methods": methods, "tasks": {}, "missing": {}, "aggregates": {},
+    }
+    records: list[dict[str, Any]] = []
+    with bar(progress) as pb:
+        for name in names:
+            try:
+                result, recs = evaluate_task(pm, name, data_dir=data_dir, max_eval=max_eval, seed=seed, heads=heads,
+                                             variant=variant, progress=pb if progress else None, **feature_kw)
+            except FileNotFoundError as e:
+                if not skip_missing:
+                    raise
+                results["missing"][tasks.get_task(name).name] = str(e)
+                continue
+            results["tasks"][name] = result
+            records.extend(recs)
+    results["aggregates"] = aggregates(results["tasks"], methods)
+    results["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    return EvalRun(results, records)

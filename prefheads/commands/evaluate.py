@@ -1,0 +1,84 @@
+"""``prefheads eval``: score tasks both ways (log-prob and every head), save, report, compare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def _console():
+    from rich.console import Console
+
+    c = Console()
+    return c if c.is_terminal else Console(width=200)
+
+
+def eval_command(
+    files: Annotated[Optional[list[Path]], typer.Argument(help="With --compare: results files to show side by side.")] = None,
+    heads: Annotated[Optional[Path], typer.Option(help="Head folder (every head in it is evaluated). Without it: log-prob only.")] = None,
+    task: Annotated[Optional[list[str]], typer.Option(help="Task or group (glue, gpt4all, race, glue/rte, pairs:<file>...); repeat or comma-separate.")] = None,
+    base: Annotated[Optional[str], typer.Option(help="Hub id, local folder or GGUF file (default: the heads' base, else bundled SmolLM2-135M-Instruct).")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="Data folder laid out like shared/data, or 'bundled' (default: $PREFHEADS_DATA, else the hub).")] = None,
+    max_eval: Annotated[Optional[int], typer.Option(help="Evaluate a seeded random subset of at most N examples per split.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --max-eval subset.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Write results JSON here (and <stem>.examples.jsonl beside it).")] = None,
+    examples_out: Annotated[Optional[Path], typer.Option(help="Per-example JSONL path (default: beside --out).")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report with plots here.")] = None,
+    head: Annotated[Optional[list[str]], typer.Option(help="Evaluate only these heads of the folder (repeat).")] = None,
+    variant: Annotated[str, typer.Option(help="Template variant: paper, paper_fixed or reference.")] = "paper",
+    skip_missing: Annotated[bool, typer.Option(help="Skip tasks whose data files are missing (aggregates are then marked partial).")] = False,
+    allow_base_mismatch: Annotated[bool, typer.Option(help="Load heads trained on another base.")] = False,
+    compare: Annotated[bool, typer.Option("--compare", help="Compare results files given as arguments instead of evaluating.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Evaluate log-prob scoring and DPH heads on tasks (one backbone pass per task), or --compare results."""
+    from prefheads.cli import _quiet
+    from prefheads.evaluation import evaluate
+    from prefheads.report import comparison_table, load_results, run_labels, save_run, write_report
+
+    if compare:
+        if not files:
+            raise typer.BadParameter("give the results files to compare: prefheads eval --compare a.json b.json")
+        try:
+            results = [load_results(f) for f in files]
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+        _console().print(comparison_table(results, run_labels(files), title="prefheads eval --compare"))
+        return
+    if files:
+        raise typer.BadParameter(f"unexpected arguments {[str(f) for f in files]} (did you mean --compare?)")
+    if not task:
+        raise typer.BadParameter("--task is required (e.g. --task glue, --task glue/rte,boolq)")
+    _quiet()
+    from prefheads.model import PreferenceModel
+
+    if heads is not None:
+        from prefheads.headio import heads_base
+
+        pm = PreferenceModel.from_pretrained(base if base is not None else heads_base(heads))
+        pm.load_heads(heads, names=head, allow_base_mismatch=allow_base_mismatch)
+    else:
+        if head:
+            raise typer.BadParameter("--head needs --heads")
+        pm = PreferenceModel.from_pretrained(base)
+    try:
+        run = evaluate(pm, task, data_dir=data_dir, max_eval=max_eval, seed=seed, heads=head, heads_dir=heads,
+                       variant=variant, skip_missing=skip_missing, progress=progress)
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}\n(pass --skip-missing to evaluate the tasks whose data is there)", err=True)
+        raise typer.Exit(2) from None
+    res = run.results
+    _console().print(comparison_table([res], title=f"{res['model']['id']}: {', '.join(res['tasks'])}"))
+    for name, why in res["missing"].items():
+        typer.echo(f"skipped {name}: {why}", err=True)
+    if out is not None:
+        typer.echo(f"results: {save_run(run, out, examples_out)}")
+    if report is not None:
+        typer.echo(f"report: {write_report(res, run.records, report)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``eval`` to the CLI."""
+    app.command(name="eval")(eval_command)

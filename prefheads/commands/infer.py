@@ -1,0 +1,111 @@
+"""``prefheads rerank`` (best-of-N or given candidates) and ``prefheads serve`` (HTTP scoring)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+HeadsDir = Annotated[Path, typer.Option(help="Head folder.")]
+BaseOpt = Annotated[Optional[str], typer.Option(help="Hub id, local folder or GGUF file (default: the heads' base).")]
+HeadOpt = Annotated[Optional[str], typer.Option(help="Head to score with (default: the folder's active head).")]
+Mismatch = Annotated[bool, typer.Option(help="Load heads trained on another base.")]
+
+
+def _load(heads: Path, base: Optional[str], allow_base_mismatch: bool):
+    from prefheads.cli import _quiet
+    from prefheads.headio import heads_base
+    from prefheads.model import PreferenceModel
+
+    _quiet()
+    pm = PreferenceModel.from_pretrained(base if base is not None else heads_base(heads))
+    pm.load_heads(heads, allow_base_mismatch=allow_base_mismatch)
+    return pm
+
+
+def rerank_command(
+    heads: HeadsDir,
+    prompt: Annotated[Optional[str], typer.Option(help="User prompt to sample completions for.")] = None,
+    n: Annotated[int, typer.Option("-n", "--n", help="Number of samples.")] = 8,
+    candidates: Annotated[Optional[Path], typer.Option(help='Rerank given candidates instead: JSONL of {"prompt", "candidates": [...]} lines.')] = None,
+    out: Annotated[Optional[Path], typer.Option(help="With --candidates: output JSONL (default: stdout).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest sample, in tokens.")] = 128,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy, one candidate).")] = 0.8,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.95,
+    top_k: Annotated[int, typer.Option(help="Top-k sampling (0: off).")] = 50,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    head: HeadOpt = None,
+    base: BaseOpt = None,
+    allow_base_mismatch: Mismatch = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Best-of-N: sample N completions, score them with a head and print them ranked (or rerank --candidates)."""
+    if (prompt is None) == (candidates is None):
+        raise typer.BadParameter("give exactly one of --prompt (sample and rerank) or --candidates FILE")
+    from prefheads.rerank import GenerationSettings, generate_candidates, rank
+
+    try:
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                      top_k=top_k, seed=seed)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    pm = _load(heads, base, allow_base_mismatch)
+    head = head or pm.active
+    if head not in pm.heads:
+        raise typer.BadParameter(f"no head named {head!r}; heads: {pm.head_names}")
+    if candidates is not None:
+        from prefheads.rerank import rerank_file
+
+        f = open(out, "w", encoding="utf-8") if out is not None else sys.stdout
+        try:
+            count = rerank_file(pm, candidates, f, head=head)
+        finally:
+            if out is not None:
+                f.close()
+        if out is not None:
+            typer.echo(f"reranked {count} prompts with head {head!r}: {out}")
+        return
+    gens = generate_candidates(pm, prompt, n, settings)
+    rewards = pm.score(prompt, [g.text for g in gens], head=head).tolist()
+    ranked = rank([g.text for g in gens], rewards)
+    if as_json:
+        typer.echo(json.dumps({"prompt": prompt, "head": head, "ranked": [
+            {"rank": k + 1, "index": i, "candidate": c, "reward": r, "finished": gens[i].finished}
+            for k, (i, c, r) in enumerate(ranked)]}, ensure_ascii=False))
+        return
+    typer.echo(f"{len(gens)} samples ranked by head {head!r} (max_new_tokens {max_new_tokens}, temperature "
+               f"{temperature}, top_p {top_p}, top_k {top_k}, seed {seed}):")
+    for k, (i, c, r) in enumerate(ranked, 1):
+        cut = "" if gens[i].finished else "  [cut at max_new_tokens]"
+        typer.echo(f"{k}. {r:+.4f}  {c!r}{cut}")
+
+
+def serve_command(
+    heads: HeadsDir,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    max_candidates: Annotated[int, typer.Option(help="Most candidates (or samples) per request.")] = 64,
+    max_chars: Annotated[int, typer.Option(help="Most characters of prompt + candidates per request.")] = 20000,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per /rerank sample.")] = 512,
+    base: BaseOpt = None,
+    allow_base_mismatch: Mismatch = False,
+) -> None:
+    """Serve the heads over HTTP: POST /score, POST /rerank, GET /heads (FastAPI + uvicorn)."""
+    from prefheads.serve import SERVE_HINT, create_app
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise typer.BadParameter(SERVE_HINT) from None
+    pm = _load(heads, base, allow_base_mismatch)
+    app = create_app(pm, max_candidates=max_candidates, max_chars=max_chars, max_new_tokens=max_new_tokens)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``rerank`` and ``serve`` to the CLI."""
+    app.command(name="rerank")(rerank_command)
+    app.command(name="serve")(serve_command)

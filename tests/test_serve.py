@@ -1,0 +1,143 @@
+"""The HTTP service on a tiny model: multi-head scoring, reranking, limits and errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from prefheads import PreferenceModel  # noqa: E402
+from prefheads.serve import create_app  # noqa: E402
+from test_evaluation import tiny_pm  # noqa: E402
+
+PROMPT = "Question: what is the capital of France?"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on oversubscribed shared cores
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pm(_one_thread):
+    pm = tiny_pm()
+    pm.add_head("a", "swiglu", init_std=0.5, meta={"objective": "separable"})
+    pm.add_head("b", "bert", init_std=0.5, activate=False)
+    return pm
+
+
+@pytest.fixture(scope="module")
+def client(pm):
+    return TestClient(create_app(pm, max_candidates=4, max_chars=300, max_new_tokens=16))
+
+
+def test_heads_lists_every_head(client):
+    r = client.get("/heads")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["active"] == "a" and [h["name"] for h in body["heads"]] == ["a", "b"]
+    assert body["heads"][0]["objective"] == "separable" and body["limits"]["max_candidates"] == 4
+    assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_score_ranks_by_the_chosen_head_and_returns_every_head(client, pm):
+    cands = ["Paris", "London", "Rome"]
+    want = {h: pm.score(PROMPT, cands, head=h).tolist() for h in ("a", "b")}
+    for head in ("a", "b", None):
+        body = client.post("/score", json={"prompt": PROMPT, "candidates": cands, **({"head": head} if head else {})}).json()
+        h = head or "a"
+        assert body["head"] == h
+        ranked = body["ranked"]
+        assert [x["rank"] for x in ranked] == [1, 2, 3]
+        assert [x["reward"] for x in ranked] == sorted((x["reward"] for x in ranked), reverse=True)
+        for x in ranked:
+            assert x["candidate"] == cands[x["index"]]
+            for hh in ("a", "b"):
+                assert abs(x["rewards"][hh] - want[hh][x["index"]]) < 1e-4
+            assert x["reward"] == x["rewards"][h]
+
+
+def test_score_accepts_message_lists(client, pm):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    body = client.post("/score", json={"prompt": msgs, "candidates": ["hello"]}).json()
+    assert abs(body["ranked"][0]["reward"] - pm.score(msgs, "hello").item()) < 1e-4
+
+
+@pytest.mark.parametrize("payload", [
+    {"candidates": ["x"]},                                  # no prompt
+    {"prompt": "x"},                                        # no candidates
+    {"prompt": "x", "candidates": []},                      # empty list
+    {"prompt": "x", "candidates": "x"},                     # not a list
+    {"prompt": [{"role": "user"}], "candidates": ["x"]},    # message without content
+    {"prompt": [], "candidates": ["x"]},                    # empty message list
+])
+def test_malformed_requests_are_422(client, payload):
+    r = client.post("/score", json=payload)
+    assert r.status_code == 422, r.text
+    assert "detail" in r.json()
+
+
+def test_size_limits_are_413_and_unknown_head_404(client):
+    r = client.post("/score", json={"prompt": "x", "candidates": ["a"] * 5})
+    assert r.status_code == 413 and "limit of 4" in r.json()["detail"]
+    r = client.post("/score", json={"prompt": "x" * 290, "candidates": ["a" * 20]})
+    assert r.status_code == 413 and "characters" in r.json()["detail"]
+    r = client.post("/score", content=json.dumps({"prompt": "x", "candidates": ["a" * 100_000]}),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "body" in r.json()["detail"]
+    r = client.post("/score", json={"prompt": "x", "candidates": ["a"], "head": "nope"})
+    assert r.status_code == 404 and "nope" in r.json()["detail"] and "'a'" in r.json()["detail"]
+    r = client.post("/rerank", json={"prompt": "x", "n": 5})
+    assert r.status_code == 413
+    r = client.post("/rerank", json={"prompt": "x", "n": 2, "max_new_tokens": 17})
+    assert r.status_code == 413 and "max_new_tokens" in r.json()["detail"]
+    r = client.post("/rerank", json={"prompt": "x", "n": 2, "head": "nope"})
+    assert r.status_code == 404
+    r = client.post("/rerank", json={"prompt": "x", "n": 2, "temperature": -1})
+    assert r.status_code == 422
+
+
+def test_rerank_samples_and_ranks(client, pm):
+    body = client.post("/rerank", json={"prompt": PROMPT, "n": 3, "max_new_tokens": 6, "seed": 1, "head": "b"}).json()
+    assert body["head"] == "b" and len(body["ranked"]) == 3
+    for x in body["ranked"]:
+        assert abs(pm.score(PROMPT, x["candidate"], head="b").item() - x["reward"]) < 1e-4
+        assert isinstance(x["finished"], bool) and x["n_tokens"] <= 6
+    again = client.post("/rerank", json={"prompt": PROMPT, "n": 3, "max_new_tokens": 6, "seed": 1, "head": "b"}).json()
+    assert again == body  # seeded
+
+
+def test_app_needs_a_head():
+    with pytest.raises(ValueError, match="at least one head"):
+        create_app(tiny_pm())
+
+
+def test_cli_serve_builds_the_app(tmp_path, monkeypatch, _one_thread):
+    import uvicorn
+
+    from prefheads.cli import app
+
+    pm = tiny_pm()
+    pm.backbone.save_pretrained(tmp_path / "base")
+    pm.tokenizer.save_pretrained(tmp_path / "base")
+    pm = PreferenceModel.from_pretrained(str(tmp_path / "base"))
+    pm.add_head("h", "identity")
+    pm.save_heads(tmp_path / "heads")
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: seen.update(app=app, host=host, port=port))
+    res = CliRunner().invoke(app, ["serve", "--heads", str(tmp_path / "heads"), "--base", str(tmp_path / "base"),
+                                   "--port", "8123", "--max-candidates", "2"])
+    assert res.exit_code == 0, res.output
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
+    c = TestClient(seen["app"])
+    assert c.get("/heads").json()["heads"][0]["name"] == "h"
+    assert c.post("/score", json={"prompt": "x", "candidates": ["a", "b", "c"]}).status_code == 413
