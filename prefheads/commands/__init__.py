@@ -9,6 +9,7 @@ import typer
 # one module per concern; each adds its commands to the main app
 MODULES: list[str] = ["layers"]
 MODULES += ["evaluate", "infer"]  # eval; rerank, serve
+MODULES += ["recipes", "zoo"]  # prefheads run; zoo + tasks listings
 
 
 def register_all(app: typer.Typer) -> None:

@@ -1,0 +1,103 @@
+"""Benchmark scoring for the recipes: per-task paper metrics, GLUE / GPT4All / RACE scores, tables.
+
+Every task is scored once by :func:`prefheads.evaluation.evaluate_task` (one backbone pass gives
+the log-prob prediction and every head's DPH prediction; the metrics are those the task definition
+names: CoLA MCC, MRPC accuracy + F1, STS-B Pearson + Spearman, MNLI matched / mismatched, others
+accuracy), and aggregated by :func:`prefheads.evaluation.aggregates` as PAPER.md section 5 says.
+A group score over fewer members than the paper's is marked ``*`` in the tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+GROUPS = ("glue", "gpt4all", "race")
+LABELS = {"glue": "GLUE", "gpt4all": "GPT4All", "race": "RACE"}
+
+
+def evaluate(pm: Any, sources: Sequence[Any], *, data_dir: str | None, seed: int,
+             heads: Sequence[str] | None = None, progress: Any = None) -> dict[str, Any]:
+    """Score every benchmark task (its eval split, ``limit`` examples) with log-prob and every head.
+
+    Uses :func:`prefheads.evaluation.evaluate_task` per task (so each task keeps its own limit)
+    and :func:`prefheads.evaluation.aggregates` for the GLUE / GPT4All / RACE scores.
+
+    Returns:
+        ``{"tasks": {task: result block}, "aggregates": {group: ...}, "methods": [...]}``.
+    """
+    from prefheads.evaluation import LOGPROB, aggregates, evaluate_task, method_name
+    from prefheads.recipes.data import expand
+
+    heads = list(pm.heads) if heads is None else list(heads)
+    results: dict[str, Any] = {}
+    for src in expand(sources):
+        if progress:
+            progress(f"scoring {src.task} ({src.limit or 'all'} examples)")
+        results[src.task], _ = evaluate_task(pm, src.task, data_dir=data_dir, max_eval=src.limit, seed=seed,
+                                             heads=heads)
+    methods = [LOGPROB] + [method_name(h) for h in heads]
+    return {"methods": methods, "tasks": results, "aggregates": aggregates(results, methods)}
+
+
+def group_value(res: Mapping[str, Any], method: str, group: str, glue_wnli: bool = False) -> tuple[float, bool] | None:
+    """``(score, partial)`` of ``method`` on ``group`` (``glue`` / ``gpt4all`` / ``race``), or None."""
+    key = "glue" if group == "glue" and glue_wnli else ("glue_no_wnli" if group == "glue" else group)
+    agg = res["aggregates"].get(key)
+    if not agg or method not in agg["values"]:
+        return None
+    return agg["values"][method], agg["partial"]
+
+
+def _cell(v: tuple[float, bool] | None) -> str:
+    if v is None:
+        return "–"
+    return f"{100 * v[0]:.2f}" + ("*" if v[1] else "")
+
+
+def probes_table(rows: Sequence[tuple[str, Mapping[str, Any]]], head: str, glue_wnli: bool = False) -> str:
+    """Paper Table 6 layout: ``| model | Log GLUE / GPT4All / RACE | DPH GLUE / GPT4All / RACE |``."""
+    cols = " / ".join(LABELS[g] for g in GROUPS)
+    lines = [f"| model | Log {cols} | DPH {cols} |", "|---|---|---|"]
+    for model, res in rows:
+        lp = " / ".join(_cell(group_value(res, "logprob", g, glue_wnli)) for g in GROUPS)
+        dph = " / ".join(_cell(group_value(res, f"dph:{head}", g, glue_wnli)) for g in GROUPS)
+        lines.append(f"| {model} | {lp} | {dph} |")
+    return "\n".join(lines) + "\n"
+
+
+def heads_table(res: Mapping[str, Any], heads: Sequence[str], glue_wnli: bool = False) -> str:
+    """Paper Table 5 layout: one row per head (plus log-prob), one column per benchmark; best in bold."""
+    methods = ["logprob"] + [f"dph:{h}" for h in heads]
+    groups = [g for g in GROUPS if any(group_value(res, m, g, glue_wnli) for m in methods)]
+    names = {"logprob": "log-prob"} | {f"dph:{h}": f"{h} head" for h in heads}
+    vals = {(m, g): group_value(res, m, g, glue_wnli) for m in methods for g in groups}
+    best = {g: max(v[0] for (m, gg), v in vals.items() if gg == g and v) for g in groups}
+    lines = ["| head | " + " | ".join(LABELS[g] for g in groups) + " |", "|---|" + "---|" * len(groups)]
+    for m in methods:
+        cells = []
+        for g in groups:
+            v = vals[(m, g)]
+            cells.append(f"**{_cell(v)}**" if v and v[0] == best[g] else _cell(v))
+        lines.append(f"| {names[m]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def tasks_table(res: Mapping[str, Any]) -> str:
+    """Per-task score (×100: the mean of the task's official metrics) of every method."""
+    methods = res["methods"]
+    lines = ["| task | n | metrics | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
+    for t, r in res["tasks"].items():
+        off = ", ".join(next(iter(r["methods"].values()))["official"])
+        vals = [f"{100 * r['methods'][m]['score']:.2f}" if m in r["methods"] else "–" for m in methods]
+        lines.append(f"| {t} | {r['n']} | {off} | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_of(res: Mapping[str, Any], task: str, method: str) -> float:
+    """A task's accuracy under ``method`` (fraction)."""
+    return float(res["tasks"][task]["methods"][method]["metrics"]["accuracy"])
+
+
+SUBSET_NOTE = "`*`: score over a subset of the group's tasks (see the per-task table)."

@@ -1,0 +1,97 @@
+"""Recipe data: mixes of task sources as LM samples, head-training candidates or benchmarks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prefheads.recipes.config import TaskSource
+from prefheads.training.data import Candidates, from_examples, from_pairs
+from prefheads.training.sft import LMSample
+from prefheads.types import Example, PreferencePair
+
+log = logging.getLogger(__name__)
+
+
+def expand(sources: Sequence[TaskSource]) -> list[TaskSource]:
+    """One source per task: groups expanded (training splits without their excluded members)."""
+    from prefheads import tasks
+
+    out = []
+    for s in sources:
+        for name in tasks.expand(s.task, train=s.split == "train"):
+            out.append(TaskSource(task=name, split=s.split, limit=s.limit))
+    return out
+
+
+def load_rows(src: TaskSource, data_dir: str | None, seed: int) -> list[Example] | list[PreferencePair]:
+    """Examples (choice tasks) or pairs (preference datasets) of one expanded source."""
+    from prefheads import tasks
+
+    kw = dict(split=src.split, data_dir=data_dir, limit=src.limit, seed=seed, shuffle=src.limit is not None)
+    if tasks.get_task(src.task).kind == "pairs":
+        return list(tasks.load_pairs(src.task, **kw))
+    rows = [ex for ex in tasks.load_examples(src.task, **kw) if ex.label is not None]
+    if not rows:
+        raise ValueError(f"{src.task} [{src.split}]: no labelled examples (hub test splits hide labels)")
+    return rows
+
+
+def lm_samples(sources: Sequence[TaskSource], data_dir: str | None, seed: int) -> list[LMSample]:
+    """SFT samples: each choice example with its correct answer, each preference pair with its chosen reply."""
+    out = []
+    for src in expand(sources):
+        for r in load_rows(src, data_dir, seed):
+            if isinstance(r, Example):
+                out.append(LMSample(r.task, r.prompt, r.choices[r.label]))  # type: ignore[index]
+            else:
+                out.append(LMSample(r.task, r.prompt, r.chosen))
+    return out
+
+
+def merge(parts: Sequence[Candidates]) -> Candidates:
+    """Concatenate candidate sets (rows renumbered)."""
+    out = Candidates()
+    for c in parts:
+        base = len(out.completions)
+        out.prompts += c.prompts
+        out.completions += c.completions
+        out.groups += [(w + base, [l + base for l in ls]) for w, ls in c.groups]
+        out.ids += c.ids
+    return out
+
+
+def candidates(sources: Sequence[TaskSource], data_dir: str | None, seed: int,
+               keep: Callable[[Any, str], bool] | None = None) -> tuple[Candidates, dict[str, int]]:
+    """Head-training candidates of a mix, and the number of examples per task.
+
+    Choice examples keep all their choices (the loop draws a fresh wrong answer every epoch);
+    preference pairs are groups of one wrong answer.
+
+    Args:
+        sources: The mix.
+        data_dir: Data location.
+        seed: Sampling seed.
+        keep: Optional ``(prompt, completion) -> bool``; an example or pair any of whose
+            candidates it rejects is left out (e.g. one that would not fit the context).
+    """
+    parts, counts = [], {}
+    for src in expand(sources):
+        rows = load_rows(src, data_dir, seed)
+        if keep is not None:
+            before = len(rows)
+            rows = [r for r in rows if all(keep(r.prompt, c) for c in _completions(r))]
+            if len(rows) < before:
+                log.warning("%s: %d of %d rows left out (too long for the context)", src.task, before - len(rows), before)
+        if not rows:
+            continue
+        parts.append(from_examples(rows) if isinstance(rows[0], Example) else from_pairs(rows))  # type: ignore[arg-type]
+        counts[src.task] = counts.get(src.task, 0) + len(rows)
+    if not parts:
+        raise ValueError("the training mix is empty")
+    return merge(parts), counts
+
+
+def _completions(r: Example | PreferencePair) -> list[str]:
+    return list(r.choices) if isinstance(r, Example) else [r.chosen, r.rejected]

@@ -1,0 +1,130 @@
+"""Frozen-backbone head recipes: Qwen1.5-style probes (paper Table 6) and task-specific heads (Table 5).
+
+Both train heads with ``fit`` mode ``frozen``: the backbone runs once per training dataset (the
+feature cache keeps it, so a re-run or a second head on the same data costs no backbone pass),
+and each benchmark is scored once for log-prob and every head together.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prefheads.recipes.bench import SUBSET_NOTE, evaluate, heads_table, probes_table, tasks_table
+from prefheads.recipes.config import HeadSpec, ProbesRecipe, TaskHeadsRecipe, TaskSource
+from prefheads.recipes.data import candidates
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_model(base: str | None, dtype: str, max_length: int | None) -> Any:
+    """A :class:`~prefheads.model.PreferenceModel` of ``base`` (CUDA when present)."""
+    import torch
+
+    from prefheads.model import PreferenceModel
+
+    kw = {"device_map": "cuda"} if torch.cuda.is_available() else {}
+    pm = PreferenceModel.from_pretrained(base, dtype=_dtype(dtype), **kw)
+    if max_length:
+        pm.max_length = min(max_length, pm.max_length or max_length)
+    return pm
+
+
+def train_head(pm: Any, name: str, sources: Sequence[TaskSource], spec: HeadSpec, *, out: Path, seed: int,
+               data_dir: str | None, base: str | None, progress: bool = False) -> dict[str, Any]:
+    """Fit head ``name`` on ``sources`` (frozen backbone, cached features); returns a summary."""
+    from prefheads.training import fit
+
+    def fits(prompt: Any, completion: str) -> bool:
+        try:
+            pm.encode([prompt], [completion])
+            return True
+        except ValueError:
+            return False
+
+    cands, counts = candidates(sources, data_dir, seed, keep=fits)
+    _say(f"[{name}] training on {len(cands)} examples from {len(counts)} tasks: "
+         + ", ".join(f"{t} {n}" for t, n in counts.items()))
+    fcfg = spec.fit_config(task="mix(" + ",".join(sorted(counts)) + ")", out=str(out), seed=seed,
+                           head_name=name, base=base)
+    res = fit(fcfg, pm=pm, progress=progress, cands=cands)
+    best = res.history[res.best_epoch - 1]
+    _say(f"[{name}] best epoch {res.best_epoch}: val pair accuracy {best['val_pair_accuracy']:.3f}; "
+         f"backbone {res.setup_seconds:.0f}s{' (cache hit)' if res.cache_hit else ''}, head {res.train_seconds:.0f}s")
+    return {"tasks": counts, "n_train": res.n_train, "n_val": res.n_val, "best_epoch": res.best_epoch,
+            "val_pair_accuracy": best["val_pair_accuracy"], "setup_seconds": res.setup_seconds,
+            "train_seconds": res.train_seconds, "cache_hit": res.cache_hit}
+
+
+def probes(cfg: ProbesRecipe, progress: bool = False) -> dict[str, Any]:
+    """For each model: a head on the frozen backbone, then log-prob vs DPH on every benchmark.
+
+    Writes ``<out>/<model>/`` (head folder, ``results.json``), ``<out>/results.json`` and
+    ``<out>/table.md`` (paper Table 6 layout, then per-task metrics per model).
+    """
+    import gc
+
+    root = Path(cfg.out)
+    rows, out = [], {}
+    for base in cfg.models:
+        label = base or "SmolLM2-135M-Instruct (bundled)"
+        d = root / _slug(base or "smollm2-135m-instruct")
+        pm = load_model(base, cfg.dtype, cfg.max_length)
+        train = train_head(pm, cfg.head_name, cfg.train, cfg.head, out=d, seed=cfg.seed, data_dir=cfg.data_dir,
+                           base=base, progress=progress)
+        res = evaluate(pm, cfg.eval, data_dir=cfg.data_dir, seed=cfg.seed, heads=[cfg.head_name], progress=_say)
+        res["train"] = train
+        (d / "results.json").write_text(json.dumps(res, indent=2))
+        rows.append((label, res))
+        out[label] = res
+        del pm
+        gc.collect()
+    text = ["GLUE / GPT4All / RACE scores (×100) of log-prob and DPH prediction.", "",
+            probes_table(rows, cfg.head_name, cfg.glue_wnli), SUBSET_NOTE, ""]
+    for label, res in rows:
+        text += [f"### {label}", "", tasks_table(res)]
+    (root / "table.md").write_text("\n".join(text))
+    (root / "results.json").write_text(json.dumps(out, indent=2))
+    _say(probes_table(rows, cfg.head_name, cfg.glue_wnli))
+    return out
+
+
+def task_heads(cfg: TaskHeadsRecipe, progress: bool = False) -> dict[str, Any]:
+    """One head per task group on one frozen backbone, then the heads × benchmarks table.
+
+    Writes ``<out>/runs/<head>/`` (each fit), ``<out>/heads/`` (every head, one folder),
+    ``<out>/results.json`` and ``<out>/table.md`` (paper Table 5 layout, then per-task metrics).
+    """
+    root = Path(cfg.out)
+    pm = load_model(cfg.base, cfg.dtype, cfg.max_length)
+    names = pm.load_heads(cfg.base_heads) if cfg.base_heads else []
+    train = {}
+    for name, sources in cfg.heads.items():
+        train[name] = train_head(pm, name, sources, cfg.head, out=root / "runs" / name, seed=cfg.seed,
+                                 data_dir=cfg.data_dir, base=cfg.base, progress=progress)
+        names.append(name)
+    pm.save_heads(root / "heads")
+    res = evaluate(pm, cfg.eval, data_dir=cfg.data_dir, seed=cfg.seed, heads=names, progress=_say)
+    res["train"] = train
+    table = heads_table(res, names, cfg.glue_wnli)
+    (root / "table.md").write_text("\n".join(["Benchmark scores (×100) of each head (rows) on each benchmark "
+                                              "(columns); log-prob prediction for reference.", "", table,
+                                              SUBSET_NOTE, "", tasks_table(res)]))
+    (root / "results.json").write_text(json.dumps(res, indent=2))
+    _say(table)
+    return res
