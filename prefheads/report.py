@@ -330,6 +330,10 @@ def write_report(results: dict[str, Any], records: Sequence[dict[str, Any]], out
     """
     out = Path(out)
     plots = make_plots(results, records)
+    # a head folder made by `prefheads layers` carries its per-layer plot: show it too
+    heads_dir = (results.get("heads") or {}).get("dir")
+    if heads_dir and (Path(heads_dir) / "layers.png").is_file():
+        plots["layers.png"] = (Path(heads_dir) / "layers.png").read_bytes()
     png_dir = Path(png_dir) if png_dir is not None else out.with_name(out.stem + "_files")
     png_dir.mkdir(parents=True, exist_ok=True)
     for name, png in plots.items():

@@ -124,3 +124,16 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
                    capture_output=True)
     data = shot.read_bytes()
     assert data.startswith(PNG) and len(data) > 10_000
+
+
+def test_report_includes_the_per_layer_plot_of_a_layers_run(run, tmp_path):
+    from prefheads.commands.layers import plot_layers
+
+    heads_dir = tmp_path / "heads"
+    heads_dir.mkdir()
+    plot_layers({0: 0.6, 1: 0.7, -1: 0.65}, 0.55, heads_dir / "layers.png", "test")
+    results = dict(run.results, heads=dict(run.results.get("heads") or {}, dir=str(heads_dir)))
+    out = write_report(results, run.records, tmp_path / "report.html")
+    page = _Page()
+    page.feed(out.read_text(encoding="utf-8"))
+    assert "layers.png" in [img["alt"] for img in page.images]
