@@ -50,6 +50,19 @@ def lm_samples(sources: Sequence[TaskSource], data_dir: str | None, seed: int) -
     return out
 
 
+def encodable(pm: Any) -> Callable[[Any, str], bool]:
+    """A ``keep`` filter for :func:`candidates`: rows the model can encode (reward token within limits)."""
+
+    def fits(prompt: Any, completion: str) -> bool:
+        try:
+            pm.encode([prompt], [completion])
+            return True
+        except ValueError:
+            return False
+
+    return fits
+
+
 def merge(parts: Sequence[Candidates]) -> Candidates:
     """Concatenate candidate sets (rows renumbered)."""
     out = Candidates()

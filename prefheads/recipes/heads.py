@@ -15,7 +15,7 @@ from typing import Any
 
 from prefheads.recipes.bench import SUBSET_NOTE, evaluate, heads_table, probes_table, tasks_table
 from prefheads.recipes.config import HeadSpec, ProbesRecipe, TaskHeadsRecipe, TaskSource
-from prefheads.recipes.data import candidates
+from prefheads.recipes.data import candidates, encodable
 
 
 def _say(msg: str) -> None:
@@ -50,14 +50,7 @@ def train_head(pm: Any, name: str, sources: Sequence[TaskSource], spec: HeadSpec
     """Fit head ``name`` on ``sources`` (frozen backbone, cached features); returns a summary."""
     from prefheads.training import fit
 
-    def fits(prompt: Any, completion: str) -> bool:
-        try:
-            pm.encode([prompt], [completion])
-            return True
-        except ValueError:
-            return False
-
-    cands, counts = candidates(sources, data_dir, seed, keep=fits)
+    cands, counts = candidates(sources, data_dir, seed, keep=encodable(pm))
     _say(f"[{name}] training on {len(cands)} examples from {len(counts)} tasks: "
          + ", ".join(f"{t} {n}" for t, n in counts.items()))
     fcfg = spec.fit_config(task="mix(" + ",".join(sorted(counts)) + ")", out=str(out), seed=seed,

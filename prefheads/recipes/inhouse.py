@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from prefheads.recipes.config import AlignStage, InHouseRecipe, LMTrainConfig, SFTStage, VocabStage
-from prefheads.recipes.data import candidates, lm_samples
+from prefheads.recipes.data import candidates, encodable, lm_samples
 
 log = logging.getLogger(__name__)
 
@@ -212,14 +212,7 @@ def align_stage(cfg: InHouseRecipe, prev: Path, out: Path, progress: bool = Fals
     model.to(_device(cfg.model.device))
     pm = PreferenceModel.from_backbone(model, tok, model_id=str(prev))
 
-    def fits(prompt: Any, completion: str) -> bool:
-        try:
-            pm.encode([prompt], [completion])
-            return True
-        except ValueError:
-            return False
-
-    cands, counts = candidates(st.data, cfg.data_dir, cfg.seed, keep=fits)
+    cands, counts = candidates(st.data, cfg.data_dir, cfg.seed, keep=encodable(pm))
     n_val = min(st.val_pairs, len(cands) // 10)
     epochs, n_train = plan_epochs(st.steps, st.batch_size, len(cands) - n_val)
     order = list(range(len(cands)))
