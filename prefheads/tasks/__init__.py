@@ -120,7 +120,9 @@ def load_examples(name: str, split: str = "eval", data_dir: str | os.PathLike[st
         seed: Shuffle seed (with ``shuffle``).
         skip_bad: Skip malformed rows (counted in ``.skipped``, with a warning) instead of
             raising :class:`DataError`.
-        variant: Template variant: ``paper``, ``paper_fixed`` or ``reference``.
+        variant: Template variant: ``paper``, ``paper_fixed``, ``reference``, or ``lm-eval``
+            (lm-evaluation-harness's own prompt; ``meta["lmeval"]`` then holds the raw harness
+            contexts / continuations that :func:`prefheads.lmeval.score_lmeval` scores).
         shuffle: Shuffle (seeded) before ``limit``.
         path: Read this one file instead of the data dir layout.
 
@@ -194,7 +196,8 @@ def describe(name: str) -> dict[str, Any]:
     s = get_task(name)
     return {"name": s.name, "group": s.group, "kind": s.kind, "train_split": s.train_split,
             "eval_splits": list(s.eval_splits), "system": s.system_id, "metrics": list(s.metrics),
-            "hub": s.hub.id if s.hub else None, "bundled": bool(s.bundled), "description": s.description}
+            "hub": s.hub.id if s.hub else None, "bundled": bool(s.bundled), "description": s.description,
+            "lm_eval": s.lm_eval.task if s.lm_eval else None}
 
 
 def data_files(name: str, data_dir: str | os.PathLike[str] | None = None) -> dict[str, list[Path]]:

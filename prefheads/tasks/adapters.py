@@ -177,24 +177,27 @@ def _piqa(row: Mapping[str, Any], spec: "TaskSpec", src: "SourceSpec") -> Record
                   id=_opt_id(row, "id"))
 
 
-@_adapter("winogrande", provides=("prefix", "suffix", "sentence"), has_options=True)
+@_adapter("winogrande", provides=("prefix", "suffix", "sentence", "before_blank", "after_blank"), has_options=True)
 def _winogrande(row: Mapping[str, Any], spec: "TaskSpec", src: "SourceSpec") -> Record:
     """Split the sentence at its blank "_": the prompt shows the prefix, each choice is
-    ``"{option} {suffix}"`` (both stripped, as the reference code does)."""
+    ``"{option} {suffix}"`` (both stripped, as the reference code does); ``before_blank`` /
+    ``after_blank`` are the two sides unstripped (the lm-eval template needs them raw)."""
     sentence = get(row, "sentence")
     if "_" not in sentence:
         raise DataError("sentence has no blank '_'", field="sentence")
     cut = sentence.index("_")
-    fields = {"prefix": sentence[:cut].strip(), "suffix": sentence[cut + 1:].strip(), "sentence": sentence}
+    fields = {"prefix": sentence[:cut].strip(), "suffix": sentence[cut + 1:].strip(), "sentence": sentence,
+              "before_blank": sentence[:cut], "after_blank": sentence[cut + 1:]}
     label = row["answer"] if "answer" in row else _missing("answer")
     return Record(fields, [get(row, "option1"), get(row, "option2")], label=label, id=_opt_id(row, "qID"))
 
 
-@_adapter("hellaswag", provides=("context", "activity_label"), has_options=True)
+@_adapter("hellaswag", provides=("context", "activity_label", "ctx_a", "ctx_b"), has_options=True)
 def _hellaswag(row: Mapping[str, Any], spec: "TaskSpec", src: "SourceSpec") -> Record:
     """HellaSwag release JSONL or ``Rowan/hellaswag``; the context is the raw ``ctx``."""
     ctx = row["ctx"] if isinstance(row.get("ctx"), str) else f"{get(row, 'ctx_a')} {get(row, 'ctx_b')}".strip()
-    fields = {"context": ctx, "activity_label": str(row.get("activity_label") or "")}
+    fields = {"context": ctx, "activity_label": str(row.get("activity_label") or ""),
+              "ctx_a": str(row.get("ctx_a") or ""), "ctx_b": str(row.get("ctx_b") or "")}
     label = row["label"] if "label" in row else _missing("label")
     return Record(fields, _text_list(get(row, "endings", list), "endings"), label=label,
                   id=_opt_id(row, "ind"))

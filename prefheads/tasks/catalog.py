@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from .harness import LM_EVAL_VARIANT, LmEvalSpec
 from .spec import (DEFS_DIR, GroupSpec, HubSource, LocalSource, SpecError, TaskSpec, check_keys, fail,
                    label_key, resolve_system)
 
@@ -46,6 +47,23 @@ def _hub(where: str, raw: dict[str, Any], default_fields: dict[str, str]) -> Hub
                      label=str(raw.get("label", "label")), label_map=_label_map(raw.get("label_map")))
 
 
+_LM_EVAL_KEYS = {f.name for f in dataclasses.fields(LmEvalSpec)}
+
+
+def _lm_eval(where: str, raw: Any) -> LmEvalSpec:
+    if not isinstance(raw, dict):
+        fail(where, "'lm_eval' must be a mapping")
+    check_keys(where, raw, _LM_EVAL_KEYS)
+    for key in ("task", "source", "context"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            fail(where, f"lm_eval.{key} must be a non-empty string")
+    d = dict(raw)
+    for key in ("choices", "metrics"):
+        if d.get(key) is not None:
+            d[key] = tuple(str(x) for x in ([d[key]] if isinstance(d[key], str) else d[key]))
+    return LmEvalSpec(**d)
+
+
 def task_from_dict(data: dict[str, Any], source_file: str = "") -> TaskSpec:
     """Build (and validate) a :class:`TaskSpec` from a parsed YAML mapping."""
     where = source_file or str(data.get("name", "<task>"))
@@ -65,6 +83,8 @@ def task_from_dict(data: dict[str, Any], source_file: str = "") -> TaskSpec:
             fail(where, "'bundled' reuses the 'local' reader settings, so it needs 'local'")
         bundled = dataclasses.replace(local, files=_files(f"{where}: bundled", bundled_raw))
     system_id, system = resolve_system(d.pop("system", None), where)
+    lm_raw = d.pop("lm_eval", None)
+    lm_eval = _lm_eval(f"{where}: lm_eval", lm_raw) if lm_raw is not None else None
     for key in ("user", "choices", "eval_splits", "metrics"):
         if key in d and d[key] is not None:
             if isinstance(d[key], str):
@@ -72,7 +92,7 @@ def task_from_dict(data: dict[str, Any], source_file: str = "") -> TaskSpec:
             d[key] = tuple(str(x) for x in d[key])
     try:
         spec = TaskSpec(**d, hub=hub, local=local, bundled=bundled, system_id=system_id,
-                        system=system, source_file=source_file)
+                        system=system, lm_eval=lm_eval, source_file=source_file)
     except TypeError as e:  # wrong value types reach the dataclass constructor
         raise SpecError(f"{where}: {e}") from None
     return spec
@@ -119,6 +139,6 @@ def load_defs(defs_dir: Path = DEFS_DIR) -> tuple[dict[str, TaskSpec], dict[str,
             fail(t.source_file, f"group {t.group!r} is not defined in _groups.yaml")
         if t.group and t.name not in groups[t.group].members:
             fail("_groups.yaml", f"group {t.group!r} does not list its member {t.name!r}")
-        for v in t.variants:  # every variant must build and validate
+        for v in [*t.variants, *([LM_EVAL_VARIANT] if t.lm_eval else [])]:  # every variant must build and validate
             t.with_variant(v)
     return tasks, groups

@@ -16,6 +16,7 @@ from prefheads.types import Example, PreferencePair, as_prompt
 
 from .adapters import ADAPTERS, Drop, PairRecord, Record
 from .errors import DataError, Loaded
+from .harness import LM_EVAL_VARIANT, render_row
 from .readers import Row, read_files, row_error
 from .spec import LocalSource, SourceSpec, TaskSpec, label_key
 
@@ -123,19 +124,25 @@ def _resolve_label(spec: TaskSpec, src: SourceSpec, rec: Record, n_choices: int)
 
 def build_example(spec: TaskSpec, src: SourceSpec, rec: Record, row: Row, split: str) -> Example:
     """Render one :class:`Record` into an :class:`Example` (prompt, choices, label, meta)."""
-    if spec.choices:
+    if not spec.choices and not rec.options:
+        raise DataError("empty choice list", field="options")
+    harness = None
+    if spec.variant == LM_EVAL_VARIANT and spec.lm_eval is not None:
+        harness = render_row(spec.lm_eval, rec.fields, rec.options, rec.option_labels)
+        choices, user = harness.choices, harness.user
+    elif spec.choices:
         choices = list(spec.choices)
     else:
         opts = rec.options or []
-        if not opts:
-            raise DataError("empty choice list", field="options")
         labels = rec.option_labels or [str(i) for i in range(len(opts))]
         choices = [spec.choice_template.format_map({**rec.fields, "label": lab, "text": t})  # type: ignore[union-attr]
                    for lab, t in zip(labels, opts)]
     label, extra = _resolve_label(spec, src, rec, len(choices))
-    fields = {**rec.fields, "choices": "\n".join(choices)}
-    user = spec.user_template().format_map(fields)
+    if harness is None:
+        user = spec.user_template().format_map({**rec.fields, "choices": "\n".join(choices)})
     meta = {"source": row.file, "row": row.line, "split": split, **rec.meta, **extra}
+    if harness is not None:
+        meta["lmeval"] = harness.meta  # the raw harness requests (prefheads.lmeval scores them)
     return Example(id=_row_id(split, rec.id, row), prompt=as_prompt(user, system=spec.system), choices=choices, label=label,
                    task=spec.name, meta=meta)
 

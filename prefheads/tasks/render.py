@@ -38,6 +38,10 @@ def render(item: Example | PreferencePair, tokenizer: Any = None) -> str:
             lines.append("(unlabelled)")
         if "score" in meta:
             lines.append(f"(gold score {meta['score']})")
+        if "lmeval" in meta:  # the raw harness requests the lm-eval scorer reads
+            req = meta["lmeval"]
+            lines.append(f"({req['harness']}: context + continuation per choice)")
+            lines += [f"  {i}: {c!r} + {k!r}" for i, (c, k) in enumerate(zip(req["contexts"], req["continuations"]))]
     else:
         lines = [f"[chosen]   {item.chosen}", f"[rejected] {item.rejected}"]
     return head + body + "\n".join(lines) + "\n"

@@ -9,6 +9,10 @@ Template variants: ``paper`` (default; the paper's wording, spelling slips inclu
 ``paper_fixed`` (slips corrected) and ``reference`` (the public reference code's layout, which
 puts a blank line between segments). A task lists only the variants that differ from ``paper``;
 naming a universal variant a task does not override gives the paper template unchanged.
+
+A second template family, ``lm-eval``, is lm-evaluation-harness's own prompt and continuation
+(no system prompt), from the task's ``lm_eval`` block (:mod:`.harness`): tasks the harness does
+not define have none.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 import yaml
 
 from .adapters import ADAPTERS
+from .harness import HARNESS_VERSION, LM_EVAL_VARIANT, PREPS, LmEvalSpec
 from .readers import READERS
 
 DEFS_DIR = Path(__file__).with_name("defs")
@@ -135,6 +140,8 @@ class TaskSpec:
         variant: Name of the applied template variant.
         variants: Variant name → overrides of ``system``/``user``/``separator``/``choices``.
         options: Adapter options (SQuAD v2: ``noun_spans``, ``unanswerable``).
+        lm_eval: lm-evaluation-harness's definition of the task (the ``lm-eval`` variant), or
+            ``None`` where the harness has no such task.
         source_file: The YAML it came from.
     """
 
@@ -160,6 +167,7 @@ class TaskSpec:
     variant: str = "paper"
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    lm_eval: LmEvalSpec | None = None
     source_file: str = ""
 
     def __post_init__(self) -> None:
@@ -188,7 +196,13 @@ class TaskSpec:
                 fail(where, f"local.files has no entry for split(s) {missing}")
         if self.kind == "choice":
             self._check_template(where, ad)
-        if self.variant not in UNIVERSAL_VARIANTS and self.variant not in self.variants:
+        if self.lm_eval is not None:
+            if self.kind != "choice":
+                fail(where, "an 'lm_eval' block needs a choice task")
+            for provided in self._provided(ad):
+                for problem in self.lm_eval.problems(provided[1], ad.has_options):
+                    fail(f"{where}: lm_eval", problem)
+        if self.variant not in self._variant_names():
             fail(where, f"unknown variant {self.variant!r}")
         for vname, over in self.variants.items():
             check_keys(f"{where}: variants.{vname}", over, _VARIANT_KEYS)
@@ -203,12 +217,9 @@ class TaskSpec:
         if self.choices is not None and any(not isinstance(c, str) or not c for c in self.choices):
             fail(where, f"choices must be non-empty strings, got {list(self.choices)}")
         placeholders = {f for seg in self.user for _, f, _, _ in string.Formatter().parse(seg) if f}
-        # The generic "fields" adapter provides whatever each source maps; check every source.
-        if ad.provides is not None:
-            sources = [(f"adapter {self.adapter!r}", set(ad.provides))]
-        else:
-            sources = [(f"{n}.fields", set(s.fields)) for n, s in (("local", self.local), ("hub", self.hub)) if s]
-        for what, provided in sources:
+        if self.variant == LM_EVAL_VARIANT and self.lm_eval is not None and self.lm_eval.prep:
+            placeholders -= PREPS.get(self.lm_eval.prep).adds  # fields its preprocessor adds
+        for what, provided in self._provided(ad):
             unknown = sorted(placeholders - provided - {"choices"})
             if unknown:
                 fail(where, f"template field(s) {unknown} not provided by {what} (provides {sorted(provided)})")
@@ -218,6 +229,15 @@ class TaskSpec:
             fail(where, "label_kind 'score' needs numeric fixed choices ('0'..'5')")
         if self.positive_label is not None and not (self.choices and 0 <= self.positive_label < len(self.choices)):
             fail(where, f"positive_label {self.positive_label} is not a choice index")
+
+    def _provided(self, ad: Any) -> list[tuple[str, set[str]]]:
+        # The generic "fields" adapter provides whatever each source maps; check every source.
+        if ad.provides is not None:
+            return [(f"adapter {self.adapter!r}", set(ad.provides))]
+        return [(f"{n}.fields", set(s.fields)) for n, s in (("local", self.local), ("hub", self.hub)) if s]
+
+    def _variant_names(self) -> set[str]:
+        return set(UNIVERSAL_VARIANTS) | set(self.variants) | ({LM_EVAL_VARIANT} if self.lm_eval else set())
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -232,12 +252,17 @@ class TaskSpec:
         """This spec with template variant ``variant`` applied (``"paper"``: unchanged)."""
         if variant == self.variant:
             return self
-        if variant not in UNIVERSAL_VARIANTS and variant not in self.variants:
-            known = sorted(set(UNIVERSAL_VARIANTS) | set(self.variants))
+        if variant == LM_EVAL_VARIANT and self.lm_eval is None:
+            raise SpecError(f"{self.name}: no {LM_EVAL_VARIANT!r} template: lm-evaluation-harness "
+                            f"{HARNESS_VERSION} defines no such task")
+        if variant not in self._variant_names():
+            known = sorted(self._variant_names())
             raise SpecError(f"{self.name}: unknown template variant {variant!r}; known: {known}")
         if self.variant != "paper":
             raise SpecError(f"{self.name}: apply variants to the paper spec, e.g. "
                             f"get_task({self.name!r}, variant={variant!r})")
+        if variant == LM_EVAL_VARIANT:
+            return self._lm_eval_spec()
         over = self.variants.get(variant, {})
         changes: dict[str, Any] = {"variant": variant}
         if "system" in over:
@@ -250,10 +275,25 @@ class TaskSpec:
                 changes[key] = over[key]
         return dataclasses.replace(self, **changes)
 
+    def _lm_eval_spec(self) -> "TaskSpec":
+        # Chat path: the harness context is the user turn (no system prompt), the stripped
+        # continuation the assistant reply; loaders.build_example renders it via harness.render_row.
+        lm = self.lm_eval
+        assert lm is not None
+        per_row = lm.partial or lm.choice is not None
+        return dataclasses.replace(
+            self, variant=LM_EVAL_VARIANT, system_id=None, system=None, separator="\n",
+            user=(lm.user or lm.context,),
+            choices=None if per_row else tuple(c.strip() for c in lm.choices or ()),
+            choice_template=(lm.chat_choice or lm.choice) if per_row else None)
+
     def template_hash(self) -> str:
         """sha256 (16 hex) of everything that shapes the rendered text, for head artifacts."""
-        blob = json.dumps([self.name, self.variant, self.system, list(self.user), self.separator,
-                           list(self.choices or ()), self.choice_template], ensure_ascii=False)
+        parts: list[Any] = [self.name, self.variant, self.system, list(self.user), self.separator,
+                            list(self.choices or ()), self.choice_template]
+        if self.variant == LM_EVAL_VARIANT and self.lm_eval is not None:
+            parts.append(self.lm_eval.as_dict())
+        blob = json.dumps(parts, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
