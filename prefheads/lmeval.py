@@ -47,6 +47,11 @@ from prefheads.types import Example
 
 METHODS = ("acc", "acc_norm", "mean")
 _DEFAULT_MAX_LENGTH = 2048  # HFLM's fallback when neither config nor tokenizer says
+_CPU_MAX_TOKENS = 512  # CPUs run the shared-prefix engine faster per token in small chunks
+
+
+def _on_cpu(model: nn.Module) -> bool:
+    return next(unwrap(model).parameters()).device.type == "cpu"
 
 
 def prefix_token_id(tokenizer: Any, override: int | None = None) -> int | None:
@@ -222,7 +227,8 @@ def score_lmeval(model: Any, examples: Sequence[Example], *, tokenizer: Any = No
         add_bos: HFLM's ``add_bos_token`` (``None``: the tokenizer's default, as HFLM).
         prefix_id: HFLM's ``prefix_token_id`` (default: BOS, else EOS).
         max_length: Context length (default: as HFLM resolves it).
-        max_tokens: Padded-token budget per forward (default: the model's, else 4096).
+        max_tokens: Padded-token budget per forward (default: 512 on CPU, where small chunks run
+            faster per token (measured on SmolLM2-135M, 2 cores), else the model's or 4096).
         max_batch: Most sequences per forward.
         shared_prefix: Encode each distinct context once (exact; the default).
 
@@ -234,7 +240,7 @@ def score_lmeval(model: Any, examples: Sequence[Example], *, tokenizer: Any = No
     if hasattr(model, "backbone") and hasattr(model, "profile"):  # a PreferenceModel
         backbone, profile = model.backbone, model.profile
         tokenizer = tokenizer or model.tokenizer
-        max_tokens = max_tokens or getattr(model, "max_tokens", None)
+        max_tokens = max_tokens or (None if _on_cpu(backbone) else getattr(model, "max_tokens", None))
     else:
         backbone, profile = model, profile_for(model)
     if tokenizer is None:
@@ -245,8 +251,9 @@ def score_lmeval(model: Any, examples: Sequence[Example], *, tokenizer: Any = No
                                         max_length=max_length)
     out = LmEvalScores(examples, boundary_mismatches=mismatches, truncated=sum(it.truncated > 0 for it in items))
     if items:
+        budget = max_tokens or (_CPU_MAX_TOKENS if _on_cpu(backbone) else 4096)
         feats = extract(backbone, profile, items, [FINAL], pad_id=tokenizer.pad_token_id or 0, logprobs=True,
-                        shared_prefix=shared_prefix, max_tokens=max_tokens or 4096, max_batch=max_batch)
+                        shared_prefix=shared_prefix, max_tokens=budget, max_batch=max_batch)
         sums, nts = feats.logprob_sum.tolist(), feats.n_tokens.tolist()  # type: ignore[union-attr]
         i = 0
         for ex in examples:
