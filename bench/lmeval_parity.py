@@ -257,7 +257,7 @@ def _templates(args: argparse.Namespace) -> None:
 
 
 def _setup() -> None:
-    if not (VENV / "bin" / "python").exists():
+    if args.run in ("all", "harness") and not (VENV / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, PINS[0]], check=True)  # CPU torch first (a local wheel where there is one)
@@ -300,7 +300,7 @@ def main() -> None:
     unknown = [t for t in args.tasks if t not in TASKS]
     if unknown:
         ap.error(f"no harness parity task for {unknown}; known: {sorted(TASKS)}")
-    if not (VENV / "bin" / "python").exists():
+    if args.run in ("all", "harness") and not (VENV / "bin" / "python").exists():
         ap.error(f"{VENV} is missing: run `python bench/lmeval_parity.py --setup` first")
     work = Path(args.out)
     (work / "data").mkdir(parents=True, exist_ok=True)
