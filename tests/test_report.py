@@ -20,16 +20,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on oversubscribed shared cores
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def run(_one_thread):
+def run():
     pm = with_heads(tiny_pm())
     return evaluate(pm, ["openbookqa", "hh_rlhf"], data_dir="bundled", max_eval=8, seed=0)
 

@@ -17,16 +17,8 @@ from test_evaluation import tiny_pm
 PROMPT = "Question: what is the capital of France?"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on oversubscribed shared cores
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def pm(_one_thread):
+def pm():
     pm = tiny_pm()
     pm.add_head("a", "swiglu", init_std=0.5)
     pm.add_head("b", "identity", init_std=0.5, activate=False)
@@ -127,7 +119,7 @@ def test_rerank_file(pm, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, _one_thread):
+def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("rerank_cli")
     pm = tiny_pm()
     pm.backbone.save_pretrained(root / "base")

@@ -19,16 +19,8 @@ from test_evaluation import tiny_pm  # noqa: E402
 PROMPT = "Question: what is the capital of France?"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on oversubscribed shared cores
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def pm(_one_thread):
+def pm():
     pm = tiny_pm()
     pm.add_head("a", "swiglu", init_std=0.5, meta={"objective": "separable"})
     pm.add_head("b", "bert", init_std=0.5, activate=False)
@@ -121,7 +113,7 @@ def test_app_needs_a_head():
         create_app(tiny_pm())
 
 
-def test_cli_serve_builds_the_app(tmp_path, monkeypatch, _one_thread):
+def test_cli_serve_builds_the_app(tmp_path, monkeypatch):
     import uvicorn
 
     from prefheads.cli import app
