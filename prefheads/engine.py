@@ -99,15 +99,24 @@ def _buckets(lengths: list[int], order: list[int], max_tokens: int, max_batch: i
     return out
 
 
-def _gather_logprobs(logits_fn, hidden: torch.Tensor, targets: torch.Tensor, tmask: torch.Tensor) -> torch.Tensor:
-    """Sum of log p(target) over positions where tmask; hidden ``[B, S, d]`` predicts targets ``[B, S]``."""
+def _gather_logprobs(logits_fn, hidden: torch.Tensor, targets: torch.Tensor, tmask: torch.Tensor,
+                     chunk: int = 512) -> torch.Tensor:
+    """Sum of log p(target) over positions where tmask; hidden ``[B, S, d]`` predicts targets ``[B, S]``.
+
+    All selected positions of the batch go through the vocab projection together, ``chunk`` rows
+    at a time (bounds the ``[chunk, V]`` logits), as ``logit[target] - logsumexp(logits)``.
+    """
+    rows, cols = tmask.nonzero(as_tuple=True)
     out = torch.zeros(hidden.shape[0])
-    for b in range(hidden.shape[0]):
-        sel = tmask[b].nonzero().squeeze(-1)
-        if sel.numel():
-            lp = torch.log_softmax(logits_fn(hidden[b, sel]), dim=-1)
-            out[b] = lp.gather(-1, targets[b, sel, None].to(lp.device)).sum().cpu()
-    return out
+    if rows.numel() == 0:
+        return out
+    h = hidden[rows.to(hidden.device), cols.to(hidden.device)]
+    t = targets[rows, cols].to(h.device)
+    vals = []
+    for s in range(0, h.shape[0], chunk):
+        logits = logits_fn(h[s: s + chunk]).float()
+        vals.append((logits.gather(-1, t[s: s + chunk, None]).squeeze(-1) - torch.logsumexp(logits, -1)).cpu())
+    return out.index_add_(0, rows.cpu(), torch.cat(vals).to(out.dtype))
 
 
 def extract(

@@ -35,6 +35,9 @@ SCHEMA = "prefheads-eval"
 SCHEMA_VERSION = 1
 LOGPROB = "logprob"
 """Method name of mean log-prob scoring; heads are ``dph:<head>``."""
+LMEVAL_PREFIX = "lm-eval:"
+LMEVAL_METHODS = tuple(f"{LMEVAL_PREFIX}{m}" for m in ("acc", "acc_norm", "mean"))
+"""Method names of lm-evaluation-harness-exact log-prob scoring (:mod:`prefheads.lmeval`)."""
 
 
 def method_name(head: str) -> str:
@@ -51,16 +54,19 @@ class ChoiceScores:
         logprob: Mean log-prob per candidate, per example.
         logprob_sum: Summed log-prob per candidate, per example.
         rewards: head name -> reward per candidate, per example.
+        extra: Further baselines by method name (e.g. ``lm-eval:acc``), same layout.
     """
 
     examples: list[Example]
     logprob: list[list[float]] = field(default_factory=list)
     logprob_sum: list[list[float]] = field(default_factory=list)
     rewards: dict[str, list[list[float]]] = field(default_factory=dict)
+    extra: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def methods(self) -> dict[str, list[list[float]]]:
-        """Score tables by method name (``logprob``, ``dph:<head>``)."""
+        """Score tables by method name (``logprob``, extra baselines, ``dph:<head>``)."""
         out = {LOGPROB: self.logprob}
+        out.update(self.extra)
         out.update({method_name(h): r for h, r in self.rewards.items()})
         return out
 
@@ -355,11 +361,58 @@ def _load(spec: Any, name: str, data_dir: Any, max_eval: int | None, seed: int, 
     return exs, loaded
 
 
-def evaluate_task(pm: Any, name: str, *, data_dir: Any = None, max_eval: int | None = None, seed: int = 0,
-                  heads: Sequence[str] | None = None, variant: str = "paper", progress: Any = None,
-                  **feature_kw: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Load, score and measure one task; returns its result block and per-example records."""
+def _lmeval_tables(pm: Any, spec: Any, name: str, exs: list[Example], data_dir: Any, max_eval: int | None,
+                   seed: int) -> tuple[dict[str, list[list[float]]], dict[str, Any]]:
+    """lm-evaluation-harness-exact log-prob tables of the rows ``exs`` (their harness requests)."""
     from prefheads import tasks
+    from prefheads.lmeval import score_lmeval
+    from prefheads.tasks.harness import HARNESS_VERSION, LM_EVAL_VARIANT
+
+    base = tasks.get_task(name)
+    if spec.kind != "choice" or base.lm_eval is None:
+        return {}, {"available": False,
+                    "why": f"lm-evaluation-harness {HARNESS_VERSION} defines no {spec.name} task"}
+    if spec.variant == LM_EVAL_VARIANT:
+        lexs = exs
+    else:  # the same rows, rendered as the harness renders them
+        loaded = tasks.load_examples(name, "eval", data_dir, limit=max_eval, seed=seed,
+                                     shuffle=max_eval is not None, variant=LM_EVAL_VARIANT)
+        by_id = {ex.id: ex for ex in loaded}
+        lost = [ex.id for ex in exs if ex.id not in by_id]
+        if lost:
+            raise ValueError(f"task {spec.name!r}: rows {lost[:3]} have no lm-eval rendering")
+        lexs = [by_id[ex.id] for ex in exs]
+    sc = score_lmeval(pm, lexs)
+    info = {"available": True, "harness": f"lm_eval=={HARNESS_VERSION}", "task": base.lm_eval.task,
+            "boundary_mismatches": sc.boundary_mismatches, "truncated": sc.truncated,
+            "seconds": round(sc.seconds, 3)}
+    return sc.methods(prefix=LMEVAL_PREFIX), info
+
+
+def baseline_of(blocks: dict[str, Any]) -> dict[str, Any] | None:
+    """The strongest log-prob method of a task's method blocks (the baseline a head must beat).
+
+    Returns ``{"method", "score"}`` (first of equal scores), or None without log-prob methods.
+    """
+    base = [m for m in blocks if not m.startswith("dph:")]
+    if not base:
+        return None
+    best = max(base, key=lambda m: blocks[m]["score"])
+    return {"method": best, "score": blocks[best]["score"]}
+
+
+def evaluate_task(pm: Any, name: str, *, data_dir: Any = None, max_eval: int | None = None, seed: int = 0,
+                  heads: Sequence[str] | None = None, variant: str = "paper", lm_eval_baseline: bool = True,
+                  progress: Any = None, **feature_kw: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Load, score and measure one task; returns its result block and per-example records.
+
+    With ``lm_eval_baseline`` (always with ``variant="lm-eval"``) the same rows are also scored
+    exactly as lm-evaluation-harness scores them (methods ``lm-eval:acc``, ``lm-eval:acc_norm``,
+    ``lm-eval:mean``) where the harness defines the task. Every result names its ``baseline``:
+    the strongest log-prob method; each head's block gets ``vs_baseline`` (score difference).
+    """
+    from prefheads import tasks
+    from prefheads.tasks.harness import LM_EVAL_VARIANT
 
     spec = tasks.get_task(name, variant)
     heads = list(pm.heads) if heads is None else list(heads)
@@ -372,6 +425,9 @@ def evaluate_task(pm: Any, name: str, *, data_dir: Any = None, max_eval: int | N
     scores = score_examples(pm, exs, heads, chunk_size=feature_kw.pop("chunk_size", 256),
                             on_chunk=(lambda k: progress.advance(tid, k)) if progress is not None else None,
                             **feature_kw)
+    lm_info = None
+    if lm_eval_baseline or variant == LM_EVAL_VARIANT:
+        scores.extra, lm_info = _lmeval_tables(pm, spec, name, exs, data_dir, max_eval, seed)
     t2 = time.perf_counter()
     separable = [h for h in heads if pm.heads[h].config.meta.get("objective") == "separable"]
     blocks, preds = task_metrics(spec, scores, separable)
@@ -385,7 +441,13 @@ def evaluate_task(pm: Any, name: str, *, data_dir: Any = None, max_eval: int | N
               "skipped": loaded.skipped, "dropped": loaded.dropped, "choices": names,
               "gold": prediction_distribution([ex.label for ex in exs], names)["counts"],
               "seconds": {"load": round(t1 - t0, 3), "score": round(t2 - t1, 3), "total": round(t2 - t0, 3)},
-              "methods": blocks}
+              "methods": blocks, "baseline": baseline_of(blocks)}
+    if lm_info is not None:
+        result["lm_eval"] = lm_info
+    if result["baseline"] is not None:
+        for m, b in blocks.items():
+            if m.startswith("dph:"):
+                b["vs_baseline"] = b["score"] - result["baseline"]["score"]
     tables = scores.methods()
     records = []
     for j, ex in enumerate(exs):
@@ -416,8 +478,8 @@ def expand_tasks(names: Sequence[str]) -> list[str]:
 
 def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike | None = None,
              max_eval: int | None = None, seed: int = 0, heads: Sequence[str] | None = None,
-             heads_dir: str | os.PathLike | None = None, variant: str = "paper", skip_missing: bool = False,
-             progress: bool = False, **feature_kw: Any) -> EvalRun:
+             heads_dir: str | os.PathLike | None = None, variant: str = "paper", lm_eval_baseline: bool = True,
+             skip_missing: bool = False, progress: bool = False, **feature_kw: Any) -> EvalRun:
     """Evaluate log-prob scoring and every head on tasks and groups.
 
     Args:
@@ -428,7 +490,12 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
         seed: Subset seed.
         heads: Heads to evaluate (default: all attached).
         heads_dir: The folder they came from (recorded, with each head's sha256).
-        variant: Template variant.
+        variant: Template family of the inputs: ``paper`` (PAPER.md section 6), ``paper_fixed``,
+            ``reference``, or ``lm-eval`` (lm-evaluation-harness's prompts; heads read them in
+            the chat turn, the ``lm-eval:*`` methods score the raw harness requests).
+        lm_eval_baseline: Also score every task the harness defines exactly as
+            lm-evaluation-harness does (``lm-eval:acc``, ``lm-eval:acc_norm``, ``lm-eval:mean``),
+            on the same rows, so each head is compared with the stronger log-prob baseline.
         skip_missing: Record tasks whose data files are missing instead of raising.
         progress: Show a progress bar.
         **feature_kw: ``shared_prefix``, ``padding_side``, ``chunk_size`` (results do not depend on them).
@@ -438,7 +505,8 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
 
     names = expand_tasks(task_names)
     heads = list(pm.heads) if heads is None else list(heads)
-    methods = [LOGPROB] + [method_name(h) for h in heads]
+    lm_eval_baseline = lm_eval_baseline or variant == "lm-eval"
+    methods = [LOGPROB] + (list(LMEVAL_METHODS) if lm_eval_baseline else []) + [method_name(h) for h in heads]
     t0 = time.perf_counter()
     results: dict[str, Any] = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "prefheads_version": _version(),
@@ -447,7 +515,7 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
                   "reward_token": pm.chat.reward_token, "template_fingerprint": pm.chat.fingerprint},
         "heads": _heads_record(pm, heads, heads_dir),
         "config": {"tasks": list(task_names), "data_dir": str(data_dir) if data_dir is not None else None,
-                   "max_eval": max_eval, "seed": seed, "variant": variant,
+                   "max_eval": max_eval, "seed": seed, "variant": variant, "lm_eval_baseline": lm_eval_baseline,
                    "features": {k: v for k, v in feature_kw.items()}, "max_tokens": pm.max_tokens},
         "methods": methods, "tasks": {}, "missing": {}, "aggregates": {},
     }
@@ -456,7 +524,8 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
         for name in names:
             try:
                 result, recs = evaluate_task(pm, name, data_dir=data_dir, max_eval=max_eval, seed=seed, heads=heads,
-                                             variant=variant, progress=pb if progress else None, **feature_kw)
+                                             variant=variant, lm_eval_baseline=lm_eval_baseline,
+                                             progress=pb if progress else None, **feature_kw)
             except FileNotFoundError as e:
                 if not skip_missing:
                     raise

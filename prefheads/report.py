@@ -77,11 +77,22 @@ def _dist(counts: dict[str, int]) -> str:
 
 # ----------------------------------------------------------------------------- tables
 
+def _vs_baseline(task: dict[str, Any], method: str, block: dict[str, Any]) -> str:
+    # the strongest log-prob method is marked; heads show their margin over it in points
+    base = task.get("baseline")
+    if not base:
+        return "—"
+    if "vs_baseline" in block:
+        return f"{100 * block['vs_baseline']:+.1f} pts"
+    return "baseline" if method == base["method"] else ""
+
+
 def comparison_rows(results: Sequence[dict[str, Any]], labels: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a side-by-side table of several results (one column per file × method).
 
-    Rows: per task its score, each metric, the predicted-choice distribution and ties (values
-    in %); then every aggregate. Missing entries show as "—".
+    Rows: per task its score, each metric, the predicted-choice distribution, the margin of
+    each head over the strongest log-prob method (marked "baseline") and ties (values in %);
+    then every aggregate. Missing entries show as "—".
     """
     labels = list(labels) if labels is not None else [f"run{i + 1}" for i in range(len(results))]
     cols = [(i, m) for i, r in enumerate(results) for m in r["methods"]]
@@ -105,6 +116,9 @@ def comparison_rows(results: Sequence[dict[str, Any]], labels: Sequence[str] | N
         if any("calibration" in results[i]["tasks"].get(t, {}).get("methods", {}).get(m, {}) for i, m in cols):
             rows.append(["", "ECE / Brier"] + [cell(i, m, lambda b: f"{b['calibration']['ece']:.3f} / {b['calibration']['brier']:.3f}"
                                                      if "calibration" in b else "—") for i, m in cols])
+        if any(results[i]["tasks"].get(t, {}).get("baseline") for i, _ in cols):
+            rows.append(["", "vs baseline"] + [cell(i, m, lambda b, i=i, m=m: _vs_baseline(results[i]["tasks"][t], m, b))
+                                               for i, m in cols])
         rows.append(["", "ties"] + [cell(i, m, lambda b: str(b["ties"])) for i, m in cols])
     for g in dict.fromkeys(g for r in results for g in r.get("aggregates", {})):
         def agg(i: int, m: str) -> str:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from conftest import _cfg, make_tokenizer
 from prefheads import PreferenceModel, tasks
 from prefheads.evaluation import LOGPROB, ChoiceScores, aggregates, evaluate, score_examples, summarize, task_metrics
-from prefheads.report import load_records, load_results, save_run
+from prefheads.report import comparison_rows, load_records, load_results, save_run
 from prefheads.metrics import glue_score, mcc, race_score
 from prefheads.types import Example
 
@@ -231,7 +231,7 @@ def test_evaluate_results_schema(run, pairs_file):
     pm, r = run
     res = r.results
     assert res["schema"] == "prefheads-eval" and res["schema_version"] == 1
-    assert res["methods"] == ["logprob", "dph:sep", "dph:con"]
+    assert res["methods"] == ["logprob", "lm-eval:acc", "lm-eval:acc_norm", "lm-eval:mean", "dph:sep", "dph:con"]
     assert res["heads"]["names"] == ["sep", "con"] and res["heads"]["heads"]["sep"]["objective"] == "separable"
     obqa = res["tasks"]["openbookqa"]
     assert obqa["template_hash"] == tasks.get_task("openbookqa").template_hash()
@@ -255,8 +255,47 @@ def test_max_eval_is_a_seeded_subset(run):
     other = evaluate(pm, ["openbookqa"], data_dir="bundled", max_eval=6, seed=4, heads=[])
     assert [x["id"] for x in again.records] == ids
     assert [x["id"] for x in other.records] != ids
-    assert again.results["methods"] == ["logprob"]
+    assert again.results["methods"] == ["logprob", "lm-eval:acc", "lm-eval:acc_norm", "lm-eval:mean"]
     assert again.results["tasks"]["openbookqa"]["methods"]["logprob"] == r.results["tasks"]["openbookqa"]["methods"]["logprob"]
+
+
+def test_lmeval_baseline_scores_the_same_rows_as_the_harness(run, pairs_file):
+    from prefheads.lmeval import score_lmeval
+
+    pm, r = run
+    obqa = r.results["tasks"]["openbookqa"]
+    assert obqa["lm_eval"]["available"] and obqa["lm_eval"]["harness"].startswith("lm_eval==")
+    ids = [x["id"] for x in r.records if x["task"] == "openbookqa"]
+    lexs = {ex.id: ex for ex in tasks.load_examples("openbookqa", "eval", "bundled", variant="lm-eval")}
+    direct = score_lmeval(pm, [lexs[i] for i in ids])
+    recs = [x for x in r.records if x["task"] == "openbookqa"]
+    for j, rec in enumerate(recs):
+        assert np.allclose(rec["scores"]["lm-eval:acc"], direct.logprob_sum[j], atol=1e-5)
+    summary = direct.summary()
+    for m in ("acc", "acc_norm", "mean"):
+        assert obqa["methods"][f"lm-eval:{m}"]["metrics"]["accuracy"] == pytest.approx(summary[m])
+    # the baseline is the strongest log-prob method; each head is measured against it
+    logp = {m: b["score"] for m, b in obqa["methods"].items() if not m.startswith("dph:")}
+    assert obqa["baseline"]["score"] == max(logp.values()) and obqa["baseline"]["method"] in logp
+    for h in ("dph:sep", "dph:con"):
+        assert obqa["methods"][h]["vs_baseline"] == pytest.approx(obqa["methods"][h]["score"] - max(logp.values()))
+    prefs = r.results["tasks"][f"pairs:{pairs_file}"]
+    assert prefs["lm_eval"]["available"] is False and "lm-eval:acc" not in prefs["methods"]
+    header, rows = comparison_rows([r.results])
+    vs = next(row for row in rows if row[1] == "vs baseline")
+    assert vs[header.index(obqa["baseline"]["method"])] == "baseline"
+    assert vs[header.index("dph:sep")].endswith(" pts")
+
+
+def test_lmeval_template_and_opt_out():
+    pm = tiny_pm()
+    off = evaluate(pm, ["openbookqa"], data_dir="bundled", max_eval=4, lm_eval_baseline=False)
+    assert off.results["methods"] == ["logprob"] and "lm_eval" not in off.results["tasks"]["openbookqa"]
+    on = evaluate(pm, ["openbookqa"], data_dir="bundled", max_eval=4, variant="lm-eval", lm_eval_baseline=False)
+    t = on.results["tasks"]["openbookqa"]
+    assert t["variant"] == "lm-eval" and "lm-eval:acc_norm" in t["methods"]
+    assert t["template_hash"] == tasks.get_task("openbookqa", "lm-eval").template_hash()
+    assert [x["id"] for x in on.records] == [x["id"] for x in off.records]
 
 
 def test_save_and_load_round_trip(run, tmp_path):
@@ -337,10 +376,21 @@ def test_cli_eval_writes_results_and_compares(saved, tmp_path):
                               "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "openbookqa" in res.output and "dph:sep" in res.output and "predicted" in res.output
+    assert "lm-eval:acc_norm" in res.output and "baseline to beat" in res.output
     res = runner.invoke(app, ["eval", "--base", base, "--task", "openbookqa", "--data-dir", "bundled",
-                              "--max-eval", "4", "--out", str(tmp_path / "b.json"), "--no-progress"])
+                              "--max-eval", "4", "--out", str(tmp_path / "b.json"), "--no-progress",
+                              "--no-lm-eval-baseline"])
     assert res.exit_code == 0, res.output
     assert load_results(tmp_path / "b.json")["methods"] == ["logprob"]
+    res = runner.invoke(app, ["eval", "--base", base, "--task", "openbookqa", "--data-dir", "bundled",
+                              "--max-eval", "4", "--out", str(tmp_path / "c.json"), "--no-progress",
+                              "--template", "lm-eval", "--no-lm-eval-baseline"])
+    assert res.exit_code == 0, res.output
+    c = load_results(tmp_path / "c.json")
+    assert c["config"]["variant"] == "lm-eval" and "lm-eval:acc" in c["methods"]
+    res = runner.invoke(app, ["eval", "--base", base, "--task", "glue/stsb", "--data-dir", "bundled",
+                              "--template", "lm-eval", "--no-progress"])
+    assert res.exit_code != 0 and "defines no such task" in str(res.exception or res.output)
     res = runner.invoke(app, ["eval", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
     assert res.exit_code == 0, res.output
     assert "a dph:sep" in res.output and "b logprob" in res.output and "[gpt4all]" in res.output

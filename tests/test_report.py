@@ -23,7 +23,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 @pytest.fixture(scope="module")
 def run():
     pm = with_heads(tiny_pm())
-    return evaluate(pm, ["openbookqa", "hh_rlhf"], data_dir="bundled", max_eval=8, seed=0)
+    return evaluate(pm, ["openbookqa", "hh_rlhf"], data_dir="bundled", max_eval=8, seed=0, lm_eval_baseline=False)
 
 
 class _Page(HTMLParser):

@@ -27,7 +27,8 @@ def eval_command(
     examples_out: Annotated[Optional[Path], typer.Option(help="Per-example JSONL path (default: beside --out).")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report with plots here.")] = None,
     head: Annotated[Optional[list[str]], typer.Option(help="Evaluate only these heads of the folder (repeat).")] = None,
-    variant: Annotated[str, typer.Option(help="Template variant: paper, paper_fixed or reference.")] = "paper",
+    variant: Annotated[str, typer.Option("--template", "--variant", help="Template family: paper (PAPER.md section 6), paper_fixed, reference, or lm-eval (lm-evaluation-harness prompts; the harness's own scoring is added as lm-eval:acc / acc_norm / mean).")] = "paper",
+    lm_eval_baseline: Annotated[bool, typer.Option(help="Also score each task the harness defines exactly as lm-evaluation-harness does, on the same rows, so heads are compared with the stronger log-prob baseline.")] = True,
     skip_missing: Annotated[bool, typer.Option(help="Skip tasks whose data files are missing (aggregates are then marked partial).")] = False,
     allow_base_mismatch: Annotated[bool, typer.Option(help="Load heads trained on another base.")] = False,
     compare: Annotated[bool, typer.Option("--compare", help="Compare results files given as arguments instead of evaluating.")] = False,
@@ -65,12 +66,16 @@ def eval_command(
         pm = PreferenceModel.from_pretrained(base)
     try:
         run = evaluate(pm, task, data_dir=data_dir, max_eval=max_eval, seed=seed, heads=head, heads_dir=heads,
-                       variant=variant, skip_missing=skip_missing, progress=progress)
+                       variant=variant, lm_eval_baseline=lm_eval_baseline, skip_missing=skip_missing,
+                       progress=progress)
     except FileNotFoundError as e:
         typer.echo(f"error: {e}\n(pass --skip-missing to evaluate the tasks whose data is there)", err=True)
         raise typer.Exit(2) from None
     res = run.results
     _console().print(comparison_table([res], title=f"{res['model']['id']}: {', '.join(res['tasks'])}"))
+    for name, t in res["tasks"].items():
+        if t.get("baseline"):
+            typer.echo(f"{name}: baseline to beat {t['baseline']['method']} {100 * t['baseline']['score']:.1f}")
     for name, why in res["missing"].items():
         typer.echo(f"skipped {name}: {why}", err=True)
     if out is not None:

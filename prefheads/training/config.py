@@ -17,6 +17,9 @@ class FitConfig:
         task: Task or group name (``glue/rte``, ``openbookqa``...), or None with ``data``.
         data: A JSONL file of ``{"prompt", "chosen", "rejected"}`` preference pairs.
         data_dir: Folder of local dataset copies (default: $PREFHEADS_DATA, else the hub).
+        template: Template family of the task's inputs: paper (PAPER.md section 6), paper_fixed,
+            reference, or lm-eval (lm-evaluation-harness's prompt in the user turn and its
+            continuation as the assistant reply).
         out: Output folder of the head set.
         head_name: Name of the trained head (default: the task name, or "default").
         pooler: Registered pooler (identity, bert, swiglu, ...).
@@ -69,6 +72,7 @@ class FitConfig:
     task: str | None = None
     data: str | None = None
     data_dir: str | None = None
+    template: str = "paper"
     out: str = "runs/heads"
     head_name: str | None = None
     pooler: str = "swiglu"

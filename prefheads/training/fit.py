@@ -55,12 +55,13 @@ def training_candidates(cfg: FitConfig) -> Candidates:
     from prefheads import tasks
 
     # a cap takes a seeded random subset, not the first rows of the file
-    kw = {"limit": cfg.max_train, "seed": cfg.seed, "shuffle": cfg.max_train is not None}
+    kw = {"limit": cfg.max_train, "seed": cfg.seed, "shuffle": cfg.max_train is not None, "variant": cfg.template}
     if cfg.data is not None:
         return from_pairs(tasks.load_pairs("pairs", path=cfg.data, **kw))
     names = tasks.expand(cfg.task, train=True)
     if len(names) > 1:  # a group: the size-aware seeded mix of its members
-        return from_pairs(tasks.mix(names, data_dir=cfg.data_dir, seed=cfg.seed, limit=cfg.max_train))
+        return from_pairs(tasks.mix(names, data_dir=cfg.data_dir, seed=cfg.seed, limit=cfg.max_train,
+                                    variant=cfg.template))
     if tasks.get_task(names[0]).kind == "pairs":
         return from_pairs(tasks.load_pairs(names[0], split="train", data_dir=cfg.data_dir, **kw))
     return from_examples(tasks.load_examples(names[0], split="train", data_dir=cfg.data_dir, **kw))
@@ -125,8 +126,8 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
                                     cfg, out, on_step)
     train_s = time.perf_counter() - t1
     head = pm.heads[name]
-    head.config.meta.update({"task": cfg.task or Path(cfg.data).name, "objective": cfg.objective,
-                             "mode": cfg.mode, "epochs": cfg.epochs, "best_epoch": best_epoch,
+    head.config.meta.update({"task": cfg.task or Path(cfg.data).name, "template": cfg.template,
+                             "objective": cfg.objective, "mode": cfg.mode, "epochs": cfg.epochs, "best_epoch": best_epoch,
                              "n_train": len(tr), "n_val": len(va), "seed": cfg.seed,
                              "val_pair_accuracy": round(history[best_epoch - 1]["val_pair_accuracy"], 4)})
     _save_backbone_changes(pm, cfg, out)
@@ -191,7 +192,8 @@ def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[in
     _, layer, history, best_epoch = best
     head = pm.remove_head(f"{name}@{layer}")
     pm.attach_head(name, head)
-    head.config.meta.update({"task": cfg.task or Path(cfg.data).name, "objective": cfg.objective, "mode": "frozen",
+    head.config.meta.update({"task": cfg.task or Path(cfg.data).name, "template": cfg.template,
+                             "objective": cfg.objective, "mode": "frozen",
                              "epochs": cfg.epochs, "best_epoch": best_epoch, "n_train": len(tr), "n_val": len(va),
                              "seed": cfg.seed, "chosen_layer": layer, "val_accuracy": round(scores[layer], 4),
                              "val_pair_accuracy": round(pair_scores[layer], 4),
