@@ -83,3 +83,24 @@ def test_cli_errors_are_clear(tmp_path):
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
     r = _cli(["score", "--heads", str(tmp_path / "nothing"), "--prompt", "x", "--candidate", "y"], env)
     assert r.returncode != 0 and "heads.json" in (r.stderr + r.stdout)
+
+
+def test_fit_template_lm_eval_trains_on_harness_prompts(tmp_path):
+    from prefheads import tasks
+    from prefheads.training.fit import training_candidates
+
+    cfg = FitConfig(task="openbookqa", data_dir="bundled", template="lm-eval", max_train=12, seed=1,
+                    out=str(tmp_path / "h"), epochs=1, batch_size=4)
+    cands = training_candidates(cfg)
+    want = {ex.id: ex for ex in tasks.load_examples("openbookqa", "train", "bundled", variant="lm-eval")}
+    paper = {ex.id: ex for ex in tasks.load_examples("openbookqa", "train", "bundled")}
+    ex_id, (best, _) = cands.ids[0], cands.groups[0]
+    assert cands.prompts[best] == want[ex_id].prompt != paper[ex_id].prompt  # the harness prompt, not the paper's
+    assert cands.completions[best] == want[ex_id].choices[want[ex_id].label]
+    bb, tok = make_backbone("llama")
+    pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
+    fit(cfg, pm=pm, progress=False)
+    meta = json.loads((tmp_path / "h" / "heads.json").read_text())["heads"]["openbookqa"]["config"]["meta"]
+    assert meta["template"] == "lm-eval"
+    with pytest.raises(Exception, match="defines no such task"):
+        training_candidates(FitConfig(task="glue/stsb", data_dir="bundled", template="lm-eval"))
