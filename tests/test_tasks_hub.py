@@ -63,7 +63,7 @@ def test_glue_from_hub(hub):
     rte = T.load_examples("glue/rte")
     assert [e.label for e in rte] == [1, None] and rte[0].id == "validation:0"  # the same id as the TSV's
     assert rte[0].meta["source"] == "hub:nyu-mll/glue/rte:validation"
-    assert hub[0] == ("nyu-mll/glue", "rte", "validation", None, {})
+    assert hub[0] == ("nyu-mll/glue", "rte", "validation", "bcdcba79d07bc864c1c254ccfcedcce55bcc9a8c", {})
     mnli = T.load_examples("glue/mnli")
     assert [e.meta["split"] for e in mnli] == ["validation_matched", "validation_mismatched"]
     assert mnli[0].label == 2 and "Premise: P.\nHypothesis: H." in mnli[0].prompt[1]["content"]
@@ -87,6 +87,22 @@ def test_gpt4all_race_mmlu_from_hub(hub):
     assert T.load_examples("mmlu")[0].choices[1] == "B. 4" and T.load_examples("mmlu")[0].label == 1
     sq = T.load_examples("squad_v2")[0]
     assert sq.choices[0] == "unanswerable" and {"Paris", "France"} <= set(sq.choices)
+
+
+def test_hub_sources_are_pinned_to_commits():
+    import re
+
+    unpinned = []
+    for name in T.list_tasks():
+        hub = T.get_task(name).hub
+        if hub is None:
+            continue
+        if hub.revision is None:
+            unpinned.append(hub.id)
+        else:
+            assert re.fullmatch(r"[0-9a-f]{40}", hub.revision), (name, hub.revision)
+    # no public record of a commit of this one could be found to pin; it reads the default branch
+    assert unpinned == ["HuggingFaceH4/orca_dpo_pairs"]
 
 
 def test_pairs_from_hub(hub):

@@ -203,7 +203,8 @@ def _tasks_app() -> typer.Typer:
         d = tasks.describe(spec.name)
         lines = [f"# {spec.name} — {d['description']}", f"group: {d['group'] or '–'}    kind: {d['kind']}    "
                  f"metrics: {', '.join(d['metrics'])}", f"train split: {d['train_split'] or '–'}    "
-                 f"eval split(s): {', '.join(d['eval_splits'])}", f"sources: {_sources(d)}",
+                 f"eval split(s): {', '.join(d['eval_splits'])}", f"sources: {_sources(d)}"
+                 + (f" @ {d['revision'] or 'default branch (unpinned)'}" if d["hub"] else ""),
                  f"system prompt: {spec.system_id or '–'}", f"definition: {spec.source_file}"]
         files = tasks.data_files(spec.name, data_dir)
         sizes = split_sizes(spec.name, data_dir) if files else {}

@@ -196,7 +196,7 @@ def describe(name: str) -> dict[str, Any]:
     s = get_task(name)
     return {"name": s.name, "group": s.group, "kind": s.kind, "train_split": s.train_split,
             "eval_splits": list(s.eval_splits), "system": s.system_id, "metrics": list(s.metrics),
-            "hub": s.hub.id if s.hub else None, "bundled": bool(s.bundled), "description": s.description,
+            "hub": s.hub.id if s.hub else None, "revision": s.hub.revision if s.hub else None, "bundled": bool(s.bundled), "description": s.description,
             "lm_eval": s.lm_eval.task if s.lm_eval else None}
 
 

@@ -42,6 +42,9 @@ def _hub(where: str, raw: dict[str, Any], default_fields: dict[str, str]) -> Hub
     check_keys(where, raw, {"id", "config", "data_dir", "revision", "fields", "label", "label_map"})
     if not raw.get("id"):
         fail(where, "hub.id is required")
+    rev = raw.get("revision")
+    if rev is not None and not (isinstance(rev, str) and rev.strip()):
+        fail(where, f"hub.revision must be a commit sha or branch name (quoted), got {rev!r}")
     return HubSource(id=str(raw["id"]), config=raw.get("config"), data_dir=raw.get("data_dir"),
                      revision=raw.get("revision"), fields=dict(raw.get("fields") or default_fields),
                      label=str(raw.get("label", "label")), label_map=_label_map(raw.get("label_map")))

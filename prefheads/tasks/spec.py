@@ -102,8 +102,7 @@ class HubSource(SourceSpec):
         id: Dataset repo id.
         config: Config (subset) name, if any.
         data_dir: Sub-folder argument of ``load_dataset`` (HH-RLHF subsets), if any.
-        revision: Git revision to pin; ``None`` = the default branch (these ids could not be
-            checked offline, so none is pinned yet).
+        revision: Git revision (commit sha) the task reads; ``None`` = the default branch.
     """
 
     id: str = ""
