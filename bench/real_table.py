@@ -7,6 +7,11 @@ layer-mix head over every layer, and a scikit-learn logistic-regression probe on
 last-layer features. Every method's predicted-answer distribution is printed, since a method
 that always answers "yes" can look fine by accuracy alone. One backbone pass per split serves
 every head (all layers captured at once).
+
+Log-prob is reported under both template families: the paper's (mean over the assistant tokens)
+and lm-evaluation-harness's own prompt scored exactly as the harness does (``acc``, ``acc_norm``,
+``mean``; tasks the harness defines), on the same rows. ``baseline`` is the strongest of them:
+the number a head has to beat. ``--baselines-only`` skips the heads (log-prob columns only).
 """
 
 from __future__ import annotations
@@ -50,6 +55,28 @@ def dist(preds: list[int], k: int) -> str:
     return "/".join(str(int(x)) for x in c)
 
 
+BASELINES = ["logprob", "lmeval_acc", "lmeval_acc_norm", "lmeval_mean"]
+HEADS = ["dph_last", "dph_auto", "dph_mix", "logreg"]
+
+
+def lmeval_columns(pm, task: str, ev: list, labels: list[int], k: int, seed: int) -> dict:
+    """The harness-exact log-prob accuracies on the rows ``ev`` (empty if the harness lacks the task)."""
+    from prefheads import tasks
+    from prefheads.lmeval import score_lmeval
+    from prefheads.metrics import accuracy
+
+    if tasks.get_task(task).lm_eval is None:
+        return {}
+    split = "eval"
+    lex = {e.id: e for e in tasks.load_examples(task, split=split, data_dir=DATA, variant="lm-eval")}
+    sc = score_lmeval(pm, [lex[e.id] for e in ev])
+    out = {"lmeval_s": sc.seconds}
+    for m, t in sc.methods(prefix="lmeval_").items():
+        p = predict(t)
+        out[m], out[m + "_pred"] = accuracy(p, labels), dist(p, k)
+    return out
+
+
 def run_task(pm, task: str, args) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -67,7 +94,10 @@ def run_task(pm, task: str, args) -> dict:
     cands = from_examples(tr)
     layers = parse_layers("all", pm.num_layers)
     cache = FeatureCache(args.cache)
-    train_states, _ = cached_features(pm, cands.prompts, cands.completions, layers, cache)
+    if args.baselines_only:
+        train_states, layers = None, [-1]
+    else:
+        train_states, _ = cached_features(pm, cands.prompts, cands.completions, layers, cache)
     t_feat = time.perf_counter() - t0
     prompts = [e.prompt for e in ev for _ in e.choices]
     comps = [c for e in ev for c in e.choices]
@@ -83,6 +113,12 @@ def run_task(pm, task: str, args) -> dict:
     mean_lp = (ev_feats.logprob_sum / ev_feats.n_tokens.clamp_min(1)).tolist()
     p = predict(per_example(mean_lp))
     out["logprob"], out["logprob_pred"] = accuracy(p, labels), dist(p, k)
+    out.update(lmeval_columns(pm, task, ev, labels, k, args.seed))
+    out["baseline"] = max(out[m] for m in BASELINES if m in out)
+    out["baseline_method"] = max((m for m in BASELINES if m in out), key=lambda m: out[m])
+    if args.baselines_only:
+        out["gold"], out["wall_s"] = dist(labels, k), time.perf_counter() - t0
+        return out
 
     base = dict(task=task, data_dir=str(DATA), epochs=args.epochs, batch_size=16, seed=args.seed, cache_dir=args.cache)
     heads = {
@@ -131,6 +167,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=None, help="feature cache folder (default: $PREFHEADS_CACHE/features)")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--baselines-only", action="store_true", help="log-prob columns only (no heads)")
     args = ap.parse_args()
     args.tmp = tempfile.mkdtemp()
 
@@ -142,10 +179,15 @@ def main() -> None:
         rows.append(run_task(pm, task, args))
         print(json.dumps(rows[-1]), flush=True)
     print(machine(), pm.model_id)
-    pct = [{**r, **{k: 100 * r[k] for k in ("logprob", "dph_last", "dph_auto", "dph_mix", "logreg")}} for r in rows]
-    print(table(pct, ["task", "splits", "n_train", "n_eval", "logprob", "dph_last", "dph_auto", "auto_layer",
-                      "dph_mix", "logreg", "wall_s"]))
-    print(table(rows, ["task", "gold", "logprob_pred", "dph_last_pred", "dph_auto_pred", "dph_mix_pred", "logreg_pred"]))
+    heads = [] if args.baselines_only else HEADS
+    for r in rows:
+        if heads:
+            r["best_head_vs_baseline"] = max(r[h] for h in heads) - r["baseline"]
+    pct = [{**r, **{k: 100 * r[k] for k in BASELINES + heads + ["baseline", "best_head_vs_baseline"] if k in r}}
+           for r in rows]
+    print(table(pct, ["task", "splits", "n_train", "n_eval", *BASELINES, "baseline_method", *heads,
+                      *(["auto_layer", "best_head_vs_baseline"] if heads else []), "wall_s"]))
+    print(table(rows, ["task", "gold", *[m + "_pred" for m in BASELINES + heads]]))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

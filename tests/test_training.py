@@ -169,6 +169,34 @@ def test_two_process_accelerate_run(tmp_path):
     assert cfg["heads"]["default"]["config"]["meta"]["val_pair_accuracy"] >= 0.8
 
 
+def test_launch_that_accelerate_did_not_distribute_is_refused():
+    from prefheads.training.loop import check_launch
+
+    env = {"WORLD_SIZE": "2", "ACCELERATE_USE_FSDP": "true"}
+    with pytest.raises(RuntimeError, match="FSDP needs CUDA GPUs"):
+        check_launch(1, "NO", env)
+    with pytest.raises(RuntimeError, match="--cpu --num_processes"):
+        check_launch(1, "NO", {"WORLD_SIZE": "4"})
+    check_launch(2, "MULTI_CPU", env)
+    check_launch(1, "NO", {})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback of an FSDP launch")
+def test_fsdp_launch_on_cpu_fails_clearly(tmp_path):
+    bb, tok = make_backbone("llama")
+    save_to_hub_cache(bb, tok, "tiny/fsdp", tmp_path / "hf")
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", PREFHEADS_CACHE=str(tmp_path / "c"),
+               OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    data = _pairs_file(tmp_path / "pairs.jsonl", n=16)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--use_fsdp", "--fsdp_version", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "prefheads.cli", "fit", "--base", "tiny/fsdp", "--data", str(data), "--out", str(tmp_path / "o"),
+           "--epochs", "1", "--batch-size", "8", "--mode", "lora"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "FSDP needs CUDA GPUs" in r.stderr + r.stdout
+    assert not (tmp_path / "o" / "heads.json").exists()
+
+
 def test_quantized_backbones_fail_clearly_where_unsupported():
     from prefheads.loading import quantization_config
 

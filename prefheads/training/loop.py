@@ -8,10 +8,11 @@ Devices, DDP, mixed precision and gradient accumulation come from accelerate.
 from __future__ import annotations
 
 import json
+import os
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,24 @@ def _loss(cfg: FitConfig, r: torch.Tensor, lp: torch.Tensor | None, ref: torch.T
     return joint_loss(dph, dpo, alpha_dpo=cfg.dpo_weight, alpha_dph=cfg.dph_weight)
 
 
+def check_launch(num_processes: int, distributed_type: Any, env: Mapping[str, str] | None = None) -> None:
+    """Refuse a launch that accelerate did not turn into one distributed run.
+
+    ``accelerate launch --use_fsdp`` / ``--use_deepspeed`` on a machine without GPUs starts
+    ``WORLD_SIZE`` processes that each train alone (accelerate falls back to no distribution),
+    all writing the same output folder. That is an error here, not a silent fallback.
+    """
+    env = os.environ if env is None else env
+    world = int(env.get("WORLD_SIZE", "1") or 1)
+    if world > num_processes:
+        asked = [name for key, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"))
+                 if str(env.get(key, "")).lower() in ("1", "true")]
+        raise RuntimeError(
+            f"launched as {world} processes but accelerate set up {num_processes} ({distributed_type}): "
+            + (f"{' and '.join(asked)} needs CUDA GPUs here; " if asked else "")
+            + "on CPU use plain data parallel: accelerate launch --cpu --num_processes N ...")
+
+
 def train(
     trainable: Any,
     train_groups: list[tuple[int, list[int]]],
@@ -68,6 +87,7 @@ def train(
 
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
                       log_with=cfg.log_with, project_dir=str(out) if cfg.log_with else None)
+    check_launch(acc.num_processes, acc.distributed_type)
     if cfg.log_with:
         acc.init_trackers("prefheads", config={k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))})
     rows = sorted({r for w, ls in train_groups for r in [w, *ls]})
