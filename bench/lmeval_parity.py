@@ -8,7 +8,9 @@ Instruct, converted once into $PREFHEADS_CACHE/models) on CPU, fp32, zero-shot, 
   environment ``bench/.venv-lmeval`` (``--setup`` creates it; it never touches ``.venv``), running
   the harness's own task files (``bench/lmeval_tasks/*.yaml`` *include* them) on the first
   ``--limit`` rows of each ``shared/data`` file, reshaped into the hub's row layout;
-* **prefheads**: ``load_examples(..., variant="lm-eval", limit=N)`` + :func:`prefheads.lmeval.score_lmeval`.
+* **prefheads**: ``load_examples(..., variant="lm-eval", limit=N)`` + :func:`prefheads.lmeval.score_lmeval`
+  (timed), and the same rows through ``prefheads eval --template lm-eval --max-eval N --subset first``
+  (the user's command; its accuracies are printed beside).
 
 Printed per task and metric (``acc``, ``acc_norm``, ``mean`` = summed log-prob / continuation
 tokens, on the harness side from its own ``_encode_pair``): both accuracies, their difference in
@@ -194,8 +196,9 @@ def _argmax(xs: list[float]) -> int:
     return max(range(len(xs)), key=lambda i: (xs[i], -i))
 
 
-def compare(h: dict[str, Any], p: dict[str, Any], tasks: list[str]) -> tuple[list[dict[str, Any]], str]:
-    """Rows of the parity table and its markdown."""
+def compare(h: dict[str, Any], p: dict[str, Any], tasks: list[str],
+            cli: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Rows of the parity table and its markdown (``cli``: results of ``prefheads eval --template lm-eval``)."""
     rows = []
     for t in tasks:
         hd, pd = h["tasks"][t]["docs"], p["tasks"][t]["docs"]
@@ -206,15 +209,16 @@ def compare(h: dict[str, Any], p: dict[str, Any], tasks: list[str]) -> tuple[lis
         tok_diff = sum(x["ntok"] != y["ntok"] for x, y in zip(hd, pd))
         hv = {"acc": h["tasks"][t]["acc"], "acc_norm": h["tasks"][t]["acc_norm"], "mean": h_mean}
         for m in METRICS:
+            cv = cli["tasks"][t]["methods"][f"lm-eval:{m}"]["metrics"]["accuracy"] if cli else float("nan")
             rows.append({"task": t, "metric": m, "n": len(pd), "harness": 100 * hv[m],
-                         "prefheads": 100 * p["tasks"][t][m],
+                         "prefheads": 100 * p["tasks"][t][m], "cli": 100 * cv,
                          "diff": 100 * (p["tasks"][t][m] - hv[m]), "max_dll": dll, "request_mismatch": req_diff,
                          "token_mismatch": tok_diff, "harness_s": h["tasks"][t]["wall_s"],
                          "prefheads_s": p["tasks"][t]["wall_s"]})
-    lines = ["| task | metric | n | harness | prefheads | diff (pts) | max abs Δ log-prob | harness s | prefheads s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | metric | n | harness | prefheads | `prefheads eval` | diff (pts) | max abs Δ log-prob | harness s | prefheads s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['metric']} | {r['n']} | {r['harness']:.1f} | {r['prefheads']:.1f} | "
+        lines.append(f"| {r['task']} | {r['metric']} | {r['n']} | {r['harness']:.1f} | {r['prefheads']:.1f} | {r['cli']:.1f} | "
                      f"{r['diff']:+.1f} | {r['max_dll']:.1e} | {r['harness_s']:.1f} | {r['prefheads_s']:.1f} |")
     th = sum(h["tasks"][t]["wall_s"] for t in tasks)
     tp = sum(p["tasks"][t]["wall_s"] for t in tasks)
@@ -318,11 +322,19 @@ def main() -> None:
         t0 = time.perf_counter()
         subprocess.run([str(py), __file__, "--side", side, *common], check=True, env=env, cwd=str(ROOT))
         print(f"[{side}] done in {time.perf_counter() - t0:.1f} s (process wall, imports included)", flush=True)
+    if args.run in ("all", "prefheads"):
+        # the same rows through the user's command: prefheads eval --template lm-eval
+        print("[prefheads eval --template lm-eval] running ...", flush=True)
+        subprocess.run([sys.executable, "-m", "prefheads.cli", "eval", "--base", args.model, "--task",
+                        ",".join(args.tasks), "--data-dir", args.data, "--template", "lm-eval", "--max-eval",
+                        str(args.limit), "--subset", "first", "--no-progress", "--out", str(work / "cli.json")],
+                       check=True, env=env, cwd=str(ROOT))
     if args.run in ("harness", "prefheads"):
         return
     h = json.loads((work / "harness.json").read_text())
     p = json.loads((work / "prefheads.json").read_text())
-    rows, md = compare(h, p, args.tasks)
+    cli = json.loads((work / "cli.json").read_text()) if (work / "cli.json").exists() else None
+    rows, md = compare(h, p, args.tasks, cli)
     head = (f"lm-evaluation-harness {h['version']} vs prefheads, model {Path(args.model).name}, "
             f"first {args.limit} rows per task, CPU fp32, harness batch size {args.batch_size}, torch "
             f"{h['torch']} / {p['torch']} with {h['threads']} / {p['threads']} threads")

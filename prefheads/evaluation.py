@@ -35,6 +35,7 @@ SCHEMA = "prefheads-eval"
 SCHEMA_VERSION = 1
 LOGPROB = "logprob"
 """Method name of mean log-prob scoring; heads are ``dph:<head>``."""
+SUBSETS = ("random", "first")
 LMEVAL_PREFIX = "lm-eval:"
 LMEVAL_METHODS = tuple(f"{LMEVAL_PREFIX}{m}" for m in ("acc", "acc_norm", "mean"))
 """Method names of lm-evaluation-harness-exact log-prob scoring (:mod:`prefheads.lmeval`)."""
@@ -348,10 +349,11 @@ def _heads_record(pm: Any, heads: Sequence[str], heads_dir: Any) -> dict[str, An
                       for h in heads}}
 
 
-def _load(spec: Any, name: str, data_dir: Any, max_eval: int | None, seed: int, variant: str) -> tuple[list[Example], Any]:
+def _load(spec: Any, name: str, data_dir: Any, max_eval: int | None, seed: int, variant: str,
+          shuffle: bool) -> tuple[list[Example], Any]:
     from prefheads import tasks
 
-    kw = dict(limit=max_eval, seed=seed, shuffle=max_eval is not None, variant=variant)
+    kw = dict(limit=max_eval, seed=seed, shuffle=shuffle, variant=variant)
     if spec.kind == "pairs":
         loaded = tasks.load_pairs(name, "eval", data_dir, **kw)
         exs = [Example(p.id, p.prompt, [p.chosen, p.rejected], 0, p.task, p.meta) for p in loaded]
@@ -362,7 +364,7 @@ def _load(spec: Any, name: str, data_dir: Any, max_eval: int | None, seed: int, 
 
 
 def _lmeval_tables(pm: Any, spec: Any, name: str, exs: list[Example], data_dir: Any, max_eval: int | None,
-                   seed: int) -> tuple[dict[str, list[list[float]]], dict[str, Any]]:
+                   seed: int, shuffle: bool) -> tuple[dict[str, list[list[float]]], dict[str, Any]]:
     """lm-evaluation-harness-exact log-prob tables of the rows ``exs`` (their harness requests)."""
     from prefheads import tasks
     from prefheads.lmeval import score_lmeval
@@ -376,7 +378,7 @@ def _lmeval_tables(pm: Any, spec: Any, name: str, exs: list[Example], data_dir: 
         lexs = exs
     else:  # the same rows, rendered as the harness renders them
         loaded = tasks.load_examples(name, "eval", data_dir, limit=max_eval, seed=seed,
-                                     shuffle=max_eval is not None, variant=LM_EVAL_VARIANT)
+                                     shuffle=shuffle, variant=LM_EVAL_VARIANT)
         by_id = {ex.id: ex for ex in loaded}
         lost = [ex.id for ex in exs if ex.id not in by_id]
         if lost:
@@ -403,7 +405,8 @@ def baseline_of(blocks: dict[str, Any]) -> dict[str, Any] | None:
 
 def evaluate_task(pm: Any, name: str, *, data_dir: Any = None, max_eval: int | None = None, seed: int = 0,
                   heads: Sequence[str] | None = None, variant: str = "paper", lm_eval_baseline: bool = True,
-                  progress: Any = None, **feature_kw: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                  subset: str = "random", progress: Any = None,
+                  **feature_kw: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Load, score and measure one task; returns its result block and per-example records.
 
     With ``lm_eval_baseline`` (always with ``variant="lm-eval"``) the same rows are also scored
@@ -414,10 +417,13 @@ def evaluate_task(pm: Any, name: str, *, data_dir: Any = None, max_eval: int | N
     from prefheads import tasks
     from prefheads.tasks.harness import LM_EVAL_VARIANT
 
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
     spec = tasks.get_task(name, variant)
     heads = list(pm.heads) if heads is None else list(heads)
+    shuffle = max_eval is not None and subset == "random"
     t0 = time.perf_counter()
-    exs, loaded = _load(spec, name, data_dir, max_eval, seed, variant)
+    exs, loaded = _load(spec, name, data_dir, max_eval, seed, variant, shuffle)
     if not exs:
         raise ValueError(f"task {spec.name!r}: no labelled examples to evaluate")
     t1 = time.perf_counter()
@@ -427,7 +433,7 @@ def evaluate_task(pm: Any, name: str, *, data_dir: Any = None, max_eval: int | N
                             **feature_kw)
     lm_info = None
     if lm_eval_baseline or variant == LM_EVAL_VARIANT:
-        scores.extra, lm_info = _lmeval_tables(pm, spec, name, exs, data_dir, max_eval, seed)
+        scores.extra, lm_info = _lmeval_tables(pm, spec, name, exs, data_dir, max_eval, seed, shuffle)
     t2 = time.perf_counter()
     separable = [h for h in heads if pm.heads[h].config.meta.get("objective") == "separable"]
     blocks, preds = task_metrics(spec, scores, separable)
@@ -479,15 +485,18 @@ def expand_tasks(names: Sequence[str]) -> list[str]:
 def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike | None = None,
              max_eval: int | None = None, seed: int = 0, heads: Sequence[str] | None = None,
              heads_dir: str | os.PathLike | None = None, variant: str = "paper", lm_eval_baseline: bool = True,
-             skip_missing: bool = False, progress: bool = False, **feature_kw: Any) -> EvalRun:
+             subset: str = "random", skip_missing: bool = False, progress: bool = False,
+             **feature_kw: Any) -> EvalRun:
     """Evaluate log-prob scoring and every head on tasks and groups.
 
     Args:
         pm: The model, with the heads to evaluate attached (none: log-prob only).
         task_names: Tasks and/or groups (``glue``, ``gpt4all``, ``race``, ``glue/rte``...).
         data_dir: Data folder (see :func:`prefheads.tasks.load_examples`).
-        max_eval: Evaluate a seeded random subset of at most this many examples per split.
+        max_eval: Evaluate at most this many examples per split.
         seed: Subset seed.
+        subset: Which ``max_eval`` examples: ``random`` (a seeded random subset) or ``first``
+            (the first rows of each file, as lm-evaluation-harness's ``--limit``).
         heads: Heads to evaluate (default: all attached).
         heads_dir: The folder they came from (recorded, with each head's sha256).
         variant: Template family of the inputs: ``paper`` (PAPER.md section 6), ``paper_fixed``,
@@ -515,7 +524,7 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
                   "reward_token": pm.chat.reward_token, "template_fingerprint": pm.chat.fingerprint},
         "heads": _heads_record(pm, heads, heads_dir),
         "config": {"tasks": list(task_names), "data_dir": str(data_dir) if data_dir is not None else None,
-                   "max_eval": max_eval, "seed": seed, "variant": variant, "lm_eval_baseline": lm_eval_baseline,
+                   "max_eval": max_eval, "subset": subset, "seed": seed, "variant": variant, "lm_eval_baseline": lm_eval_baseline,
                    "features": {k: v for k, v in feature_kw.items()}, "max_tokens": pm.max_tokens},
         "methods": methods, "tasks": {}, "missing": {}, "aggregates": {},
     }
@@ -524,7 +533,7 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
         for name in names:
             try:
                 result, recs = evaluate_task(pm, name, data_dir=data_dir, max_eval=max_eval, seed=seed, heads=heads,
-                                             variant=variant, lm_eval_baseline=lm_eval_baseline,
+                                             variant=variant, lm_eval_baseline=lm_eval_baseline, subset=subset,
                                              progress=pb if progress else None, **feature_kw)
             except FileNotFoundError as e:
                 if not skip_missing:

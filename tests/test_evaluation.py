@@ -287,6 +287,15 @@ def test_lmeval_baseline_scores_the_same_rows_as_the_harness(run, pairs_file):
     assert vs[header.index("dph:sep")].endswith(" pts")
 
 
+def test_subset_first_takes_the_first_rows_like_the_harness_limit():
+    pm = tiny_pm()
+    r = evaluate(pm, ["openbookqa"], data_dir="bundled", max_eval=5, subset="first", lm_eval_baseline=False)
+    want = [ex.id for ex in tasks.load_examples("openbookqa", "eval", "bundled", limit=5)]
+    assert [x["id"] for x in r.records] == want and r.results["config"]["subset"] == "first"
+    with pytest.raises(ValueError, match="subset"):
+        evaluate(pm, ["openbookqa"], data_dir="bundled", max_eval=5, subset="last")
+
+
 def test_lmeval_template_and_opt_out():
     pm = tiny_pm()
     off = evaluate(pm, ["openbookqa"], data_dir="bundled", max_eval=4, lm_eval_baseline=False)

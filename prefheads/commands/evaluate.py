@@ -21,8 +21,9 @@ def eval_command(
     task: Annotated[Optional[list[str]], typer.Option(help="Task or group (glue, gpt4all, race, glue/rte, pairs:<file>...); repeat or comma-separate.")] = None,
     base: Annotated[Optional[str], typer.Option(help="Hub id, local folder or GGUF file (default: the heads' base, else bundled SmolLM2-135M-Instruct).")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Data folder laid out like shared/data, or 'bundled' (default: $PREFHEADS_DATA, else the hub).")] = None,
-    max_eval: Annotated[Optional[int], typer.Option(help="Evaluate a seeded random subset of at most N examples per split.")] = None,
+    max_eval: Annotated[Optional[int], typer.Option(help="Evaluate at most N examples per split (see --subset).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the --max-eval subset.")] = 0,
+    subset: Annotated[str, typer.Option(help="Which --max-eval examples: random (seeded subset) or first (the first rows, as lm-eval's --limit).")] = "random",
     out: Annotated[Optional[Path], typer.Option(help="Write results JSON here (and <stem>.examples.jsonl beside it).")] = None,
     examples_out: Annotated[Optional[Path], typer.Option(help="Per-example JSONL path (default: beside --out).")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report with plots here.")] = None,
@@ -66,7 +67,7 @@ def eval_command(
         pm = PreferenceModel.from_pretrained(base)
     try:
         run = evaluate(pm, task, data_dir=data_dir, max_eval=max_eval, seed=seed, heads=head, heads_dir=heads,
-                       variant=variant, lm_eval_baseline=lm_eval_baseline, skip_missing=skip_missing,
+                       variant=variant, lm_eval_baseline=lm_eval_baseline, subset=subset, skip_missing=skip_missing,
                        progress=progress)
     except FileNotFoundError as e:
         typer.echo(f"error: {e}\n(pass --skip-missing to evaluate the tasks whose data is there)", err=True)
