@@ -1,7 +1,9 @@
 """Each training mode on SmolLM2 with real SST-2: held-out pair accuracy, wall time, peak memory.
 
 Every mode runs in its own subprocess so its peak resident memory (``ru_maxrss``) is its own.
-Held-out pairs come from the SST-2 dev set (never seen in training).
+Held-out pairs come from the SST-2 dev set (never seen in training). ``lora+probe`` and
+``full+probe`` first fit the frozen probe (seconds, on cached features) and start the LoRA / full
+run from it (``--init-head``: linear probing, then fine-tuning); ``train_s`` includes the probe.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ SETTINGS = {
     "lora": {"epochs": 2, "lr": 5e-4, "head_lr": 1e-3},
     "full": {"epochs": 2, "lr": 2e-5, "head_lr": 1e-3, "prior": 0.5},
 }
+# "<mode>+probe": the frozen probe first (cached features), then <mode> starts from it (--init-head)
+for _m in ("lora", "full"):
+    SETTINGS[f"{_m}+probe"] = dict(SETTINGS[_m])
 
 
 def one(mode: str, n_train: int, n_eval: int) -> dict:
@@ -36,8 +41,15 @@ def one(mode: str, n_train: int, n_eval: int) -> dict:
     pm = PreferenceModel.from_pretrained()
     out = tempfile.mkdtemp()
     t0 = time.perf_counter()
-    res = fit(FitConfig(task="glue/sst2", data_dir=str(DATA), mode=mode, max_train=n_train, batch_size=8,
-                        out=out, cache_dir=str(Path(out) / "cache"), **SETTINGS[mode]), pm=pm, progress=False)
+    common = dict(task="glue/sst2", data_dir=str(DATA), max_train=n_train, batch_size=8,
+                  cache_dir=str(Path(out) / "cache"))
+    base_mode, _, probe = mode.partition("+")
+    init = None
+    if probe:
+        fit(FitConfig(mode="frozen", out=str(Path(out) / "probe"), **common, **SETTINGS["frozen"]), pm=pm,
+            progress=False)
+        init = str(Path(out) / "probe")
+    res = fit(FitConfig(mode=base_mode, out=out, init_head=init, **common, **SETTINGS[mode]), pm=pm, progress=False)
     train_s = time.perf_counter() - t0
     dev = tasks.load_examples("glue/sst2", split="eval", data_dir=DATA, limit=n_eval, shuffle=True, seed=0)
     s = summarize(score_examples(pm, dev))
@@ -51,7 +63,7 @@ def one(mode: str, n_train: int, n_eval: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--modes", default="frozen,lora,full")
+    ap.add_argument("--modes", default="frozen,lora,full,lora+probe,full+probe")
     ap.add_argument("--n-train", type=int, default=160)
     ap.add_argument("--n-eval", type=int, default=200)
     ap.add_argument("--one", help=argparse.SUPPRESS)

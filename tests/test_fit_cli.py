@@ -104,3 +104,22 @@ def test_fit_template_lm_eval_trains_on_harness_prompts(tmp_path):
     assert meta["template"] == "lm-eval"
     with pytest.raises(Exception, match="defines no such task"):
         training_candidates(FitConfig(task="glue/stsb", data_dir="bundled", template="lm-eval"))
+
+
+def test_init_head_starts_from_a_saved_probe(tmp_path):
+    data = _pairs_file(tmp_path / "pairs.jsonl", n=24)
+    bb, tok = make_backbone("llama")
+    pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
+    fit(FitConfig(data=str(data), out=str(tmp_path / "probe"), head_name="probe", epochs=2, batch_size=8,
+                  lr=3e-3), pm=pm, progress=False)
+    probe = {k: v.clone() for k, v in pm.heads["probe"].state_dict().items()}
+    assert not torch.equal(probe["input_std"], torch.ones_like(probe["input_std"]))  # a fitted standardiser
+    pm2 = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
+    fit(FitConfig(data=str(data), out=str(tmp_path / "lora"), mode="lora", init_head=str(tmp_path / "probe"),
+                  epochs=1, batch_size=8, lr=0.0, head_lr=0.0), pm=pm2, progress=False)
+    got = pm2.heads["default"]
+    assert all(torch.equal(got.state_dict()[k], v) for k, v in probe.items())  # lr 0: the probe, unchanged
+    assert got.dropout.p == 0.1 and got.config.meta["init_head"].endswith(":probe")
+    with pytest.raises(ValueError, match="FOLDER:NAME"):
+        fit(FitConfig(data=str(data), out=str(tmp_path / "x"), init_head=f"{tmp_path / 'probe'}:nope"),
+            pm=PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama"), progress=False)

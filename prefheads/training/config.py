@@ -22,6 +22,9 @@ class FitConfig:
             continuation as the assistant reply).
         out: Output folder of the head set.
         head_name: Name of the trained head (default: the task name, or "default").
+        init_head: Start from a saved head, FOLDER or FOLDER:NAME (e.g. a frozen probe before
+            --mode lora or full: linear probing, then fine-tuning); its pooler, layer and input
+            standardiser are kept, its dropout set as here.
         pooler: Registered pooler (identity, bert, swiglu, ...).
         layer: Hidden state read: -1 = after the final norm, i = output of block i, or "auto":
             one head per candidate layer (see layers), the best on the validation split kept.
@@ -75,6 +78,7 @@ class FitConfig:
     template: str = "paper"
     out: str = "runs/heads"
     head_name: str | None = None
+    init_head: str | None = None
     pooler: str = "swiglu"
     layer: str = "-1"
     layers: str | None = None
@@ -122,6 +126,8 @@ class FitConfig:
             self.task, self.data = None, self.task[len("pairs:"):]
         if self.task is None and self.data is None:
             raise ValueError("give a task (--task) or a preference file (--data)")
+        if self.init_head and str(self.layer) == "auto":
+            raise ValueError("init_head starts one head; it cannot be combined with layer=auto")
         if self.mode not in ("frozen", "lora", "full"):
             raise ValueError(f"mode {self.mode!r} is not available; choose frozen, lora or full")
         if self.dpo_weight < 0 or self.dph_weight < 0:

@@ -67,6 +67,27 @@ def training_candidates(cfg: FitConfig) -> Candidates:
     return from_examples(tasks.load_examples(names[0], split="train", data_dir=cfg.data_dir, **kw))
 
 
+def _attach_initial_head(pm: Any, spec: str, name: str, dropout: float) -> None:
+    """Attach the head ``FOLDER[:NAME]`` as ``name`` (weights and standardiser kept)."""
+    import dataclasses
+
+    from prefheads.headio import read_config
+
+    folder, _, src = spec.rpartition(":") if not Path(spec).exists() else (spec, "", "")
+    names = list(read_config(folder)["heads"])
+    src = src or (names[0] if len(names) == 1 else "")
+    if src not in names:
+        raise ValueError(f"--init-head {spec}: name one of its heads as FOLDER:NAME ({', '.join(names)})")
+    if src in pm.heads:
+        raise ValueError(f"--init-head {spec}: a head named {src!r} is attached already")
+    pm.load_heads(folder, names=[src])
+    head = pm.remove_head(src)
+    head.config = dataclasses.replace(head.config, dropout=dropout)
+    head.dropout.p = dropout
+    head.config.meta = {"init_head": f"{folder}:{src}"}
+    pm.attach_head(name, head)
+
+
 def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates | None = None) -> FitResult:
     """Train a head as configured and save it to ``cfg.out``.
 
@@ -103,7 +124,10 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
     head_kw: dict[str, Any] = {}
     if cfg.pooler == "layermix":
         head_kw = {"layers": parse_layers(cfg.layers, pm.num_layers), "pooler_kwargs": {"inner": cfg.layermix_inner}}
-    pm.add_head(name, cfg.pooler, layer=cfg.layer_index, dropout=cfg.head_dropout, **head_kw)
+    if cfg.init_head:
+        _attach_initial_head(pm, cfg.init_head, name, cfg.head_dropout)
+    else:
+        pm.add_head(name, cfg.pooler, layer=cfg.layer_index, dropout=cfg.head_dropout, **head_kw)
     t0 = time.perf_counter()
     trainable = MODES.get(cfg.mode)(pm, name, cands, cfg)
     with bar(progress) as pb:

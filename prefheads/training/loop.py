@@ -91,7 +91,8 @@ def train(
     if cfg.log_with:
         acc.init_trackers("prefheads", config={k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))})
     rows = sorted({r for w, ls in train_groups for r in [w, *ls]})
-    std = trainable.standardizer_features(rows)
+    # a head started from a saved one keeps the standardiser its weights were trained with
+    std = None if cfg.init_head else trainable.standardizer_features(rows)
     if std is not None:
         trainable.head.fit_standardizer(std)
     params = [p for p in trainable.parameters() if p.requires_grad]
