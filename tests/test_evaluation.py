@@ -409,3 +409,17 @@ def test_cli_eval_writes_results_and_compares(saved, tmp_path):
     assert res.exit_code != 0 and "results files" in res.output
     res = runner.invoke(app, ["eval", "--base", base])
     assert res.exit_code != 0 and "--task" in res.output
+
+
+def test_demo_reports_both_baselines_and_the_head(saved, tmp_path, capsys):
+    from prefheads.demo import run_demo
+
+    s = run_demo(out=tmp_path / "demo", max_train=8, max_eval=6, epochs=1, base=str(saved / "base"), progress=False)
+    assert s["n"] == 6 and {"logprob", "lm-eval:acc", "lm-eval:acc_norm", "dph:openbookqa"} <= set(s)
+    for m in ("logprob", "lm-eval:acc", "dph:openbookqa"):
+        assert sum(s[m]["predicted"].values()) == 6
+    base = max((m for m in s if isinstance(s[m], dict) and "accuracy" in s[m] and not m.startswith("dph:")),
+               key=lambda m: s[m]["accuracy"])
+    assert s["baseline"] == {"method": base, "accuracy": s[base]["accuracy"]}
+    assert "strongest log-prob baseline" in capsys.readouterr().out
+    assert json.loads((tmp_path / "demo" / "results.json").read_text())["baseline"]["method"] == base
