@@ -338,3 +338,33 @@ def test_long_sequences_keep_their_tail_and_paper_examples_are_refused(data):
     paper = T.load_examples("arc_easy", data_dir=data, limit=1)[0]
     with pytest.raises(ValueError, match="variant='lm-eval'"):
         score_lmeval(model, [paper], tokenizer=tok)
+
+
+def test_cli_eval_template_lm_eval_on_every_gpt4all_task_present(data, tmp_path):
+    """`prefheads eval --template lm-eval` on each GPT4All-suite task of ../shared/data."""
+    from typer.testing import CliRunner
+
+    from prefheads.cli import app
+
+    def has_eval_files(t: str) -> bool:
+        files = T.data_files(t, data)
+        return all(s in files and all(p.is_file() for p in files[s]) for s in T.get_task(t).eval_splits)
+
+    present = [t for t in T.expand("gpt4all") if has_eval_files(t)]
+    assert {"arc_easy", "arc_challenge", "openbookqa", "boolq", "piqa", "winogrande"} <= set(present)
+    bb, tok = make_backbone("llama")
+    bb.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["eval", "--base", str(tmp_path / "base"), "--task", ",".join(present),
+                                   "--data-dir", str(data), "--template", "lm-eval", "--max-eval", "3",
+                                   "--subset", "first", "--no-progress", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    pm = PreferenceModel.from_pretrained(str(tmp_path / "base"))
+    for t in present:
+        block = r["tasks"][t]
+        assert block["variant"] == "lm-eval" and block["n"] == 3 and block["lm_eval"]["available"]
+        direct = score_lmeval(pm, T.load_examples(t, "eval", data, limit=3, variant="lm-eval")).summary()
+        for m in ("acc", "acc_norm", "mean"):
+            assert block["methods"][f"lm-eval:{m}"]["metrics"]["accuracy"] == pytest.approx(direct[m])
