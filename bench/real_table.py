@@ -59,7 +59,7 @@ BASELINES = ["logprob", "lmeval_acc", "lmeval_acc_norm", "lmeval_mean"]
 HEADS = ["dph_last", "dph_auto", "dph_mix", "logreg"]
 
 
-def lmeval_columns(pm, task: str, ev: list, labels: list[int], k: int, seed: int) -> dict:
+def lmeval_columns(pm, task: str, ev: list, labels: list[int], k: int) -> dict:
     """The harness-exact log-prob accuracies on the rows ``ev`` (empty if the harness lacks the task)."""
     from prefheads import tasks
     from prefheads.lmeval import score_lmeval
@@ -67,9 +67,10 @@ def lmeval_columns(pm, task: str, ev: list, labels: list[int], k: int, seed: int
 
     if tasks.get_task(task).lm_eval is None:
         return {}
-    split = "eval"
-    lex = {e.id: e for e in tasks.load_examples(task, split=split, data_dir=DATA, variant="lm-eval")}
-    sc = score_lmeval(pm, [lex[e.id] for e in ev])
+    lex = {e.id: e for e in tasks.load_examples(task, split="eval", data_dir=DATA, variant="lm-eval")}
+    rows = [lex[e.id] for e in ev]
+    assert all(r.label == e.label and len(r.choices) == len(e.choices) for r, e in zip(rows, ev)), task
+    sc = score_lmeval(pm, rows)
     out = {"lmeval_s": sc.seconds}
     for m, t in sc.methods(prefix="lmeval_").items():
         p = predict(t)
@@ -90,7 +91,7 @@ def run_task(pm, task: str, args) -> dict:
 
     t0 = time.perf_counter()
     tr, ev, how = splits(task, args.n_train, args.n_eval, args.seed)
-    k = len(ev[0].choices)
+    k = max(len(e.choices) for e in ev)  # ARC has a few 3- and 5-choice questions
     cands = from_examples(tr)
     layers = parse_layers("all", pm.num_layers)
     cache = FeatureCache(args.cache)
@@ -106,14 +107,16 @@ def run_task(pm, task: str, args) -> dict:
     t_eval_feat = time.perf_counter() - t1
     labels = [e.label for e in ev]
 
+    offsets = np.cumsum([0] + [len(e.choices) for e in ev]).tolist()
+
     def per_example(flat: list[float]) -> list[list[float]]:
-        return [flat[i * k:(i + 1) * k] for i in range(len(ev))]
+        return [flat[offsets[i]:offsets[i + 1]] for i in range(len(ev))]
 
     out = {"task": task, "splits": how, "n_train": len(tr), "n_eval": len(ev), "choices": k}
     mean_lp = (ev_feats.logprob_sum / ev_feats.n_tokens.clamp_min(1)).tolist()
     p = predict(per_example(mean_lp))
     out["logprob"], out["logprob_pred"] = accuracy(p, labels), dist(p, k)
-    out.update(lmeval_columns(pm, task, ev, labels, k, args.seed))
+    out.update(lmeval_columns(pm, task, ev, labels, k))
     out["baseline"] = max(out[m] for m in BASELINES if m in out)
     out["baseline_method"] = max((m for m in BASELINES if m in out), key=lambda m: out[m])
     if args.baselines_only:
