@@ -325,6 +325,7 @@ def main() -> None:
     if args.run in ("all", "prefheads"):
         # the same rows through the user's command: prefheads eval --template lm-eval
         print("[prefheads eval --template lm-eval] running ...", flush=True)
+        (work / "cli.json").unlink(missing_ok=True)
         subprocess.run([sys.executable, "-m", "prefheads.cli", "eval", "--base", args.model, "--task",
                         ",".join(args.tasks), "--data-dir", args.data, "--template", "lm-eval", "--max-eval",
                         str(args.limit), "--subset", "first", "--no-progress", "--out", str(work / "cli.json")],
@@ -334,6 +335,8 @@ def main() -> None:
     h = json.loads((work / "harness.json").read_text())
     p = json.loads((work / "prefheads.json").read_text())
     cli = json.loads((work / "cli.json").read_text()) if (work / "cli.json").exists() else None
+    if cli is not None and (cli["config"]["max_eval"] != args.limit or not set(args.tasks) <= set(cli["tasks"])):
+        cli = None  # from another run: not comparable
     rows, md = compare(h, p, args.tasks, cli)
     head = (f"lm-evaluation-harness {h['version']} vs prefheads, model {Path(args.model).name}, "
             f"first {args.limit} rows per task, CPU fp32, harness batch size {args.batch_size}, torch "

@@ -61,7 +61,7 @@ def run_demo(out: Path = Path("runs/demo"), max_train: int | None = None, max_ev
     baselines = {m: v["accuracy"] for m, v in summary.items() if isinstance(v, dict) and "accuracy" in v
                  and not m.startswith("dph:")}
     best = max(baselines, key=baselines.get)
-    summary["baseline"] = {"method": best, "accuracy": baselines[best]}
+    summary["baseline"] = {"method": best, "score": baselines[best]}
     lp, dph = baselines[best], summary[f"dph:{res.head_name}"]["accuracy"]
     print(f"strongest log-prob baseline {best} {100 * lp:.1f}%  |  DPH accuracy {100 * dph:.1f}% "
           f"({100 * (dph - lp):+.1f} points; chance 25%)")

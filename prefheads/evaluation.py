@@ -319,10 +319,12 @@ class EvalRun:
         results: Versioned JSON-ready results: ``schema`` (:data:`SCHEMA`), ``schema_version``,
             ``prefheads_version``, ``model`` (id, revision, reward token, template fingerprint),
             ``heads`` (folder, names, each head's pooler / objective / meta / sha256), ``config``
-            (tasks, data dir, max_eval, seed, variant), ``methods``, ``tasks`` (per task: template
-            hash, split sizes, seconds, gold distribution and, per method, ``score``, ``metrics``,
-            ``official``, ``predicted``, ``ties``, ``calibration``), ``missing``, ``aggregates``
-            and ``wall_seconds``.
+            (tasks, data dir, max_eval, subset, seed, variant, lm_eval_baseline), ``methods``,
+            ``tasks`` (per task: template hash, split sizes, seconds, gold distribution,
+            ``baseline`` (strongest log-prob method and score), ``lm_eval`` (harness version,
+            boundary mismatches, truncation, seconds; or why unavailable) and, per method,
+            ``score``, ``metrics``, ``official``, ``predicted``, ``ties``, ``calibration``, and
+            for heads ``vs_baseline``), ``missing``, ``aggregates`` and ``wall_seconds``.
         records: One dict per example: id, task, split, label, per-method scores and prediction.
     """
 
@@ -381,9 +383,13 @@ def _lmeval_tables(pm: Any, spec: Any, name: str, exs: list[Example], data_dir: 
                                      shuffle=shuffle, variant=LM_EVAL_VARIANT)
         by_id = {ex.id: ex for ex in loaded}
         lost = [ex.id for ex in exs if ex.id not in by_id]
-        if lost:
-            raise ValueError(f"task {spec.name!r}: rows {lost[:3]} have no lm-eval rendering")
+        if lost or len(by_id) != len(loaded):
+            raise ValueError(f"task {spec.name!r}: rows {lost[:3] or 'with duplicate ids'} have no unique "
+                             "lm-eval rendering")
         lexs = [by_id[ex.id] for ex in exs]
+        bad = [ex.id for ex, lx in zip(exs, lexs) if lx.label != ex.label or len(lx.choices) != len(ex.choices)]
+        if bad:
+            raise ValueError(f"task {spec.name!r}: rows {bad[:3]} differ in label or choices between templates")
     sc = score_lmeval(pm, lexs)
     info = {"available": True, "harness": f"lm_eval=={HARNESS_VERSION}", "task": base.lm_eval.task,
             "boundary_mismatches": sc.boundary_mismatches, "truncated": sc.truncated,
@@ -505,14 +511,28 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
         lm_eval_baseline: Also score every task the harness defines exactly as
             lm-evaluation-harness does (``lm-eval:acc``, ``lm-eval:acc_norm``, ``lm-eval:mean``),
             on the same rows, so each head is compared with the stronger log-prob baseline.
-        skip_missing: Record tasks whose data files are missing instead of raising.
+        skip_missing: Record tasks whose data files are missing, or that have no ``variant``
+            template (e.g. STS-B under ``lm-eval``), instead of raising.
         progress: Show a progress bar.
         **feature_kw: ``shared_prefix``, ``padding_side``, ``chunk_size`` (results do not depend on them).
     """
     from prefheads import tasks
     from prefheads.progress import bar
 
+    from prefheads.tasks.spec import SpecError
+
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
     names = expand_tasks(task_names)
+    unavailable: dict[str, str] = {}
+    for name in names:  # every template is checked before any scoring starts
+        try:
+            tasks.get_task(name, variant)
+        except SpecError as e:
+            unavailable[name] = str(e)
+    if unavailable and not skip_missing:
+        raise ValueError("; ".join(unavailable.values()) + " (pass skip_missing / --skip-missing to evaluate the rest)")
+    names = [n for n in names if n not in unavailable]
     heads = list(pm.heads) if heads is None else list(heads)
     lm_eval_baseline = lm_eval_baseline or variant == "lm-eval"
     methods = [LOGPROB] + (list(LMEVAL_METHODS) if lm_eval_baseline else []) + [method_name(h) for h in heads]
@@ -526,7 +546,7 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
         "config": {"tasks": list(task_names), "data_dir": str(data_dir) if data_dir is not None else None,
                    "max_eval": max_eval, "subset": subset, "seed": seed, "variant": variant, "lm_eval_baseline": lm_eval_baseline,
                    "features": {k: v for k, v in feature_kw.items()}, "max_tokens": pm.max_tokens},
-        "methods": methods, "tasks": {}, "missing": {}, "aggregates": {},
+        "methods": methods, "tasks": {}, "missing": dict(unavailable), "aggregates": {},
     }
     records: list[dict[str, Any]] = []
     with bar(progress) as pb:

@@ -225,6 +225,33 @@ def load_heads(pm: "PreferenceModel", directory: str | os.PathLike, *, names: Se
     return wanted
 
 
+def read_head(pm: "PreferenceModel", directory: str | os.PathLike, name: str | None = None, *,
+              allow_base_mismatch: bool = False) -> RewardHead:
+    """One head of ``directory`` as a detached :class:`RewardHead` (nothing attached, backbone untouched).
+
+    ``name`` may be omitted when the folder holds one head. Heads of a LoRA or full fine-tuning
+    run are refused: they read features of a changed backbone, which a bare head cannot bring.
+    """
+    directory = Path(directory)
+    config = read_config(directory)
+    where = str(directory / CONFIG)
+    names = list(config["heads"])
+    if name is None:
+        if len(names) != 1:
+            raise HeadFileError(f"{where}: holds heads {names}; name one")
+        name = names[0]
+    if name not in config["heads"]:
+        raise HeadFileError(f"{where}: no head named {name!r}; heads: {names}")
+    if config["base"].get("adapter") or config["base"].get("fine_tuned"):
+        raise HeadFileError(f"{where}: head {name!r} was trained with a changed backbone (LoRA adapter or full "
+                            "fine-tune); start from a head trained on the frozen backbone")
+    check_base(pm, config["base"], where, allow_base_mismatch, directory)
+    head = _load_entry(directory, name, config["heads"][name])
+    if head.config.layers and head.config.num_base_layers not in (None, pm.num_layers):
+        raise HeadFileError(f"{where}: head {name!r} mixes layers of a {head.config.num_base_layers}-block base")
+    return head
+
+
 def load_head(pm: "PreferenceModel", directory: str | os.PathLike, name: str, **kw: Any) -> RewardHead:
     """Load the single head ``name`` from ``directory`` onto ``pm`` and return it."""
     load_heads(pm, directory, names=[name], **kw)

@@ -77,6 +77,13 @@ def _dist(counts: dict[str, int]) -> str:
 
 # ----------------------------------------------------------------------------- tables
 
+def _score_label(method: str) -> str:
+    """Axis label of a method's candidate scores."""
+    if method.startswith("dph:"):
+        return "reward"
+    return {"lm-eval:acc": "summed log-prob", "lm-eval:acc_norm": "log-prob per character"}.get(method, "mean log-prob")
+
+
 def _vs_baseline(task: dict[str, Any], method: str, block: dict[str, Any]) -> str:
     # the strongest log-prob method is marked; heads show their margin over it in points
     base = task.get("baseline")
@@ -197,7 +204,7 @@ def plot_reward_distributions(records: Sequence[dict[str, Any]], method: str) ->
         ax.hist(bad, bins=bins, alpha=0.55, density=True, label=f"incorrect ({len(bad)})", color="#d62728")
         ax.hist(good, bins=bins, alpha=0.55, density=True, label=f"correct ({len(good)})", color="#2ca02c")
         ax.set_title(task, fontsize=10)
-        ax.set_xlabel("reward" if method.startswith("dph:") else "mean log-prob")
+        ax.set_xlabel(_score_label(method))
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(by_task):]:
         ax.axis("off")

@@ -305,6 +305,11 @@ def test_lmeval_template_and_opt_out():
     assert t["variant"] == "lm-eval" and "lm-eval:acc_norm" in t["methods"]
     assert t["template_hash"] == tasks.get_task("openbookqa", "lm-eval").template_hash()
     assert [x["id"] for x in on.records] == [x["id"] for x in off.records]
+    with pytest.raises(ValueError, match="glue/stsb: no 'lm-eval' template"):
+        evaluate(pm, ["openbookqa", "glue/stsb"], data_dir="bundled", max_eval=2, variant="lm-eval")
+    part = evaluate(pm, ["openbookqa", "glue/stsb"], data_dir="bundled", max_eval=2, variant="lm-eval",
+                    skip_missing=True)
+    assert list(part.results["tasks"]) == ["openbookqa"] and "glue/stsb" in part.results["missing"]
 
 
 def test_save_and_load_round_trip(run, tmp_path):
@@ -399,7 +404,7 @@ def test_cli_eval_writes_results_and_compares(saved, tmp_path):
     assert c["config"]["variant"] == "lm-eval" and "lm-eval:acc" in c["methods"]
     res = runner.invoke(app, ["eval", "--base", base, "--task", "glue/stsb", "--data-dir", "bundled",
                               "--template", "lm-eval", "--no-progress"])
-    assert res.exit_code != 0 and "defines no such task" in str(res.exception or res.output)
+    assert res.exit_code == 2 and "defines no such task" in res.output and "--skip-missing" in res.output
     res = runner.invoke(app, ["eval", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
     assert res.exit_code == 0, res.output
     assert "a dph:sep" in res.output and "b logprob" in res.output and "[gpt4all]" in res.output
@@ -418,8 +423,9 @@ def test_demo_reports_both_baselines_and_the_head(saved, tmp_path, capsys):
     assert s["n"] == 6 and {"logprob", "lm-eval:acc", "lm-eval:acc_norm", "dph:openbookqa"} <= set(s)
     for m in ("logprob", "lm-eval:acc", "dph:openbookqa"):
         assert sum(s[m]["predicted"].values()) == 6
-    base = max((m for m in s if isinstance(s[m], dict) and "accuracy" in s[m] and not m.startswith("dph:")),
-               key=lambda m: s[m]["accuracy"])
-    assert s["baseline"] == {"method": base, "accuracy": s[base]["accuracy"]}
+    logp = [m for m in s if isinstance(s[m], dict) and "accuracy" in s[m] and not m.startswith("dph:")]
+    assert set(logp) == {"logprob", "lm-eval:acc", "lm-eval:acc_norm", "lm-eval:mean"}
+    base = max(logp, key=lambda m: s[m]["accuracy"])
+    assert s["baseline"] == {"method": base, "score": s[base]["accuracy"]}
     assert "strongest log-prob baseline" in capsys.readouterr().out
     assert json.loads((tmp_path / "demo" / "results.json").read_text())["baseline"]["method"] == base

@@ -120,6 +120,14 @@ def test_init_head_starts_from_a_saved_probe(tmp_path):
     got = pm2.heads["default"]
     assert all(torch.equal(got.state_dict()[k], v) for k, v in probe.items())  # lr 0: the probe, unchanged
     assert got.dropout.p == 0.1 and got.config.meta["init_head"].endswith(":probe")
-    with pytest.raises(ValueError, match="FOLDER:NAME"):
+    assert json.loads((tmp_path / "lora" / "fit_config.json").read_text())["pooler"] == got.config.pooler
+    fresh = PreferenceModel.from_backbone(*make_backbone("llama"), model_id="tiny/llama")
+    with pytest.raises(ValueError, match="no head named 'nope'"):
         fit(FitConfig(data=str(data), out=str(tmp_path / "x"), init_head=f"{tmp_path / 'probe'}:nope"),
-            pm=PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama"), progress=False)
+            pm=fresh, progress=False)
+    with pytest.raises(ValueError, match="no such head folder"):
+        fit(FitConfig(data=str(data), out=str(tmp_path / "x"), init_head=str(tmp_path / "missing")),
+            pm=fresh, progress=False)
+    with pytest.raises(ValueError, match="changed backbone"):  # the LoRA run's head needs its adapter
+        fit(FitConfig(data=str(data), out=str(tmp_path / "x"), init_head=str(tmp_path / "lora")),
+            pm=fresh, progress=False)

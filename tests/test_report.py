@@ -129,3 +129,16 @@ def test_report_includes_the_per_layer_plot_of_a_layers_run(run, tmp_path):
     page = _Page()
     page.feed(out.read_text(encoding="utf-8"))
     assert "layers.png" in [img["alt"] for img in page.images]
+
+
+def test_report_with_the_harness_baseline(tmp_path):
+    pm = with_heads(tiny_pm())
+    r = evaluate(pm, ["openbookqa", "hh_rlhf"], data_dir="bundled", max_eval=6, seed=0)
+    out = write_report(r.results, r.records, tmp_path / "report.html")
+    page = _Page()
+    page.feed(out.read_text(encoding="utf-8"))
+    page.close()
+    names = [img["alt"] for img in page.images]
+    assert "scores_lm-eval_acc_norm.png" in names and "scores_dph_sep.png" in names
+    text = " ".join(page.text)
+    assert "lm-eval:acc" in text and "vs baseline" in text and "pts" in text

@@ -30,7 +30,7 @@ def eval_command(
     head: Annotated[Optional[list[str]], typer.Option(help="Evaluate only these heads of the folder (repeat).")] = None,
     variant: Annotated[str, typer.Option("--template", "--variant", help="Template family: paper (PAPER.md section 6), paper_fixed, reference, or lm-eval (lm-evaluation-harness prompts; the harness's own scoring is added as lm-eval:acc / acc_norm / mean).")] = "paper",
     lm_eval_baseline: Annotated[bool, typer.Option(help="Also score each task the harness defines exactly as lm-evaluation-harness does, on the same rows, so heads are compared with the stronger log-prob baseline.")] = True,
-    skip_missing: Annotated[bool, typer.Option(help="Skip tasks whose data files are missing (aggregates are then marked partial).")] = False,
+    skip_missing: Annotated[bool, typer.Option(help="Skip tasks whose data files are missing or that have no such template, e.g. STS-B under lm-eval (aggregates are then marked partial).")] = False,
     allow_base_mismatch: Annotated[bool, typer.Option(help="Load heads trained on another base.")] = False,
     compare: Annotated[bool, typer.Option("--compare", help="Compare results files given as arguments instead of evaluating.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -71,6 +71,9 @@ def eval_command(
                        progress=progress)
     except FileNotFoundError as e:
         typer.echo(f"error: {e}\n(pass --skip-missing to evaluate the tasks whose data is there)", err=True)
+        raise typer.Exit(2) from None
+    except (ValueError, KeyError) as e:  # unknown task, template or subset: the message says which
+        typer.echo(f"error: {str(e).strip(chr(34) + chr(39))}", err=True)
         raise typer.Exit(2) from None
     res = run.results
     _console().print(comparison_table([res], title=f"{res['model']['id']}: {', '.join(res['tasks'])}"))

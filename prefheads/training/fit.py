@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import time
@@ -67,25 +69,18 @@ def training_candidates(cfg: FitConfig) -> Candidates:
     return from_examples(tasks.load_examples(names[0], split="train", data_dir=cfg.data_dir, **kw))
 
 
-def _attach_initial_head(pm: Any, spec: str, name: str, dropout: float) -> None:
-    """Attach the head ``FOLDER[:NAME]`` as ``name`` (weights and standardiser kept)."""
-    import dataclasses
+def _initial_head(pm: Any, spec: str, dropout: float) -> Any:
+    """The head ``FOLDER[:NAME]`` (weights and standardiser kept), its dropout set to ``dropout``."""
+    from prefheads.headio import read_config, read_head
 
-    from prefheads.headio import read_config
-
-    folder, _, src = spec.rpartition(":") if not Path(spec).exists() else (spec, "", "")
-    names = list(read_config(folder)["heads"])
-    src = src or (names[0] if len(names) == 1 else "")
-    if src not in names:
-        raise ValueError(f"--init-head {spec}: name one of its heads as FOLDER:NAME ({', '.join(names)})")
-    if src in pm.heads:
-        raise ValueError(f"--init-head {spec}: a head named {src!r} is attached already")
-    pm.load_heads(folder, names=[src])
-    head = pm.remove_head(src)
-    head.config = dataclasses.replace(head.config, dropout=dropout)
+    folder, name = (spec, None) if Path(spec).is_dir() else spec.rpartition(":")[::2]
+    if not folder or not Path(folder).is_dir():
+        raise ValueError(f"--init-head {spec}: no such head folder (give FOLDER or FOLDER:NAME)")
+    head = read_head(pm, folder, name or None)
+    name = name or next(iter(read_config(folder)["heads"]))
+    head.config = dataclasses.replace(head.config, dropout=dropout, meta={"init_head": f"{folder}:{name}"})
     head.dropout.p = dropout
-    head.config.meta = {"init_head": f"{folder}:{src}"}
-    pm.attach_head(name, head)
+    return head
 
 
 def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates | None = None) -> FitResult:
@@ -116,6 +111,11 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
     tr, va = split(len(cands), cfg.val_fraction, cfg.seed)
     if name in pm.heads:
         pm.remove_head(name)
+    init = _initial_head(pm, cfg.init_head, cfg.head_dropout) if cfg.init_head else None
+    if init is not None:  # the saved head decides what is read and how: record that, not the defaults
+        hc = init.config
+        cfg = dataclasses.replace(cfg, pooler=hc.pooler, layer=str(hc.layer),
+                                  layers=",".join(map(str, hc.layers)) if hc.layers else cfg.layers)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fit_config.json").write_text(cfg.to_json())
@@ -124,8 +124,8 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
     head_kw: dict[str, Any] = {}
     if cfg.pooler == "layermix":
         head_kw = {"layers": parse_layers(cfg.layers, pm.num_layers), "pooler_kwargs": {"inner": cfg.layermix_inner}}
-    if cfg.init_head:
-        _attach_initial_head(pm, cfg.init_head, name, cfg.head_dropout)
+    if init is not None:
+        pm.attach_head(name, init)
     else:
         pm.add_head(name, cfg.pooler, layer=cfg.layer_index, dropout=cfg.head_dropout, **head_kw)
     t0 = time.perf_counter()
