@@ -25,9 +25,11 @@ SETTINGS = {
     "lora": {"epochs": 2, "lr": 5e-4, "head_lr": 1e-3},
     "full": {"epochs": 2, "lr": 2e-5, "head_lr": 1e-3, "prior": 0.5},
 }
-# "<mode>+probe": the frozen probe first (cached features), then <mode> starts from it (--init-head)
-for _m in ("lora", "full"):
-    SETTINGS[f"{_m}+probe"] = dict(SETTINGS[_m])
+# "<mode>+probe": the frozen probe first (cached features), then <mode> starts from it (--init-head).
+# Lower rates and a longer warmup: Adam's first steps are sign-like (every weight moves by ≈ lr),
+# which on a 36-step run knocks a good probe off at once with the rates above.
+SETTINGS["lora+probe"] = {"epochs": 2, "lr": 1e-4, "head_lr": 1e-4, "warmup_ratio": 0.3}
+SETTINGS["full+probe"] = {"epochs": 2, "lr": 5e-6, "head_lr": 1e-4, "warmup_ratio": 0.3, "prior": 0.5}
 
 
 def one(mode: str, n_train: int, n_eval: int) -> dict:
