@@ -99,6 +99,31 @@ def _buckets(lengths: list[int], order: list[int], max_tokens: int, max_batch: i
     return out
 
 
+def _group_chunks(plen: list[int], smax: list[int], nmem: list[int], max_tokens: int,
+                  max_batch: int) -> list[list[int]]:
+    """Chunks of prompt groups for the shared-prefix engine, bounded by padded tokens.
+
+    A chunk costs ``groups × longest prefix`` (prefix pass) + ``members × longest suffix``
+    (suffix pass). Groups are ordered by whichever side carries more tokens (prefix length, or
+    longest suffix when the answers outweigh the prompts, e.g. PIQA), so padding stays small.
+    """
+    by_suffix = sum(s * m for s, m in zip(smax, nmem)) > sum(plen)
+    order = sorted(range(len(plen)), key=lambda g: (smax[g], plen[g]) if by_suffix else (plen[g], smax[g]))
+    out: list[list[int]] = []
+    cur: list[int] = []
+    p = sfx = members = 0
+    for g in order:
+        np_, ns, nm = max(p, plen[g]), max(sfx, smax[g]), members + nmem[g]
+        if cur and ((len(cur) + 1) * np_ + nm * ns > max_tokens or len(cur) >= max_batch):
+            out.append(cur)
+            cur, np_, ns, nm = [], plen[g], smax[g], nmem[g]
+        cur.append(g)
+        p, sfx, members = np_, ns, nm
+    if cur:
+        out.append(cur)
+    return out
+
+
 def _gather_logprobs(logits_fn, hidden: torch.Tensor, targets: torch.Tensor, tmask: torch.Tensor,
                      chunk: int = 512) -> torch.Tensor:
     """Sum of log p(target) over positions where tmask; hidden ``[B, S, d]`` predicts targets ``[B, S]``.
@@ -214,10 +239,10 @@ def _extract_shared(model, profile, items, layers, pad_id, logprobs, max_tokens,
     for i, it in enumerate(items):
         groups[tuple(it.ids[: it.prompt_len])].append(i)
     keys = list(groups)
-    # cost of a group chunk: prefix tokens once + suffix tokens per candidate
-    cost = [len(k) + sum(len(items[i].ids) - len(k) for i in groups[k]) for k in keys]
-    order = sorted(range(len(keys)), key=lambda g: len(keys[g]))
-    for chunk in _buckets(cost, order, max_tokens, max_batch):
+    plen = [len(k) for k in keys]
+    smax = [max(len(items[i].ids) - len(k) for i in groups[k]) for k in keys]
+    nmem = [len(groups[k]) for k in keys]
+    for chunk in _group_chunks(plen, smax, nmem, max_tokens, max_batch):
         prefixes = [list(keys[g]) for g in chunk]
         pids, pmask = _pad(prefixes, pad_id, "left")
         ppos = (pmask.cumsum(-1) - 1).clamp_min(0)

@@ -199,3 +199,24 @@ def test_every_family_has_a_profile_and_no_fallback(family):
     bb, tok = make_backbone(family)
     pm = PreferenceModel.from_backbone(bb, tok)
     assert not pm.profile.generic and pm.profile.model_type == bb.config.model_type
+
+
+def test_shared_prefix_chunks_bound_padded_tokens_and_cover_every_group():
+    import random
+
+    from prefheads.engine import _group_chunks
+
+    rng = random.Random(0)
+    for suffix_heavy in (False, True):
+        n = 60
+        plen = [rng.randint(5, 80) if not suffix_heavy else rng.randint(5, 15) for _ in range(n)]
+        smax = [rng.randint(1, 6) if not suffix_heavy else rng.randint(10, 120) for _ in range(n)]
+        nmem = [rng.randint(2, 5) for _ in range(n)]
+        chunks = _group_chunks(plen, smax, nmem, max_tokens=512, max_batch=16)
+        assert sorted(g for c in chunks for g in c) == list(range(n))
+        for c in chunks:
+            padded = len(c) * max(plen[g] for g in c) + sum(nmem[g] for g in c) * max(smax[g] for g in c)
+            assert len(c) <= 16 and (padded <= 512 or len(c) == 1)
+        key = smax if suffix_heavy else plen  # ordered by the heavier side: little padding there
+        flat = [g for c in chunks for g in c]
+        assert [key[g] for g in flat] == sorted(key[g] for g in flat)
