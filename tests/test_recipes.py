@@ -288,8 +288,16 @@ def test_frozen_head_recipes_run_on_a_tiny_backbone(shared_data, tmp_path):
                    + "train: [{task: glue/sst2, limit: 24}, {task: openbookqa, limit: 24}]\n")
         res = run(p)
         table = (tmp_path / "probes" / "table.md").read_text()
-        assert "| model | Log GLUE / GPT4All / RACE | DPH GLUE / GPT4All / RACE |" in table
+        assert ("| model | Log GLUE / GPT4All / RACE | DPH GLUE / GPT4All / RACE | strongest log-prob GLUE / "
+                "GPT4All / RACE |") in table
         (only,) = res.values()
+        from prefheads.recipes.bench import group_value, strongest_baseline
+
+        for g in ("glue", "gpt4all"):
+            logp = [group_value(only, m, g)[0] for m in only["methods"] if not m.startswith("dph:")
+                    and group_value(only, m, g)]
+            assert strongest_baseline(only, g)[0] == max(logp) >= group_value(only, "logprob", g)[0]
+        assert "lm-eval:acc_norm" in only["aggregates"]["gpt4all"]["values"]
         assert set(only["tasks"]) == {"glue/sst2", "openbookqa", "race/middle"}
         assert only["aggregates"]["gpt4all"]["partial"] and "dph:dph" in only["methods"]
         p = _write(tmp_path, f"recipe: task_heads\nout: {tmp_path / 'th'}\nbase: {tmp_path / 'bb'}\n" + head + data
@@ -297,7 +305,7 @@ def test_frozen_head_recipes_run_on_a_tiny_backbone(shared_data, tmp_path):
         res = run(p)
         table = (tmp_path / "th" / "table.md").read_text()
         assert "| head | GLUE | GPT4All | RACE |" in table and "| glue head |" in table and "| gpt4all head |" in table
-        assert res["methods"] == ["logprob", "dph:glue", "dph:gpt4all"]
+        assert res["methods"] == ["logprob", "lm-eval:acc", "lm-eval:acc_norm", "lm-eval:mean", "dph:glue", "dph:gpt4all"]
         assert (tmp_path / "th" / "heads" / "heads.json").is_file()
         assert (tmp_path / "probes" / "resolved_config.yaml").is_file()
     finally:

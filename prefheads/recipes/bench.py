@@ -27,7 +27,7 @@ def evaluate(pm: Any, sources: Sequence[Any], *, data_dir: str | None, seed: int
     Returns:
         ``{"tasks": {task: result block}, "aggregates": {group: ...}, "methods": [...]}``.
     """
-    from prefheads.evaluation import LOGPROB, aggregates, evaluate_task, method_name
+    from prefheads.evaluation import LMEVAL_METHODS, LOGPROB, aggregates, evaluate_task, method_name
     from prefheads.recipes.data import expand
 
     heads = list(pm.heads) if heads is None else list(heads)
@@ -37,7 +37,8 @@ def evaluate(pm: Any, sources: Sequence[Any], *, data_dir: str | None, seed: int
             progress(f"scoring {src.task} ({src.limit or 'all'} examples)")
         results[src.task], _ = evaluate_task(pm, src.task, data_dir=data_dir, max_eval=src.limit, seed=seed,
                                              heads=heads)
-    methods = [LOGPROB] + [method_name(h) for h in heads]
+    harness = [m for m in LMEVAL_METHODS if any(m in r["methods"] for r in results.values())]
+    methods = [LOGPROB] + harness + [method_name(h) for h in heads]
     return {"methods": methods, "tasks": results, "aggregates": aggregates(results, methods)}
 
 
@@ -56,14 +57,23 @@ def _cell(v: tuple[float, bool] | None) -> str:
     return f"{100 * v[0]:.2f}" + ("*" if v[1] else "")
 
 
+def strongest_baseline(res: Mapping[str, Any], group: str, glue_wnli: bool = False) -> tuple[float, bool] | None:
+    """The best group score of any log-prob method (paper template or lm-evaluation-harness)."""
+    vals = [v for m in res["methods"] if not m.startswith("dph:")
+            if (v := group_value(res, m, group, glue_wnli)) is not None]
+    return max(vals, key=lambda v: v[0]) if vals else None
+
+
 def probes_table(rows: Sequence[tuple[str, Mapping[str, Any]]], head: str, glue_wnli: bool = False) -> str:
-    """Paper Table 6 layout: ``| model | Log GLUE / GPT4All / RACE | DPH GLUE / GPT4All / RACE |``."""
+    """Paper Table 6 layout: ``| model | Log GLUE / GPT4All / RACE | DPH GLUE / GPT4All / RACE |``,
+    plus the strongest log-prob baseline per group (paper template or lm-evaluation-harness)."""
     cols = " / ".join(LABELS[g] for g in GROUPS)
-    lines = [f"| model | Log {cols} | DPH {cols} |", "|---|---|---|"]
+    lines = [f"| model | Log {cols} | DPH {cols} | strongest log-prob {cols} |", "|---|---|---|---|"]
     for model, res in rows:
         lp = " / ".join(_cell(group_value(res, "logprob", g, glue_wnli)) for g in GROUPS)
         dph = " / ".join(_cell(group_value(res, f"dph:{head}", g, glue_wnli)) for g in GROUPS)
-        lines.append(f"| {model} | {lp} | {dph} |")
+        best = " / ".join(_cell(strongest_baseline(res, g, glue_wnli)) for g in GROUPS)
+        lines.append(f"| {model} | {lp} | {dph} | {best} |")
     return "\n".join(lines) + "\n"
 
 
