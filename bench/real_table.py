@@ -61,20 +61,17 @@ HEADS = ["dph_last", "dph_auto", "dph_mix", "logreg"]
 
 def lmeval_columns(pm, task: str, ev: list, labels: list[int], k: int) -> dict:
     """The harness-exact log-prob accuracies on the rows ``ev`` (empty if the harness lacks the task)."""
-    from prefheads import tasks
-    from prefheads.lmeval import score_lmeval
+    from prefheads.evaluation import LMEVAL_PREFIX, lmeval_tables
     from prefheads.metrics import accuracy
 
-    if tasks.get_task(task).lm_eval is None:
+    # ev are eval-split rows (a seeded subset, or BoolQ's carved share): matched in the whole split by id
+    tables, info = lmeval_tables(pm, task, ev, data_dir=DATA)
+    if not info["available"]:
         return {}
-    lex = {e.id: e for e in tasks.load_examples(task, split="eval", data_dir=DATA, variant="lm-eval")}
-    rows = [lex[e.id] for e in ev]
-    assert all(r.label == e.label and len(r.choices) == len(e.choices) for r, e in zip(rows, ev)), task
-    sc = score_lmeval(pm, rows)
-    out = {"lmeval_s": sc.seconds}
-    for m, t in sc.methods(prefix="lmeval_").items():
-        p = predict(t)
-        out[m], out[m + "_pred"] = accuracy(p, labels), dist(p, k)
+    out = {"lmeval_s": info["seconds"]}
+    for m, t in tables.items():
+        key, p = m.replace(LMEVAL_PREFIX, "lmeval_"), predict(t)
+        out[key], out[key + "_pred"] = accuracy(p, labels), dist(p, k)
     return out
 
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefheads.evaluation import LMEVAL_PREFIX, score_examples, summarize
+from prefheads.evaluation import LMEVAL_PREFIX, baseline_of, score_examples, summarize
 from prefheads.lmeval import score_lmeval
 
 
@@ -58,11 +58,10 @@ def run_demo(out: Path = Path("runs/demo"), max_train: int | None = None, max_ev
     summary = summarize(scores)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     print_summary(summary, f"OpenBookQA test ({summary['n']} questions), {pm.model_id}")
-    baselines = {m: v["accuracy"] for m, v in summary.items() if isinstance(v, dict) and "accuracy" in v
-                 and not m.startswith("dph:")}
-    best = max(baselines, key=baselines.get)
-    summary["baseline"] = {"method": best, "score": baselines[best]}
-    lp, dph = baselines[best], summary[f"dph:{res.head_name}"]["accuracy"]
+    methods = {m: v for m, v in summary.items() if isinstance(v, dict) and "accuracy" in v}
+    summary["baseline"] = baseline_of(methods, key="accuracy")
+    best, lp = summary["baseline"]["method"], summary["baseline"]["score"]
+    dph = summary[f"dph:{res.head_name}"]["accuracy"]
     print(f"strongest log-prob baseline {best} {100 * lp:.1f}%  |  DPH accuracy {100 * dph:.1f}% "
           f"({100 * (dph - lp):+.1f} points; chance 25%)")
     Path(out).mkdir(parents=True, exist_ok=True)

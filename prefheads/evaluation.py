@@ -365,19 +365,31 @@ def _load(spec: Any, name: str, data_dir: Any, max_eval: int | None, seed: int, 
     return exs, loaded
 
 
-def _lmeval_tables(pm: Any, spec: Any, name: str, exs: list[Example], data_dir: Any, max_eval: int | None,
-                   seed: int, shuffle: bool) -> tuple[dict[str, list[list[float]]], dict[str, Any]]:
-    """lm-evaluation-harness-exact log-prob tables of the rows ``exs`` (their harness requests)."""
+def lmeval_tables(pm: Any, name: str, exs: Sequence[Example], *, variant: str = "paper", data_dir: Any = None,
+                  max_eval: int | None = None, seed: int = 0,
+                  shuffle: bool = False) -> tuple[dict[str, list[list[float]]], dict[str, Any]]:
+    """lm-evaluation-harness-exact log-prob tables of the rows ``exs`` of task ``name``.
+
+    ``exs`` were loaded from the eval split with template ``variant`` and ``max_eval`` / ``seed``
+    / ``shuffle``; the same rows are loaded again in the ``lm-eval`` rendering (unless they are
+    that already), matched by id (labels and choice counts checked) and scored by
+    :func:`prefheads.lmeval.score_lmeval`.
+
+    Returns:
+        ``(tables, info)``: method (``lm-eval:acc``, ``lm-eval:acc_norm``, ``lm-eval:mean``) ->
+        scores per example, and the harness version, boundary mismatches, truncation and seconds
+        (``{"available": False, "why"}`` and no tables where the harness lacks the task).
+    """
     from prefheads import tasks
     from prefheads.lmeval import score_lmeval
     from prefheads.tasks.harness import HARNESS_VERSION, LM_EVAL_VARIANT
 
-    base = tasks.get_task(name)
+    spec, base = tasks.get_task(name, variant), tasks.get_task(name)
     if spec.kind != "choice" or base.lm_eval is None:
         return {}, {"available": False,
                     "why": f"lm-evaluation-harness {HARNESS_VERSION} defines no {spec.name} task"}
     if spec.variant == LM_EVAL_VARIANT:
-        lexs = exs
+        lexs = list(exs)
     else:  # the same rows, rendered as the harness renders them
         loaded = tasks.load_examples(name, "eval", data_dir, limit=max_eval, seed=seed,
                                      shuffle=shuffle, variant=LM_EVAL_VARIANT)
@@ -397,16 +409,20 @@ def _lmeval_tables(pm: Any, spec: Any, name: str, exs: list[Example], data_dir: 
     return sc.methods(prefix=LMEVAL_PREFIX), info
 
 
-def baseline_of(blocks: dict[str, Any]) -> dict[str, Any] | None:
+def baseline_of(blocks: dict[str, Any], key: str = "score") -> dict[str, Any] | None:
     """The strongest log-prob method of a task's method blocks (the baseline a head must beat).
+
+    Args:
+        blocks: Method name -> block holding its score under ``key``.
+        key: The score to compare (``score`` in results, ``accuracy`` in :func:`summarize`).
 
     Returns ``{"method", "score"}`` (first of equal scores), or None without log-prob methods.
     """
     base = [m for m in blocks if not m.startswith("dph:")]
     if not base:
         return None
-    best = max(base, key=lambda m: blocks[m]["score"])
-    return {"method": best, "score": blocks[best]["score"]}
+    best = max(base, key=lambda m: blocks[m][key])
+    return {"method": best, "score": blocks[best][key]}
 
 
 def evaluate_task(pm: Any, name: str, *, data_dir: Any = None, max_eval: int | None = None, seed: int = 0,
@@ -439,7 +455,8 @@ def evaluate_task(pm: Any, name: str, *, data_dir: Any = None, max_eval: int | N
                             **feature_kw)
     lm_info = None
     if lm_eval_baseline or variant == LM_EVAL_VARIANT:
-        scores.extra, lm_info = _lmeval_tables(pm, spec, name, exs, data_dir, max_eval, seed, shuffle)
+        scores.extra, lm_info = lmeval_tables(pm, name, exs, variant=variant, data_dir=data_dir, max_eval=max_eval,
+                                              seed=seed, shuffle=shuffle)
     t2 = time.perf_counter()
     separable = [h for h in heads if pm.heads[h].config.meta.get("objective") == "separable"]
     blocks, preds = task_metrics(spec, scores, separable)
@@ -518,7 +535,7 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
     """
     from prefheads import tasks
     from prefheads.progress import bar
-
+    from prefheads.tasks.harness import LM_EVAL_VARIANT
     from prefheads.tasks.spec import SpecError
 
     if subset not in SUBSETS:
@@ -534,7 +551,7 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
         raise ValueError("; ".join(unavailable.values()) + " (pass skip_missing / --skip-missing to evaluate the rest)")
     names = [n for n in names if n not in unavailable]
     heads = list(pm.heads) if heads is None else list(heads)
-    lm_eval_baseline = lm_eval_baseline or variant == "lm-eval"
+    lm_eval_baseline = lm_eval_baseline or variant == LM_EVAL_VARIANT
     methods = [LOGPROB] + (list(LMEVAL_METHODS) if lm_eval_baseline else []) + [method_name(h) for h in heads]
     t0 = time.perf_counter()
     results: dict[str, Any] = {

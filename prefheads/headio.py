@@ -193,6 +193,13 @@ def _load_entry(directory: Path, name: str, entry: dict[str, Any]) -> RewardHead
     return head
 
 
+def _check_depth(pm: "PreferenceModel", head: RewardHead, name: str, where: str, base: dict[str, Any]) -> None:
+    # a layer mix is tied to its backbone's depth: never loadable elsewhere, override or not
+    if head.config.layers and head.config.num_base_layers not in (None, pm.num_layers):
+        raise HeadFileError(f"{where}: head {name!r} mixes layers of a {head.config.num_base_layers}-block "
+                            f"base ({base.get('model_id')!r}); {pm.model_id!r} has {pm.num_layers} blocks")
+
+
 def load_heads(pm: "PreferenceModel", directory: str | os.PathLike, *, names: Sequence[str] | None = None,
                allow_base_mismatch: bool = False) -> list[str]:
     """Load heads from ``directory`` onto ``pm``; returns the names loaded (replacing same names)."""
@@ -212,10 +219,7 @@ def load_heads(pm: "PreferenceModel", directory: str | os.PathLike, *, names: Se
         raise HeadFileError(f"{directory / CONFIG}: no head named {unknown}; heads: {list(config['heads'])}")
     loaded = {n: _load_entry(directory, n, config["heads"][n]) for n in wanted}  # all or nothing
     for n, head in loaded.items():
-        # a layer mix is tied to its backbone's depth: never loadable elsewhere, override or not
-        if head.config.layers and head.config.num_base_layers not in (None, pm.num_layers):
-            raise HeadFileError(f"{directory / CONFIG}: head {n!r} mixes layers of a {head.config.num_base_layers}-block "
-                                f"base ({config['base'].get('model_id')!r}); {pm.model_id!r} has {pm.num_layers} blocks")
+        _check_depth(pm, head, n, str(directory / CONFIG), config["base"])
     for n, head in loaded.items():
         if n in pm.heads:
             pm.remove_head(n)
@@ -247,8 +251,7 @@ def read_head(pm: "PreferenceModel", directory: str | os.PathLike, name: str | N
                             "fine-tune); start from a head trained on the frozen backbone")
     check_base(pm, config["base"], where, allow_base_mismatch, directory)
     head = _load_entry(directory, name, config["heads"][name])
-    if head.config.layers and head.config.num_base_layers not in (None, pm.num_layers):
-        raise HeadFileError(f"{where}: head {name!r} mixes layers of a {head.config.num_base_layers}-block base")
+    _check_depth(pm, head, name, where, config["base"])
     return head
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import logging
 import time
@@ -121,12 +120,12 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
     (out / "fit_config.json").write_text(cfg.to_json())
     if cfg.layer == "auto":
         return _fit_auto(cfg, pm, name, cands, tr, va, out)
-    head_kw: dict[str, Any] = {}
-    if cfg.pooler == "layermix":
-        head_kw = {"layers": parse_layers(cfg.layers, pm.num_layers), "pooler_kwargs": {"inner": cfg.layermix_inner}}
     if init is not None:
         pm.attach_head(name, init)
     else:
+        head_kw: dict[str, Any] = {}
+        if cfg.pooler == "layermix":
+            head_kw = {"layers": parse_layers(cfg.layers, pm.num_layers), "pooler_kwargs": {"inner": cfg.layermix_inner}}
         pm.add_head(name, cfg.pooler, layer=cfg.layer_index, dropout=cfg.head_dropout, **head_kw)
     t0 = time.perf_counter()
     trainable = MODES.get(cfg.mode)(pm, name, cands, cfg)

@@ -8,8 +8,8 @@ Devices, DDP, mixed precision and gradient accumulation come from accelerate.
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
