@@ -16,13 +16,21 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from prefheads.types import Prompt, as_prompt
+from prefheads.types import Prompt, as_prompt, check_completion
 
 _SENTINEL = "PREFHEADS_SENTINEL_7Q"
 
 
+TRUNCATION = ("left", "right", "error")
+
+
 class RewardTokenError(ValueError):
     """A sequence has no reward token where one is required."""
+
+
+class TooLongError(ValueError):
+    """A sequence longer than the model's context under ``truncation="error"`` (or one that no
+    policy can fit: an answer longer than the context on its own)."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,8 @@ class Encoded:
         ids: Token ids, ending at the reward token.
         prompt_len: Number of leading ids that are the prompt (identical for every candidate
             of one prompt; the shared prefix). ``ids[prompt_len:]`` is the completion.
-        truncated: Tokens dropped from the left of the prompt to fit ``max_length``.
+        truncated: Tokens dropped to fit ``max_length`` (from the left of the prompt, or from
+            the end of the completion under ``truncation="right"``).
     """
 
     ids: list[int]
@@ -135,6 +144,7 @@ def encode(
     *,
     max_length: int | None = None,
     name: str = "example",
+    truncation: str = "left",
 ) -> Encoded:
     """Tokenize one (prompt, completion) pair up to and including its reward token.
 
@@ -143,14 +153,23 @@ def encode(
         fmt: Its :class:`ChatFormat`.
         prompt: User string or message list (ending with a user turn).
         completion: Assistant text to score.
-        max_length: Longest allowed sequence; longer ones lose tokens from the left of the
-            prompt, so the answer and the reward token survive.
+        max_length: Longest allowed sequence.
         name: Identifier used in error messages.
+        truncation: What a longer sequence loses: ``"left"`` (default) the oldest prompt tokens
+            after the first, so the answer and the reward token survive; ``"right"`` the end of
+            the answer (the reward token is kept as the last token); ``"error"`` nothing: it
+            raises :class:`TooLongError`. ``Encoded.truncated`` counts the tokens dropped.
 
     Raises:
         RewardTokenError: if the rendered sequence holds no reward token.
+        TooLongError: see ``truncation``.
+        PromptError: a prompt that does not end with a user turn, an unknown role, an empty
+            completion.
     """
+    if truncation not in TRUNCATION:
+        raise ValueError(f"truncation must be one of {', '.join(TRUNCATION)}, got {truncation!r}")
     msgs = as_prompt(prompt)
+    check_completion(completion, f"{name}: completion")
     if fmt.mode == "chat":
         full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": completion}], tokenize=False)
         head = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
@@ -175,8 +194,17 @@ def encode(
     truncated = 0
     if max_length is not None and len(ids) > max_length:
         truncated = len(ids) - max_length
+        if truncation == "error":
+            raise TooLongError(f"{name}: {len(ids)} tokens exceed the model's context of {max_length} "
+                               "(truncation='error'; use 'left' or 'right' to cut it)")
+        if truncation == "right":
+            if plen + 1 >= max_length:
+                raise TooLongError(f"{name}: the prompt alone ({plen} tokens) fills the context of {max_length}; "
+                                   "truncation='right' keeps the prompt whole (use 'left')")
+            # the answer's tail goes; the reward token still closes the sequence
+            return Encoded(ids[: max_length - 1] + ids[-1:], plen, truncated)
         if truncated > plen - 1:
-            raise ValueError(f"{name}: the completion alone ({len(ids) - plen} tokens) exceeds max_length={max_length}")
+            raise TooLongError(f"{name}: the completion alone ({len(ids) - plen} tokens) exceeds max_length={max_length}")
         # keep the first token (BOS / <|im_start|>) and drop the oldest prompt tokens after it
         ids = ids[:1] + ids[1 + truncated:]
         plen -= truncated

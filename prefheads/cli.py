@@ -5,13 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+DEBUG_ENV = "PREFHEADS_DEBUG"
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Direct Preference Heads for any Hugging Face causal LM.")
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help=f"Show the full traceback of an error "
+                                                 f"(or set {DEBUG_ENV}=1).")] = False) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 Base = Annotated[Optional[str], typer.Option(help="Hub id, local folder or GGUF file (default: bundled SmolLM2-135M-Instruct).")]
 
@@ -33,6 +43,10 @@ def _run_fit(cfg) -> None:
     from prefheads.training import fit as run_fit
 
     res = run_fit(cfg)
+    d = res.data
+    typer.echo(f"data: {d['rows']} rows ({d['candidates']} candidates); {d['skipped']} bad rows skipped, "
+               f"{d['dropped']} dropped without a preference signal; {d['truncated']} candidates over the "
+               f"{d['max_length']}-token context, cut ({d['truncation']})")
     typer.echo(f"head {res.head_name!r} saved to {res.out} (mode {cfg.mode}; best epoch {res.best_epoch}: "
                f"val pair accuracy {res.best['val_pair_accuracy']:.3f}; train {res.n_train}, val {res.n_val}; "
                f"setup {res.setup_seconds:.1f}s{' (feature cache hit)' if res.cache_hit else ''}, "
@@ -96,10 +110,32 @@ from prefheads.commands import register_all  # noqa: E402 - after the core comma
 register_all(app)
 
 
-def main() -> None:  # pragma: no cover
-    """Console entry point."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: an error prints one line (``--debug`` or ``PREFHEADS_DEBUG=1``: the traceback)."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        app(args=args, prog_name="prefheads", standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - the user sees one clear line, not a traceback
+        if hasattr(e, "show") and hasattr(e, "exit_code"):  # usage errors (click's): their own formatting
+            e.show()
+            sys.exit(e.exit_code)
+        if "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        msg = str(e) or type(e).__name__
+        name = type(e).__name__
+        prefix = "" if name in _PLAIN_ERRORS else f"{name}: "
+        typer.echo(f"error: {prefix}{msg}\n(run with --debug for the full traceback)", err=True)
+        sys.exit(1)
+
+
+# errors whose message already says everything; others are prefixed with their type
+_PLAIN_ERRORS = {"DataError", "HeadFileError", "OutputDirError", "PromptError", "TooLongError", "ValueError",
+                 "FileNotFoundError", "RewardTokenError", "SpecError", "KeyError"}
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

@@ -86,13 +86,16 @@ def gguf_to_folder(gguf: Path, name: str | None = None) -> Path:
         return target
     log.info("converting %s to a transformers folder (one time)", gguf.name)
     kw = {"gguf_file": gguf.name}
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kw)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
-    config = AutoConfig.from_pretrained(str(gguf.parent), **kw)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config._name_or_path = name or gguf.stem
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # from_config draws random initial weights (overwritten below): keep the caller's RNG as it
+    # was, so a seeded run gives the same result whether or not this conversion ran first
+    with torch.random.fork_rng(devices=[]):
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kw)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
+        config = AutoConfig.from_pretrained(str(gguf.parent), **kw)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config._name_or_path = name or gguf.stem
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
     # tied lm_head weights may be reported missing; anything else is a real mismatch
     missing = [k for k in missing if "lm_head" not in k]

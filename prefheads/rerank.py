@@ -165,7 +165,17 @@ def rerank(pm: Any, prompt: str | Prompt, n: int = 8, head: str | None = None, *
     """
     pm._get(head)  # fail before sampling, not after
     gens = generate_candidates(pm, prompt, n, **gen)
-    return rerank_candidates(pm, prompt, [g.text for g in gens], head=head)
+    return rerank_candidates(pm, prompt, scorable(gens), head=head)
+
+
+def scorable(gens: Sequence[Generation]) -> list[str]:
+    """Texts of the samples that can be scored: an empty sample (the model closed its turn at
+    once) has no reply to score and is left out; all empty is an error."""
+    texts = [g.text for g in gens if g.text.strip()]
+    if not texts:
+        raise ValueError(f"all {len(gens)} samples are empty (the model closed its turn at once); "
+                         "sample more, or at a higher temperature")
+    return texts
 
 
 def rerank_file(pm: Any, path: str | os.PathLike, out: Any, head: str | None = None) -> int:
@@ -196,7 +206,10 @@ def rerank_file(pm: Any, path: str | os.PathLike, out: Any, head: str | None = N
             if not isinstance(row, dict) or "prompt" not in row or not isinstance(row.get("candidates"), list) \
                     or not row["candidates"] or not all(isinstance(c, str) for c in row["candidates"]):
                 raise ValueError(f"{where}: expected {{\"prompt\": ..., \"candidates\": [non-empty list of strings]}}")
-            rewards = pm.score(row["prompt"], row["candidates"], head=head).tolist()
+            try:
+                rewards = pm.score(row["prompt"], row["candidates"], head=head).tolist()
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
             ranked = [{"rank": k + 1, "index": i, "candidate": c, "reward": r}
                       for k, (i, c, r) in enumerate(rank(row["candidates"], rewards))]
             rest = {k: v for k, v in row.items() if k != "candidates"}

@@ -52,6 +52,7 @@ def create_app(pm: Any, max_candidates: int = 64, max_chars: int = 20000, max_ne
     from pydantic import BaseModel, Field
 
     from prefheads.rerank import GenerationSettings, generate_candidates, rank
+    from prefheads.types import as_prompt, check_completion
 
     if not pm.heads:
         raise ValueError("the server needs a model with at least one head (load_heads / add_head)")
@@ -87,11 +88,22 @@ def create_app(pm: Any, max_candidates: int = 64, max_chars: int = 20000, max_ne
         return await call_next(request)
 
     def prompt_of(p: Any) -> Any:
-        if isinstance(p, str):
-            return p
-        if not p:
+        """The request's prompt, checked as fit checks training prompts (422 otherwise)."""
+        if not isinstance(p, str) and not p:
             raise HTTPException(422, "prompt: an empty message list")
-        return [m.model_dump() for m in p]
+        prompt = p if isinstance(p, str) else [m.model_dump() for m in p]
+        try:
+            as_prompt(prompt)
+        except ValueError as e:
+            raise HTTPException(422, f"prompt: {e}") from None
+        return prompt
+
+    def check_candidates(candidates: list[str]) -> None:
+        for i, c in enumerate(candidates):
+            try:
+                check_completion(c, f"candidates[{i}]")
+            except ValueError as e:
+                raise HTTPException(422, str(e)) from None
 
     def prompt_chars(p: Any) -> int:
         return len(p) if isinstance(p, str) else sum(len(m.content) + len(m.role) for m in p)
@@ -140,7 +152,9 @@ def create_app(pm: Any, max_candidates: int = 64, max_chars: int = 20000, max_ne
         chars = prompt_chars(req.prompt) + sum(len(c) for c in req.candidates)
         if chars > max_chars:
             raise HTTPException(413, f"{chars} characters of prompt and candidates exceed the limit of {max_chars}")
-        rewards = all_rewards(prompt_of(req.prompt), req.candidates)
+        prompt = prompt_of(req.prompt)
+        check_candidates(req.candidates)
+        rewards = all_rewards(prompt, req.candidates)
         return {"head": head, "ranked": ranked(req.candidates, rewards, head)}
 
     @app.post("/rerank")
@@ -157,6 +171,9 @@ def create_app(pm: Any, max_candidates: int = 64, max_chars: int = 20000, max_ne
         prompt = prompt_of(req.prompt)
         with lock:
             gens = generate_candidates(pm, prompt, req.n, settings)
+        gens = [g for g in gens if g.text.strip()]  # an empty sample has no reply to score
+        if not gens:
+            raise HTTPException(422, f"all {req.n} samples are empty (the model closed its turn at once)")
         texts = [g.text for g in gens]
         rewards = all_rewards(prompt, texts)
         extra = [{"finished": g.finished, "n_tokens": g.n_tokens} for g in gens]

@@ -12,6 +12,11 @@ from typing import Any
 
 Message = dict[str, str]
 Prompt = list[Message]
+ROLES = ("system", "user", "assistant")
+
+
+class PromptError(ValueError):
+    """A prompt or completion that cannot be scored (bad role, wrong last turn, empty text)."""
 
 
 def as_prompt(prompt: str | Prompt, system: str | None = None) -> Prompt:
@@ -30,10 +35,28 @@ def as_prompt(prompt: str | Prompt, system: str | None = None) -> Prompt:
         return msgs
     if not isinstance(prompt, list) or not all(isinstance(m, dict) for m in prompt):
         raise TypeError(f"a prompt is a string or a list of message dicts, got {type(prompt).__name__}")
+    if not prompt:
+        raise PromptError("prompt: an empty message list")
     for i, m in enumerate(prompt):
         if "role" not in m or "content" not in m:
-            raise ValueError(f"prompt message {i} lacks 'role' or 'content': {m!r}")
+            raise PromptError(f"prompt message {i} lacks 'role' or 'content': {m!r}")
+        if m["role"] not in ROLES:
+            raise PromptError(f"prompt message {i}: unknown role {m['role']!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(m["content"], str):
+            raise PromptError(f"prompt message {i}: content must be a string, got {type(m['content']).__name__}")
+    if prompt[-1]["role"] != "user":
+        raise PromptError(f"prompt must end with a user turn (the reply to score follows it), "
+                          f"got role {prompt[-1]['role']!r}")
     return [dict(m) for m in prompt]
+
+
+def check_completion(text: str, name: str = "completion") -> str:
+    """``text`` if it can be scored as an assistant reply; a clear error otherwise."""
+    if not isinstance(text, str):
+        raise PromptError(f"{name}: expected a string, got {type(text).__name__}")
+    if not text.strip():
+        raise PromptError(f"{name}: empty reply, there is nothing to score")
+    return text
 
 
 @dataclass

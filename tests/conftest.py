@@ -118,3 +118,23 @@ def save_to_hub_cache(model, tok, repo_id: str, hf_home: Path, revision: str = "
     (hub / "refs").mkdir(exist_ok=True)
     (hub / "refs" / "main").write_text(revision)
     return snap
+
+
+# ----------------------------------------------------------------------------- order independence
+def pytest_addoption(parser):
+    parser.addoption("--shuffle", metavar="SEED", default=os.environ.get("PREFHEADS_TEST_SHUFFLE"),
+                     help="run the tests in a random order drawn from SEED (or $PREFHEADS_TEST_SHUFFLE): "
+                          "a test must not depend on what ran before it")
+
+
+def pytest_collection_modifyitems(config, items):
+    seed = config.getoption("--shuffle")
+    if seed is not None:
+        import random
+
+        random.Random(str(seed)).shuffle(items)
+
+
+def pytest_report_header(config):
+    seed = config.getoption("--shuffle")
+    return f"test order shuffled with seed {seed!r}" if seed is not None else None

@@ -69,6 +69,12 @@ def rerank_command(
             typer.echo(f"reranked {count} prompts with head {head!r}: {out}")
         return
     gens = generate_candidates(pm, prompt, n, settings)
+    empty = sum(not g.text.strip() for g in gens)
+    gens = [g for g in gens if g.text.strip()]  # an empty sample has no reply to score
+    if not gens:
+        raise ValueError(f"all {n} samples are empty (the model closed its turn at once)")
+    if empty:
+        typer.echo(f"{empty} empty sample(s) left out", err=True)
     rewards = pm.score(prompt, [g.text for g in gens], head=head).tolist()
     ranked = rank([g.text for g in gens], rewards)
     if as_json:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prefheads.registry import Registry
-from prefheads.types import Message
+from prefheads.types import ROLES, Message
 
 from .errors import DataError
 from .spans import noun_spans
@@ -262,6 +262,8 @@ def _messages(value: Any, key: str) -> list[Message]:
     for i, m in enumerate(value):
         if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise DataError("each message needs string 'role' and 'content'", field=f"{key}[{i}]")
+        if m["role"] not in ROLES:
+            raise DataError(f"unknown role {m['role']!r}; expected one of {', '.join(ROLES)}", field=f"{key}[{i}].role")
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -278,6 +280,9 @@ def _reply(value: Any, key: str) -> tuple[list[Message], str]:
 
 
 def _check_pair(prompt: list[Message], chosen: str, rejected: str) -> None:
+    for key, text in (("chosen", chosen), ("rejected", rejected)):
+        if not text.strip():  # a few official rows (HH-RLHF) have them: dropped and counted
+            raise Drop(f"field {key!r}: empty reply, nothing to score")
     if not prompt or prompt[-1]["role"] != "user":
         raise Drop("prompt does not end with a user turn")
     if chosen.strip() == rejected.strip():

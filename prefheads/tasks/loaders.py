@@ -217,5 +217,11 @@ def collect(spec: TaskSpec, split: str, *, data_dir: Any = None, path: Any = Non
                     break
         out.extend(part)
         out.absorb(part)
+    if not out and limit != 0:
+        where = str(path) if path is not None else f"{spec.name} [{split}]"
+        if out.skipped or out.dropped:
+            raise DataError(f"no usable rows: {out.skipped} bad row(s) skipped, {out.dropped} dropped without a "
+                            f"preference signal; first: {out.problems[0] if out.problems else '?'}", file=where)
+        raise DataError("no rows: the file is empty" if path is not None else "no rows", file=where)
     out.warn(f"{spec.name} [{split}]")
     return out

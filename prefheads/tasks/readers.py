@@ -37,11 +37,35 @@ Reader = Callable[..., Iterator[Row]]
 READERS: Registry[Reader] = Registry("file reader")
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    # newline="\n": split on LF only; a stray CR inside a TSV field must not end the row.
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="\n")
-    return open(path, encoding="utf-8-sig", newline="\n")
+def _open_bytes(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # type: ignore[return-value]
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
+    """``(line number, text, error)`` per line, split on LF only (a stray CR inside a TSV field
+    must not end the row); a line that is not UTF-8 gives an error naming the byte instead of
+    stopping the whole file with a bare ``UnicodeDecodeError``."""
+    with _open_bytes(path) as f:
+        for no, raw in enumerate(f, 1):
+            if no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark
+            try:
+                yield no, raw.decode("utf-8"), None
+            except UnicodeDecodeError as e:
+                yield no, None, f"not valid UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1}"
+
+
+def _decode_whole(path: Path) -> tuple[str | None, Row | None]:
+    """The whole file as text, or a :class:`Row` error naming the line of the first bad byte."""
+    with _open_bytes(path) as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        return None, Row(str(path), line, error=f"not valid UTF-8: byte 0x{data[e.start]:02x} at column {col}",
+                         field="<encoding>")
 
 
 def _need(path: Path) -> Path:
@@ -56,41 +80,44 @@ def _need(path: Path) -> Path:
 @READERS.register("jsonl")
 def read_jsonl(path: Path, **_: Any) -> Iterator[Row]:
     """One JSON object per line (``.jsonl`` or ``.jsonl.gz``); blank lines are ignored."""
-    with _open_text(_need(path)) as f:
-        for no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield Row(str(path), no, error=f"malformed JSON ({e.msg} at column {e.colno})", field="<json>")
-                continue
-            if not isinstance(data, dict):
-                yield Row(str(path), no, error=f"expected a JSON object, got {type(data).__name__}",
-                          field="<json>")
-                continue
-            yield Row(str(path), no, data)
+    for no, line, bad in _text_lines(_need(path)):
+        if bad is not None:
+            yield Row(str(path), no, error=bad, field="<encoding>")
+            continue
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield Row(str(path), no, error=f"malformed JSON ({e.msg} at column {e.colno})", field="<json>")
+            continue
+        if not isinstance(data, dict):
+            yield Row(str(path), no, error=f"expected a JSON object, got {type(data).__name__}", field="<json>")
+            continue
+        yield Row(str(path), no, data)
 
 
 @READERS.register("tsv")
 def read_tsv(path: Path, header: bool = True, columns: tuple[str, ...] | None = None, **_: Any) -> Iterator[Row]:
     """GLUE-style TSV: tab-separated, no quoting (quotes are literal text, as GLUE's own
     loaders read them), an optional header row naming the columns."""
-    with _open_text(_need(path)) as f:
-        names = list(columns or ())
-        for no, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if header and no == 1:
-                names = line.split("\t")
-                continue
-            if not line.strip():
-                continue
-            cells = line.split("\t")
-            if len(cells) != len(names):
-                yield Row(str(path), no, error=f"expected {len(names)} tab-separated columns, got {len(cells)}",
-                          field="<columns>")
-                continue
-            yield Row(str(path), no, dict(zip(names, cells)))
+    names = list(columns or ())
+    for no, line, bad in _text_lines(_need(path)):
+        if bad is not None:
+            yield Row(str(path), no, error=bad, field="<encoding>")
+            continue
+        line = line.rstrip("\n").rstrip("\r")
+        if header and no == 1:
+            names = line.split("\t")
+            continue
+        if not line.strip():
+            continue
+        cells = line.split("\t")
+        if len(cells) != len(names):
+            yield Row(str(path), no, error=f"expected {len(names)} tab-separated columns, got {len(cells)}",
+                      field="<columns>")
+            continue
+        yield Row(str(path), no, dict(zip(names, cells)))
 
 
 @READERS.register("piqa")
@@ -123,8 +150,12 @@ def read_race_dir(path: Path, **_: Any) -> Iterator[Row]:
     question's 1-based number within its file), shaped like the ``ehovy/race`` hub rows."""
     files = sorted(_need(path).glob("*.txt"), key=lambda p: (len(p.stem), p.stem))
     for fp in files:
+        text, bad = _decode_whole(fp)
+        if bad is not None:
+            yield bad
+            continue
         try:
-            doc = json.loads(fp.read_text(encoding="utf-8"))
+            doc = json.loads(text)
             article, qs, opts, ans = doc["article"], doc["questions"], doc["options"], doc["answers"]
         except json.JSONDecodeError as e:
             yield Row(str(fp), 1, error=f"malformed JSON ({e.msg})", field="<json>")
@@ -147,12 +178,15 @@ def read_race_dir(path: Path, **_: Any) -> Iterator[Row]:
 def read_squad_json(path: Path, **_: Any) -> Iterator[Row]:
     """SQuAD release JSON (``data[].paragraphs[].qas[]``), flattened to hub-shaped rows;
     ``line`` counts questions from 1."""
-    with _open_text(_need(path)) as f:
-        try:
-            doc = json.load(f)
-        except json.JSONDecodeError as e:
-            yield Row(str(path), e.lineno, error=f"malformed JSON ({e.msg})", field="<json>")
-            return
+    text, bad = _decode_whole(_need(path))
+    if bad is not None:
+        yield bad
+        return
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        yield Row(str(path), e.lineno, error=f"malformed JSON ({e.msg})", field="<json>")
+        return
     no = 0
     for article in doc.get("data", []):
         for para in article.get("paragraphs", []):
@@ -173,14 +207,17 @@ def read_mmlu_csv(path: Path, **_: Any) -> Iterator[Row]:
     files = sorted(_need(path).glob("*.csv")) if path.is_dir() else [path]
     for fp in files:
         subject = fp.stem.rsplit("_", 1)[0]
-        with open(fp, encoding="utf-8", newline="") as f:
-            for no, cells in enumerate(csv.reader(f), 1):
-                if len(cells) < 3:
-                    yield Row(str(fp), no, error=f"expected question, choices, answer; got {len(cells)} cells",
-                              field="<columns>")
-                    continue
-                yield Row(str(fp), no, {"question": cells[0], "choices": cells[1:-1], "answer": cells[-1],
-                                        "subject": subject})
+        text, bad = _decode_whole(fp)
+        if bad is not None:
+            yield bad
+            continue
+        for no, cells in enumerate(csv.reader(io.StringIO(text, newline="")), 1):
+            if len(cells) < 3:
+                yield Row(str(fp), no, error=f"expected question, choices, answer; got {len(cells)} cells",
+                          field="<columns>")
+                continue
+            yield Row(str(fp), no, {"question": cells[0], "choices": cells[1:-1], "answer": cells[-1],
+                                    "subject": subject})
 
 
 def read_files(reader: str, paths: list[Path], **kwargs: Any) -> Iterator[Row]:

@@ -96,19 +96,29 @@ class FeatureCache:
 
 
 def cached_features(pm: Any, prompts: Sequence, completions: Sequence[str], layers: Sequence[int],
-                    cache: FeatureCache | None) -> tuple[dict[int, torch.Tensor], bool]:
-    """Features of (prompts, completions) at ``layers`` through ``cache``; returns (states, hit)."""
+                    cache: FeatureCache | None, items: Sequence[Encoded] | None = None
+                    ) -> tuple[dict[int, torch.Tensor], bool]:
+    """Features of (prompts, completions) at ``layers`` through ``cache``; returns (states, hit).
+
+    ``items`` are the rows already tokenized by ``pm.encode`` (saves tokenizing them again).
+    Cold cache, warm cache and no cache give identical features: every path runs the same
+    extraction, and a float16 cache hands back what it stored.
+    """
+    from prefheads.engine import extract
+
+    items = list(items) if items is not None else pm.encode(prompts, completions)
+
+    def run() -> dict[int, torch.Tensor]:
+        return extract(pm.backbone, pm.profile, items, list(layers), pad_id=pm.tokenizer.pad_token_id or 0,
+                       shared_prefix=pm.shared_prefix, padding_side="right", max_tokens=pm.max_tokens).states
+
     if cache is None:
-        return pm.features(prompts, completions, layers=list(layers)).states, False
-    items = pm.encode(prompts, completions)
+        return run(), False
     key = feature_key(pm.backbone, items, layers, cache.dtype)
     got = cache.load(key)
     if got is not None and all(l in got for l in layers):
         return got, True
-    from prefheads.engine import extract
-
-    states = extract(pm.backbone, pm.profile, items, list(layers), pad_id=pm.tokenizer.pad_token_id or 0,
-                     shared_prefix=pm.shared_prefix, max_tokens=pm.max_tokens).states
+    states = run()
     cache.save(key, states)
     if cache.dtype == "float16":
         states = {l: v.half().float() for l, v in states.items()}  # identical to a later cache hit

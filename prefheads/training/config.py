@@ -20,7 +20,10 @@ class FitConfig:
         template: Template family of the task's inputs: paper (PAPER.md section 6), paper_fixed,
             reference, or lm-eval (lm-evaluation-harness's prompt in the user turn and its
             continuation as the assistant reply).
-        out: Output folder of the head set.
+        out: Output folder of the head set. It must be new, empty, or hold this same run's
+            output (same options: a rerun or --resume); anything else needs --overwrite.
+        overwrite: Write into an --out folder that holds other files or another run's output.
+            Files prefheads did not write there are never deleted.
         head_name: Name of the trained head (default: the task name, or "default").
         init_head: Start from a saved head, FOLDER or FOLDER:NAME (e.g. a frozen probe before
             --mode lora or full: linear probing, then fine-tuning); its pooler, layer and input
@@ -45,6 +48,9 @@ class FitConfig:
         seed: Seed of sampling, initialisation and shuffling.
         max_train: Cap on training examples (seeded subset).
         max_eval: Cap on evaluation examples (seeded subset).
+        truncation: What a sequence longer than the model's context loses: left (the oldest
+            prompt tokens), right (the end of the answer; the reward token stays last) or error
+            (refuse the run). Truncated rows are counted in the output and the head's metadata.
         val_fraction: Share of training examples carved out for validation (best epoch kept).
         mode: frozen (head only, cached features) | lora (peft adapters + head) | full (all, prior-regularized).
         shared_prefix: Encode each prompt once for all its candidates.
@@ -77,6 +83,7 @@ class FitConfig:
     data_dir: str | None = None
     template: str = "paper"
     out: str = "runs/heads"
+    overwrite: bool = False
     head_name: str | None = None
     init_head: str | None = None
     pooler: str = "swiglu"
@@ -97,6 +104,7 @@ class FitConfig:
     seed: int = 0
     max_train: int | None = None
     max_eval: int | None = None
+    truncation: str = "left"
     val_fraction: float = 0.1
     mode: str = "frozen"
     shared_prefix: bool = True
@@ -156,6 +164,8 @@ class FitConfig:
             raise ValueError("the layermix pooler needs --layers (e.g. all, or 10:20)")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.truncation not in ("left", "right", "error"):
+            raise ValueError(f"truncation must be left, right or error, got {self.truncation!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 

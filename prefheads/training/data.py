@@ -26,19 +26,25 @@ class Candidates:
         completions: Completion of each row.
         groups: ``(preferred_row, [dispreferred_rows])`` per example.
         ids: Example id per group (for reports and errors).
+        source: Where the rows came from (a file or task name), for error messages.
+        skipped: Bad rows the loader skipped (``skip_bad``).
+        dropped: Rows the loader dropped for carrying no preference signal.
     """
 
     prompts: list[Prompt | str] = field(default_factory=list)
     completions: list[str] = field(default_factory=list)
     groups: list[tuple[int, list[int]]] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
+    source: str = ""
+    skipped: int = 0
+    dropped: int = 0
 
     def __len__(self) -> int:
         return len(self.groups)
 
     def subset(self, group_idx: Sequence[int]) -> "Candidates":
         """The candidates of the given groups, renumbered."""
-        out = Candidates()
+        out = Candidates(source=self.source)
         for g in group_idx:
             w, ls = self.groups[g]
             base = len(out.completions)
@@ -51,9 +57,14 @@ class Candidates:
         return out
 
 
-def from_examples(examples: Sequence[Example]) -> Candidates:
+def _counted(rows: Sequence, source: str) -> Candidates:
+    # a loader's Loaded list carries what it left out; keep the counts for the run's report
+    return Candidates(source=source, skipped=getattr(rows, "skipped", 0), dropped=getattr(rows, "dropped", 0))
+
+
+def from_examples(examples: Sequence[Example], source: str = "") -> Candidates:
     """Candidates of labelled multiple-choice examples (unlabelled ones are an error)."""
-    out = Candidates()
+    out = _counted(examples, source)
     for ex in examples:
         if ex.label is None:
             raise ValueError(f"{ex.id}: example has no label; it cannot train a head")
@@ -68,9 +79,9 @@ def from_examples(examples: Sequence[Example]) -> Candidates:
     return out
 
 
-def from_pairs(pairs: Sequence[PreferencePair]) -> Candidates:
+def from_pairs(pairs: Sequence[PreferencePair], source: str = "") -> Candidates:
     """Candidates of preference pairs."""
-    out = Candidates()
+    out = _counted(pairs, source)
     for p in pairs:
         base = len(out.completions)
         out.prompts += [p.prompt, p.prompt]

@@ -33,6 +33,8 @@ class FitResult:
         setup_seconds: Backbone work before training (features, reference log-probs).
         train_seconds: Time in the training loop.
         cache_hit: Frozen mode: whether the features came from the on-disk cache.
+        data: What the data gave and lost: rows, skipped bad rows, dropped rows without a
+            preference signal, candidates truncated to the context (and the policy).
     """
 
     out: Path
@@ -44,6 +46,7 @@ class FitResult:
     setup_seconds: float = 0.0
     train_seconds: float = 0.0
     cache_hit: bool = False
+    data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best(self) -> dict[str, float]:
@@ -58,14 +61,38 @@ def training_candidates(cfg: FitConfig) -> Candidates:
     # a cap takes a seeded random subset, not the first rows of the file
     kw = {"limit": cfg.max_train, "seed": cfg.seed, "shuffle": cfg.max_train is not None, "variant": cfg.template}
     if cfg.data is not None:
-        return from_pairs(tasks.load_pairs("pairs", path=cfg.data, **kw))
+        if not Path(cfg.data).is_file():
+            raise FileNotFoundError(f"--data {cfg.data}: no such file")
+        return from_pairs(tasks.load_pairs("pairs", path=cfg.data, **kw), cfg.data)
     names = tasks.expand(cfg.task, train=True)
     if len(names) > 1:  # a group: the size-aware seeded mix of its members
         return from_pairs(tasks.mix(names, data_dir=cfg.data_dir, seed=cfg.seed, limit=cfg.max_train,
-                                    variant=cfg.template))
+                                    variant=cfg.template), cfg.task)
     if tasks.get_task(names[0]).kind == "pairs":
-        return from_pairs(tasks.load_pairs(names[0], split="train", data_dir=cfg.data_dir, **kw))
-    return from_examples(tasks.load_examples(names[0], split="train", data_dir=cfg.data_dir, **kw))
+        return from_pairs(tasks.load_pairs(names[0], split="train", data_dir=cfg.data_dir, **kw), names[0])
+    return from_examples(tasks.load_examples(names[0], split="train", data_dir=cfg.data_dir, **kw), names[0])
+
+
+def encode_candidates(pm: Any, cands: Candidates, truncation: str) -> tuple[list[Any], int]:
+    """Tokenize every candidate once, before anything is written: ``(items, n_truncated)``.
+
+    A candidate that cannot be scored (empty reply, a prompt that does not end with a user turn,
+    no reward token, too long under ``truncation="error"``) is a :class:`DataError` naming its
+    example id (the dataset's id, or file name and line).
+    """
+    from prefheads.chat import encode
+    from prefheads.tasks import DataError
+
+    owner = {r: g for g, (w, ls) in enumerate(cands.groups) for r in [w, *ls]}
+    items = []
+    for i, (p, c) in enumerate(zip(cands.prompts, cands.completions)):
+        g = owner.get(i)
+        name = f"{cands.ids[g]} candidate {[cands.groups[g][0], *cands.groups[g][1]].index(i)}" if g is not None else f"row {i}"
+        try:
+            items.append(encode(pm.tokenizer, pm.chat, p, c, max_length=pm.max_length, name=name, truncation=truncation))
+        except (ValueError, TypeError) as e:
+            raise DataError(str(e), file=cands.source or None) from None
+    return items, sum(it.truncated > 0 for it in items)
 
 
 def _initial_head(pm: Any, spec: str, dropout: float) -> Any:
@@ -95,9 +122,9 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
     from prefheads.model import PreferenceModel
     from prefheads.progress import bar
     from prefheads.training.loop import train
+    from prefheads.training.outdir import check_out_dir
     from prefheads.training.strategies import MODES
 
-    torch.manual_seed(cfg.seed)
     if pm is None:
         from prefheads.loading import quantization_config
 
@@ -105,21 +132,36 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
         kw = {"quantization_config": quant, "device_map": "auto"} if quant is not None else {}
         pm = PreferenceModel.from_pretrained(cfg.base, revision=cfg.revision, **kw)
     pm.shared_prefix = cfg.shared_prefix
+    pm.truncation = cfg.truncation
     name = cfg.head_name or cfg.task or "default"
     cands = cands if cands is not None else training_candidates(cfg)
+    if not len(cands):
+        from prefheads.tasks import DataError
+
+        raise DataError("no training rows", file=cands.source or cfg.data or cfg.task)
+    items, n_trunc = encode_candidates(pm, cands, cfg.truncation)  # every data problem surfaces here
     tr, va = split(len(cands), cfg.val_fraction, cfg.seed)
-    if name in pm.heads:
-        pm.remove_head(name)
     init = _initial_head(pm, cfg.init_head, cfg.head_dropout) if cfg.init_head else None
     if init is not None:  # the saved head decides what is read and how: record that, not the defaults
         hc = init.config
         cfg = dataclasses.replace(cfg, pooler=hc.pooler, layer=str(hc.layer),
                                   layers=",".join(map(str, hc.layers)) if hc.layers else cfg.layers)
     out = Path(cfg.out)
+    check_out_dir(out, cfg.to_dict(), cfg.overwrite)  # before anything is written there
+    data = {"rows": len(cands), "candidates": len(items), "skipped": cands.skipped, "dropped": cands.dropped,
+            "truncated": n_trunc, "truncation": cfg.truncation, "max_length": pm.max_length}
+    if n_trunc:
+        log.warning("%d of %d candidates exceed the model's %s-token context: cut (%s)", n_trunc, len(items),
+                    pm.max_length, cfg.truncation)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fit_config.json").write_text(cfg.to_json())
+    if name in pm.heads:
+        pm.remove_head(name)
+    # seeded here, right before the first random draw: what ran before (model loading, a GGUF
+    # conversion, data loading) must not change the head a seed gives
+    torch.manual_seed(cfg.seed)
     if cfg.layer == "auto":
-        return _fit_auto(cfg, pm, name, cands, tr, va, out)
+        return _fit_auto(cfg, pm, name, cands, tr, va, out, items, data)
     if init is not None:
         pm.attach_head(name, init)
     else:
@@ -129,6 +171,7 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
         pm.add_head(name, cfg.pooler, layer=cfg.layer_index, dropout=cfg.head_dropout, **head_kw)
     t0 = time.perf_counter()
     trainable = MODES.get(cfg.mode)(pm, name, cands, cfg)
+    trainable.items = items
     with bar(progress) as pb:
         tid = pb.add_task(f"backbone pass ({len(cands.completions)} candidates)", total=None)
         trainable.setup()
@@ -152,11 +195,12 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
     head.config.meta.update({"task": cfg.task or Path(cfg.data).name, "template": cfg.template,
                              "objective": cfg.objective, "mode": cfg.mode, "epochs": cfg.epochs, "best_epoch": best_epoch,
                              "n_train": len(tr), "n_val": len(va), "seed": cfg.seed,
-                             "val_pair_accuracy": round(history[best_epoch - 1]["val_pair_accuracy"], 4)})
+                             "val_pair_accuracy": round(history[best_epoch - 1]["val_pair_accuracy"], 4),
+                             "data": data})
     _save_backbone_changes(pm, cfg, out)
     pm.save_heads(out)
     return FitResult(out, name, history, best_epoch, len(tr), len(va), setup_s, train_s,
-                     getattr(trainable, "cache_hit", False))
+                     getattr(trainable, "cache_hit", False), data)
 
 
 @torch.no_grad()
@@ -175,7 +219,7 @@ def choice_accuracy(trainable: Any, groups: list[tuple[int, list[int]]]) -> floa
 
 
 def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[int], va: list[int],
-              out: Path) -> FitResult:
+              out: Path, items: list[Any], data: dict[str, Any]) -> FitResult:
     """``--layer auto``: one head per candidate layer on ONE backbone pass; keep the best on validation.
 
     Selection uses only the validation split carved from the training data, never eval data, by
@@ -190,7 +234,7 @@ def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[in
     layers = parse_layers(cfg.layers, pm.num_layers)
     t0 = time.perf_counter()
     cache = FeatureCache(cfg.cache_dir, cfg.cache_dtype) if cfg.feature_cache else None
-    states, hit = cached_features(pm, cands.prompts, cands.completions, layers, cache)
+    states, hit = cached_features(pm, cands.prompts, cands.completions, layers, cache, items=items)
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     trg, vag = [cands.groups[g] for g in tr], [cands.groups[g] for g in va]
@@ -220,12 +264,12 @@ def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[in
                              "epochs": cfg.epochs, "best_epoch": best_epoch, "n_train": len(tr), "n_val": len(va),
                              "seed": cfg.seed, "chosen_layer": layer, "val_accuracy": round(scores[layer], 4),
                              "val_pair_accuracy": round(pair_scores[layer], 4),
-                             "layer_scores": {str(k): round(v, 4) for k, v in scores.items()}})
+                             "layer_scores": {str(k): round(v, 4) for k, v in scores.items()}, "data": data})
     pm.save_heads(out)
     (out / "layer_scores.json").write_text(json.dumps(
         {"chosen": layer, "metric": "validation choice accuracy", "val_accuracy": scores,
          "val_pair_accuracy": pair_scores, "n_val": len(va)}, indent=2))
-    return FitResult(out, name, history, best_epoch, len(tr), len(va), setup_s, time.perf_counter() - t1, hit)
+    return FitResult(out, name, history, best_epoch, len(tr), len(va), setup_s, time.perf_counter() - t1, hit, data)
 
 
 def _save_backbone_changes(pm: Any, cfg: FitConfig, out: Path) -> None:

@@ -45,6 +45,7 @@ class Trainable(nn.Module):
         self.reads = self.head.config.reads
         self.ref_logp: torch.Tensor | None = None
         self.prior = None
+        self.items: list | None = None  # the candidates already tokenized (fit sets them)
 
     def setup(self) -> None:
         """Prepare before the optimizer is built (freeze, wrap, cache, reference log-probs)."""
@@ -113,7 +114,7 @@ class FrozenTrainable(Trainable):
         if self.feats is None:
             cache = FeatureCache(self.cfg.cache_dir, self.cfg.cache_dtype) if self.cfg.feature_cache else None
             self.feats, self.cache_hit = cached_features(self.pm, self.cands.prompts, self.cands.completions,
-                                                         self.reads, cache)
+                                                         self.reads, cache, items=self.items)
 
     def _rows(self, rows: Any) -> torch.Tensor:
         return self.head.select({l: self.feats[l][rows] for l in self.reads})

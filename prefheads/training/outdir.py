@@ -1,0 +1,92 @@
+"""The ``--out`` folder of a run: checked before anything is written, never emptied of user files.
+
+A run may write into a folder that does not exist, is empty, or holds the output of the same
+run (identical options: a rerun, or ``--resume``). Anything else — a folder of the user's own
+files, or another run's heads — is refused unless ``overwrite`` is set, and even then prefheads
+only replaces the files it writes itself: a file it did not write is never deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+# what fit (and the commands built on it: demo, layers, recipes) writes into an output folder
+OWN_FILES = frozenset({"heads.json", "README.md", "fit_config.json", "metrics.jsonl", "history.json",
+                       "layer_scores.json", "results.json", "layers.json", "layers.png", "stage.json"})
+OWN_DIRS = frozenset({"adapter", "backbone", "checkpoint", "layers"})
+# options that change how a run executes, not what it produces
+EXECUTION_ONLY = frozenset({"out", "overwrite", "resume", "save_every", "log_with", "cache_dir", "feature_cache"})
+
+
+class OutputDirError(ValueError):
+    """An output folder that a run would damage (user files, another run's output)."""
+
+
+def _head_files(folder: Path) -> set[str]:
+    """Weight files the folder's own ``heads.json`` lists (content-addressed, written by prefheads)."""
+    try:
+        cfg = json.loads((folder / "heads.json").read_text())
+        return {str(e["file"]) for e in cfg.get("heads", {}).values() if isinstance(e, dict) and "file" in e}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return set()
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Names in ``folder`` that prefheads did not write (sorted)."""
+    listed = _head_files(folder)
+    out = []
+    for p in folder.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            ours = p.name in OWN_DIRS
+        else:
+            ours = p.name in OWN_FILES or p.name in listed or bool(re.fullmatch(r"\.(heads\.json|.+\.safetensors)\..+\.tmp", p.name))
+        if not ours:
+            out.append(p.name)
+    return sorted(out)
+
+
+def _run_options(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in EXECUTION_ONLY}
+
+
+def check_out_dir(out: Path, options: dict[str, Any], overwrite: bool) -> None:
+    """Refuse an ``out`` folder this run must not write into (see the module docstring).
+
+    Args:
+        out: The output folder.
+        options: This run's options (``FitConfig.to_dict()``).
+        overwrite: The user allowed writing into a non-empty folder.
+
+    Raises:
+        OutputDirError: naming the folder, what is in the way, and the way out.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputDirError(f"--out {out}: exists and is not a folder")
+    if overwrite or not any(out.iterdir()):
+        return
+    foreign = foreign_entries(out)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputDirError(f"--out {out}: the folder holds files prefheads did not write ({shown}); choose "
+                             "another folder, or pass --overwrite to write beside them (they are kept)")
+    prev = out / "fit_config.json"
+    if not prev.is_file():
+        if (out / "heads.json").is_file():
+            raise OutputDirError(f"--out {out}: holds heads saved outside a training run; choose another folder "
+                                 "or pass --overwrite to replace them")
+        return
+    try:
+        old = _run_options(json.loads(prev.read_text()))
+    except ValueError:
+        raise OutputDirError(f"--out {out}: {prev.name} is not readable JSON; pass --overwrite to replace it") from None
+    new = _run_options(options)
+    diffs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diffs:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs[:6])
+        raise OutputDirError(f"--out {out}: holds the output of another run ({detail}); choose another folder, "
+                             "or pass --overwrite to replace that run's files")
