@@ -20,6 +20,10 @@ def cli_markdown() -> str:
     lines = ["# CLI reference", "", "Generated from the app by `python -m prefheads.docgen`; "
              "`prefheads <command> --help` prints the same.", ""]
     ctx = click.Context(group, info_name="prefheads")
+    for p in group.params:  # options of prefheads itself, before the command
+        if getattr(p, "param_type_name", "") == "option" and p.name != "help":
+            lines += [f"`prefheads {' / '.join(p.opts)} <command> ...`: {(p.help or '').strip()} An error otherwise "
+                      "prints one line, `error: ...`, and exits with status 1.", ""]
     for name in group.list_commands(ctx):
         cmd = group.get_command(ctx, name)
         sub = click.Context(cmd, info_name=name, parent=ctx)
