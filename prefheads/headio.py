@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,7 +52,10 @@ def _version() -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # not tempfile.mkstemp: its files are 0600, while a head folder should read like any other
+    # output, with the mode a plain open() gives under the process umask
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -69,7 +72,12 @@ def _safe(name: str) -> str:
 
 
 def base_record(pm: "PreferenceModel") -> dict[str, Any]:
-    """What identifies the backbone a head was trained on."""
+    """What identifies the backbone a head was trained on.
+
+    ``weights_digest`` fingerprints the base weights (adapters left out; for a full fine-tune,
+    the tuned weights saved beside the heads), so the same weights match whatever path or hub
+    id they were loaded from.
+    """
     from prefheads.families import unwrap
 
     cfg = unwrap(pm.backbone).config
@@ -79,6 +87,9 @@ def base_record(pm: "PreferenceModel") -> dict[str, Any]:
         "model_type": getattr(cfg, "model_type", None),
         "hidden_size": pm.hidden_size,
         "num_layers": pm.num_layers,
+        "vocab_size": getattr(cfg, "vocab_size", None),
+        "weights_digest": pm.base_fingerprint(),
+        "weights_dtype": str(getattr(unwrap(pm.backbone), "dtype", "")).removeprefix("torch.") or None,
         "chat_mode": pm.chat.mode,
         "reward_token": pm.chat.reward_token,
         "reward_token_id": pm.chat.reward_token_id,
@@ -100,6 +111,15 @@ def heads_base(directory: str | os.PathLike) -> str | None:
     if base.get("fine_tuned"):
         return str(Path(directory) / base["fine_tuned"])
     return None if base.get("model_id") == BUNDLED_NAME else base.get("model_id")
+
+
+def _listed_files(directory: Path) -> set[str]:
+    """Weight files named by ``directory``'s current heads.json (empty if none or unreadable)."""
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+        return {str(e["file"]) for e in config["heads"].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
 
 
 def save_heads(pm: "PreferenceModel", directory: str | os.PathLike, names: Sequence[str] | None = None) -> Path:
@@ -125,11 +145,15 @@ def save_heads(pm: "PreferenceModel", directory: str | os.PathLike, names: Seque
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": _version(),
               "base": base_record(pm), "active": pm.active if pm.active in entries else names[0],
               "heads": entries}
+    # only files the folder's previous heads.json listed (written here by prefheads) may go:
+    # a file prefheads did not write is never deleted, whatever its name
+    previous = _listed_files(out)
     _atomic_write(out / CONFIG, json.dumps(config, indent=2).encode())
     keep = {e["file"] for e in entries.values()}
-    for f in out.glob("*.safetensors"):
-        if f.name not in keep and re.fullmatch(r".+\.[0-9a-f]{12}\.safetensors", f.name):
-            f.unlink()
+    for fname in previous - keep:
+        f = out / fname
+        if f.parent == out and re.fullmatch(r".+\.[0-9a-f]{12}\.safetensors", f.name):
+            f.unlink(missing_ok=True)
     _atomic_write(out / "README.md", render_card(config).encode())
     return out
 
@@ -154,29 +178,94 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+# what must agree between a head folder's base and the backbone it is loaded onto
+SAME_BASE = ("model_type", "hidden_size", "num_layers", "vocab_size", "template_fingerprint", "reward_token",
+             "weights_digest")
+# heads saved without a weights digest (or a backbone that has none, or a float16 copy) are matched by name
+SAME_BASE_BY_NAME = ("model_id", "num_layers", "template_fingerprint", "reward_token")
+
+
+def _differs(key: str, theirs: Any, mine: Any) -> str:
+    if key == "weights_digest":
+        return f"weights differ: digest {theirs!r} vs {mine!r}"
+    return f"{key}: {theirs!r} vs {mine!r}"
+
+
+def _digests_comparable(base: dict[str, Any], mine: dict[str, Any]) -> bool:
+    if not (base.get("weights_digest") and mine["weights_digest"]):
+        return False
+    # the digest reads values as bfloat16: exact for float32 and bfloat16 copies of one checkpoint,
+    # while a float16 copy rounds differently and so is matched by name
+    dtypes = {base.get("weights_dtype"), mine["weights_dtype"]}
+    return len(dtypes) == 1 or dtypes <= {"float32", "bfloat16"}
+
+
 def check_base(pm: "PreferenceModel", base: dict[str, Any], where: str, allow_mismatch: bool,
                directory: Path | None = None) -> None:
-    """Refuse heads trained on another backbone (width mismatches are never allowed)."""
+    """Refuse heads trained on another backbone (width mismatches are never allowed).
+
+    The backbone matches when its architecture, sizes, chat template, reward token and base
+    weights digest agree with the record, however its ``model_id`` is spelt. Records without a
+    digest (saved by older prefheads), quantized backbones and float16 copies of a float32 or
+    bfloat16 base fall back to comparing ``model_id``.
+    """
     mine = base_record(pm)
+    name = base.get("model_id")
     if base.get("fine_tuned") and directory is not None:
         # heads of a full fine-tune belong to the backbone saved beside them
-        same = Path(str(pm.model_id)).resolve() == (directory / base["fine_tuned"]).resolve()
-        base = dict(base, model_id=pm.model_id if same else str(directory / base["fine_tuned"]))
+        name = str(directory / base["fine_tuned"])
     if base.get("hidden_size") != mine["hidden_size"]:
-        raise HeadFileError(f"{where}: heads read width {base.get('hidden_size')} of base {base.get('model_id')!r}, "
+        raise HeadFileError(f"{where}: heads read width {base.get('hidden_size')} of base {name!r}, "
                             f"but {mine['model_id']!r} has width {mine['hidden_size']}")
-    diffs = [k for k in ("model_id", "num_layers", "template_fingerprint", "reward_token")
-             if base.get(k) != mine[k]]
+    theirs = dict(base, model_id=name)
+    if _digests_comparable(base, mine):
+        keys = SAME_BASE
+    else:
+        keys = SAME_BASE_BY_NAME
+        if base.get("fine_tuned") and Path(str(pm.model_id)).resolve() == Path(name).resolve():
+            theirs["model_id"] = pm.model_id
+    diffs = [k for k in keys if theirs.get(k) != mine[k]]
     if diffs and not allow_mismatch:
-        detail = ", ".join(f"{k}: {base.get(k)!r} vs {mine[k]!r}" for k in diffs)
+        detail = ", ".join(_differs(k, theirs.get(k), mine[k]) for k in diffs)
         raise HeadFileError(
-            f"{where}: heads were trained on base {base.get('model_id')!r}, not on {mine['model_id']!r} ({detail}); "
+            f"{where}: heads were trained on base {name!r}, not on {mine['model_id']!r} ({detail}); "
             "pass allow_base_mismatch=True (CLI: --allow-base-mismatch) to load them anyway"
         )
 
 
+def _weights_path(directory: Path, name: str, entry: dict[str, Any], where: str) -> Path:
+    """The weights file of an entry, which must lie inside the head folder."""
+    fname = entry.get("file")
+    if not isinstance(fname, str) or not fname:
+        raise HeadFileError(f"{where}: head {name!r} has no weights 'file' (got {fname!r})")
+    path = directory / fname
+    root = directory.resolve()
+    # resolve() follows symlinks too, so a link leading out of the folder is caught like "../x"
+    if Path(fname).is_absolute() or not path.resolve().is_relative_to(root):
+        raise HeadFileError(f"{where}: head {name!r} names weights file {fname!r} outside the head folder {directory}")
+    return path
+
+
+def _build(name: str, config: Any, where: str) -> RewardHead:
+    """The head a config describes, with errors naming the field at fault."""
+    if not isinstance(config, dict):
+        raise HeadFileError(f"{where}: head {name!r} has no 'config' object (got {config!r})")
+    try:
+        hc = HeadConfig.from_dict(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise HeadFileError(f"{where}: head {name!r} has an invalid config: {e}") from e
+    try:
+        return RewardHead(hc)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise HeadFileError(f"{where}: head {name!r}: config field 'pooler_kwargs' {hc.pooler_kwargs} does not "
+                            f"build pooler {hc.pooler!r} ({e})") from e
+
+
 def _load_entry(directory: Path, name: str, entry: dict[str, Any]) -> RewardHead:
-    path = directory / entry["file"]
+    where = str(directory / CONFIG)
+    if not isinstance(entry, dict):
+        raise HeadFileError(f"{where}: head {name!r} is not an object (got {entry!r})")
+    path = _weights_path(directory, name, entry, where)
     if not path.is_file():
         raise HeadFileError(f"{path}: weights of head {name!r} not found")
     blob = path.read_bytes()
@@ -186,10 +275,17 @@ def _load_entry(directory: Path, name: str, entry: dict[str, Any]) -> RewardHead
         tensors = st_load(blob)
     except (SafetensorError, ValueError) as e:
         raise HeadFileError(f"{path}: unreadable safetensors file ({e})") from e
-    head = RewardHead(HeadConfig.from_dict(entry["config"]))
-    missing, unexpected = head.load_state_dict(tensors, strict=False)
+    head = _build(name, entry.get("config"), where)
+    want = head.state_dict()
+    missing, unexpected = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
     if missing or unexpected:
-        raise HeadFileError(f"{path}: head {name!r} does not match its config (missing {missing}, unexpected {unexpected})")
+        raise HeadFileError(f"{path}: head {name!r} does not match its config in {where} "
+                            f"(missing {missing}, unexpected {unexpected})")
+    for k, t in want.items():
+        if tensors[k].shape != t.shape:
+            raise HeadFileError(f"{path}: head {name!r} does not match its config in {where}: tensor {k!r} has "
+                                f"shape {list(tensors[k].shape)} in the file, the config builds {list(t.shape)}")
+    head.load_state_dict(tensors)
     return head
 
 

@@ -7,6 +7,7 @@ that otherwise saturates ``tanh`` poolers and collapses every answer onto one.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,13 +49,30 @@ class HeadConfig:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # configs are read back from hand-editable JSON: every field is checked by name here, so a
+        # bad value is an error naming it rather than a failure deep inside torch
+        if not isinstance(self.pooler, str):
+            raise TypeError(f"pooler must be a pooler name, got {self.pooler!r}")
         POOLERS.get(self.pooler)  # unknown pooler -> clear error listing known names
+        self.hidden_size = _integer("hidden_size", self.hidden_size)
+        self.layer = _integer("layer", self.layer)
+        if self.num_base_layers is not None:
+            self.num_base_layers = _integer("num_base_layers", self.num_base_layers)
+        self.dropout = _real("dropout", self.dropout)
+        self.init_std = _real("init_std", self.init_std)
+        if not isinstance(self.bias, bool):
+            raise TypeError(f"bias must be true or false, got {self.bias!r}")
+        for name in ("pooler_kwargs", "meta"):
+            if not isinstance(getattr(self, name), dict):
+                raise TypeError(f"{name} must be an object (dict), got {getattr(self, name)!r}")
         if self.hidden_size <= 0:
             raise ValueError(f"hidden_size must be positive, got {self.hidden_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.layers is not None:
-            self.layers = [int(l) for l in self.layers]
+            if not isinstance(self.layers, (list, tuple)):
+                raise TypeError(f"layers must be a list of layer indices, got {self.layers!r}")
+            self.layers = [_integer("layers", l) for l in self.layers]
             if not self.layers or len(set(self.layers)) != len(self.layers):
                 raise ValueError(f"layers must be distinct and non-empty, got {self.layers}")
         if self.pooler == "layermix" and not self.layers:
@@ -74,6 +92,18 @@ class HeadConfig:
         """Build from a dict, ignoring keys written by newer versions."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+def _integer(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _real(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    return float(value)
 
 
 class RewardHead(nn.Module):

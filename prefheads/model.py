@@ -64,6 +64,7 @@ class PreferenceModel(nn.Module):
         cfg = unwrap(backbone).config
         self.model_id = model_id or getattr(cfg, "_name_or_path", None) or type(unwrap(backbone)).__name__
         self.revision = revision
+        self._base_digest: tuple[Any, str | None] | None = None  # (weights_version, digest)
         self.hidden_size = int(cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.n_embd)
         self.max_length = max_length or getattr(cfg, "max_position_embeddings", None)
         self.heads = nn.ModuleDict()
@@ -269,6 +270,19 @@ class PreferenceModel(nn.Module):
         return out
 
     # ----------------------------------------------------------------- files
+    def base_fingerprint(self) -> str | None:
+        """Digest of the backbone's base weights (adapters left out), recorded in head folders.
+
+        Computed once and reused until a weight changes (see
+        :func:`prefheads.fingerprint.base_weights_digest`); None for quantized backbones.
+        """
+        from prefheads.fingerprint import base_weights_digest, weights_version
+
+        key = weights_version(self.backbone)
+        if self._base_digest is None or self._base_digest[0] != key:
+            self._base_digest = (key, base_weights_digest(self.backbone))
+        return self._base_digest[1]
+
     def save_heads(self, directory: str | os.PathLike, names: Sequence[str] | None = None) -> None:
         """Write heads (all by default) to ``directory`` atomically (see :mod:`prefheads.headio`)."""
         from prefheads.headio import save_heads

@@ -121,7 +121,7 @@ def test_corrupted_or_truncated_weights_are_clear_errors(tmp_path):
 def test_other_base_is_refused_unless_overridden(tmp_path):
     pm = _pm_with_heads()
     pm.save_heads(tmp_path)
-    other = PreferenceModel.from_backbone(pm.backbone, pm.tokenizer, model_id="someone/else")
+    other = PreferenceModel.from_backbone(*make_backbone("llama", seed=1), model_id="someone/else")  # other weights
     with pytest.raises(HeadFileError, match="tiny/llama.*someone/else"):
         other.load_heads(tmp_path)
     assert other.load_heads(tmp_path, allow_base_mismatch=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -46,6 +48,56 @@ def test_batch_size_invariance(family):
     assert torch.allclose(big, small, atol=1e-5)
     singles = torch.cat([pm.score(p, c) for p, c in zip(PROMPTS, COMPS)])
     assert torch.allclose(big, singles, atol=1e-5)
+
+
+# docs/faq.md states this bound, measured on SmolLM2: |Δr| <= BATCHING_TOL * max(1, |r|)
+BATCHING_TOL = 1e-4
+FAQ = Path(__file__).resolve().parents[1] / "docs" / "faq.md"
+
+
+def test_rewards_agree_across_batchings_within_the_stated_tolerance(family):
+    pm = _pm(family)
+    head = pm.add_head("h", "swiglu", dropout=0.0)
+    pm.max_tokens = 100_000
+    # a trained head's shape: standardised inputs, weights grown until rewards reach tens
+    head.fit_standardizer(pm.features(PROMPTS, COMPS, shared_prefix=False).states[-1])
+    with torch.no_grad():
+        head.pooler.up.weight.mul_(25)
+        head.reward.weight.mul_(100)
+    ref = pm.score(PROMPTS, COMPS, shared_prefix=False)
+    assert float(ref.abs().max()) > 1
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(PROMPTS):
+        groups.setdefault(p, []).append(i)
+
+    def per_prompt(**kw):
+        out = torch.empty(len(COMPS))
+        for p, idx in groups.items():
+            out[idx] = pm.score(p, [COMPS[i] for i in idx], **kw)
+        return out
+
+    got = {}
+    for max_tokens in (1, 100_000):
+        pm.max_tokens = max_tokens
+        for sp in (True, False):
+            got[max_tokens, sp, "all"] = pm.score(PROMPTS, COMPS, shared_prefix=sp)
+            got[max_tokens, sp, "per prompt"] = per_prompt(shared_prefix=sp)
+            got[max_tokens, sp, "per candidate"] = torch.cat(
+                [pm.score(p, c, shared_prefix=sp) for p, c in zip(PROMPTS, COMPS)])
+    got["left padding"] = pm.score(PROMPTS, COMPS, shared_prefix=False, padding_side="left")
+    tol = BATCHING_TOL * max(1.0, float(ref.abs().max()))
+    for how, r in got.items():
+        assert float((r - ref).abs().max()) <= tol, (family, how)
+        for idx in groups.values():  # rankings agree except between near-ties
+            top2 = ref[idx].topk(min(2, len(idx))).values
+            if len(idx) < 2 or float(top2[0] - top2[1]) > 2 * tol:
+                assert int(r[idx].argmax()) == int(ref[idx].argmax()), (family, how)
+
+
+def test_faq_states_the_tested_batching_tolerance():
+    text = " ".join(FAQ.read_text().split())
+    assert BATCHING_TOL == 1e-4 and "within **1e-4 × max(1, |r|)**" in text
+    assert "within 1e-5 under" not in text
 
 
 def test_logprobs_match_a_plain_forward(family):

@@ -21,19 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from prefheads.chat import Encoded
 from prefheads.families import unwrap
+from prefheads.fingerprint import weights_digest
 from prefheads.loading import cache_root
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """A cheap digest of the weights: names, shapes and a strided sample of every tensor."""
-    h = hashlib.sha256()
-    for name, p in unwrap(model).state_dict().items():
-        flat = p.detach().reshape(-1)
-        step = max(1, flat.numel() // 2048)
-        h.update(name.encode())
-        h.update(str(tuple(p.shape)).encode())
-        h.update(flat[::step].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:20]
 
 
 def feature_key(model: torch.nn.Module, items: Sequence[Encoded], layers: Sequence[int], dtype: str,
