@@ -71,6 +71,8 @@ class PreferenceModel(nn.Module):
         self.active: str | None = None
         self.shared_prefix = True
         self.max_tokens = 4096
+        # what a sequence longer than max_length loses: left | right | error (see chat.encode)
+        self.truncation = "left"
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -192,7 +194,8 @@ class PreferenceModel(nn.Module):
         """Tokenize aligned prompts and completions (one prompt per completion)."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
-        return [encode(self.tokenizer, self.chat, p, c, max_length=self.max_length, name=f"item {i}")
+        return [encode(self.tokenizer, self.chat, p, c, max_length=self.max_length, name=f"item {i}",
+                       truncation=self.truncation)
                 for i, (p, c) in enumerate(zip(prompts, completions))]
 
     def features(self, prompts: Sequence[str | Prompt], completions: Sequence[str], *,
