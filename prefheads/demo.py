@@ -9,6 +9,7 @@ from typing import Any
 
 from prefheads.evaluation import LMEVAL_PREFIX, baseline_of, score_examples, summarize
 from prefheads.lmeval import score_lmeval
+from prefheads.margins import N_RESAMPLES, accuracy_margin
 
 
 def print_summary(summary: dict[str, Any], title: str, choice_names: list[str] | None = None) -> None:
@@ -34,8 +35,9 @@ def run_demo(out: Path = Path("runs/demo"), max_train: int | None = None, max_ev
     Uses the bundled SmolLM2-135M-Instruct (or ``base``), 500 training and 200 test questions
     of OpenBookQA (Apache-2.0) in the paper's template. Log-prob is scored under the paper's
     template and as lm-evaluation-harness scores the same questions; the strongest of them is
-    the baseline the head is compared with. Returns the evaluation summary and writes it to
-    ``out/results.json``.
+    the baseline the head is compared with, with a paired bootstrap interval of the margin and
+    McNemar's p (:func:`prefheads.margins.accuracy_margin`, seeded by ``seed``). Returns the
+    evaluation summary and writes it to ``out/results.json``.
     """
     from prefheads import tasks
     from prefheads.model import PreferenceModel
@@ -61,9 +63,14 @@ def run_demo(out: Path = Path("runs/demo"), max_train: int | None = None, max_ev
     methods = {m: v for m, v in summary.items() if isinstance(v, dict) and "accuracy" in v}
     summary["baseline"] = baseline_of(methods, key="accuracy")
     best, lp = summary["baseline"]["method"], summary["baseline"]["score"]
-    dph = summary[f"dph:{res.head_name}"]["accuracy"]
+    head = summary[f"dph:{res.head_name}"]
+    tables = scores.methods()
+    head.update(accuracy_margin(tables[f"dph:{res.head_name}"], tables[best], [ex.label for ex in examples], seed=seed))
+    dph, (lo, hi) = head["accuracy"], head["vs_baseline_ci"]
+    print(f"95% interval of the margin: paired bootstrap over the {summary['n']} questions, {N_RESAMPLES} resamples, "
+          f"seed {seed}; p: McNemar's exact test")
     print(f"strongest log-prob baseline {best} {100 * lp:.1f}%  |  DPH accuracy {100 * dph:.1f}% "
-          f"({100 * (dph - lp):+.1f} points; chance 25%)")
+          f"({100 * (dph - lp):+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}], p {head['vs_baseline_p']:.3f}; chance 25%)")
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "results.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -29,6 +29,7 @@ import torch
 from prefheads.metrics import (accuracy, brier_score, choose, expected_calibration_error, f1,
                                gpt4all_score, glue_score, mcc, pair_accuracy, pearson,
                                prediction_distribution, race_score, reliability_bins, spearman)
+from prefheads.margins import LENGTH, N_RESAMPLES, add_margins, add_similar_length, length_table
 from prefheads.types import Example
 
 SCHEMA = "prefheads-eval"
@@ -117,8 +118,9 @@ def score_examples(pm: Any, examples: Sequence[Example], heads: Sequence[str] | 
             part = examples[start: start + chunk_size]
             prompts = [ex.prompt for ex in part for _ in ex.choices]
             comps = [c for ex in part for c in ex.choices]
-            feats = pm.features(prompts, comps, layers=layers, logprobs=logprobs, **feature_kw)
-            flat = {h: pm(feats.states, h).float().cpu() for h in heads}
+            feats = pm.features(prompts, comps, layers=layers, logprobs=logprobs or pm.needs_logprobs(heads),
+                                **feature_kw)
+            flat = {h: pm(feats.states, h, pm.lm_scores(feats, comps, h)).float().cpu() for h in heads}
             i = 0
             for ex in part:
                 k = len(ex.choices)
@@ -261,6 +263,9 @@ def aggregates(task_results: dict[str, dict[str, Any]], methods: Sequence[str]) 
     A group evaluated only in part is still aggregated over what is there, flagged
     ``partial`` with its ``missing`` members, so it is never mistaken for the paper's score.
     RACE weights middle and high by the number of questions evaluated of each.
+
+    Aggregates carry no interval and no margin over a baseline: the paired bootstrap of
+    :mod:`prefheads.margins` is per task, so read a group's margin from its tasks' intervals.
     """
     from prefheads import tasks
 
@@ -319,12 +324,14 @@ class EvalRun:
         results: Versioned JSON-ready results: ``schema`` (:data:`SCHEMA`), ``schema_version``,
             ``prefheads_version``, ``model`` (id, revision, reward token, template fingerprint),
             ``heads`` (folder, names, each head's pooler / objective / meta / sha256), ``config``
-            (tasks, data dir, max_eval, subset, seed, variant, lm_eval_baseline), ``methods``,
-            ``tasks`` (per task: template hash, split sizes, seconds, gold distribution,
-            ``baseline`` (strongest log-prob method and score), ``lm_eval`` (harness version,
-            boundary mismatches, truncation, seconds; or why unavailable) and, per method,
-            ``score``, ``metrics``, ``official``, ``predicted``, ``ties``, ``calibration``, and
-            for heads ``vs_baseline``), ``missing``, ``aggregates`` and ``wall_seconds``.
+            (tasks, data dir, max_eval, subset, seed, variant, lm_eval_baseline, bootstrap),
+            ``methods``, ``tasks`` (per task: template hash, split sizes, seconds, gold distribution,
+            ``baseline`` (strongest method without a head, and its score), ``lm_eval`` (harness version,
+            boundary mismatches, truncation, seconds; or why unavailable), ``bootstrap``
+            (resamples, seed, confidence), for pairs ``similar_length`` (n, tolerance, unit) and,
+            per method, ``score``, ``metrics``, ``official``, ``predicted``, ``ties``,
+            ``calibration``, and for heads ``vs_baseline``, ``vs_baseline_ci`` and
+            ``vs_baseline_p``), ``missing``, ``aggregates`` and ``wall_seconds``.
         records: One dict per example: id, task, split, label, per-method scores and prediction.
     """
 
@@ -410,7 +417,11 @@ def lmeval_tables(pm: Any, name: str, exs: Sequence[Example], *, variant: str = 
 
 
 def baseline_of(blocks: dict[str, Any], key: str = "score") -> dict[str, Any] | None:
-    """The strongest log-prob method of a task's method blocks (the baseline a head must beat).
+    """The strongest method without a head in a task's method blocks (the baseline a head must beat).
+
+    These are the log-prob methods and, for preference pairs, the length-only baseline
+    (:data:`~prefheads.margins.LENGTH`): a head that does not beat "the longer reply wins" has
+    not shown it learned more than length, so the margin is taken over the stronger of them.
 
     Args:
         blocks: Method name -> block holding its score under ``key``.
@@ -427,14 +438,18 @@ def baseline_of(blocks: dict[str, Any], key: str = "score") -> dict[str, Any] | 
 
 def evaluate_task(pm: Any, name: str, *, data_dir: Any = None, max_eval: int | None = None, seed: int = 0,
                   heads: Sequence[str] | None = None, variant: str = "paper", lm_eval_baseline: bool = True,
-                  subset: str = "random", progress: Any = None,
+                  subset: str = "random", bootstrap: int = N_RESAMPLES, progress: Any = None,
                   **feature_kw: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Load, score and measure one task; returns its result block and per-example records.
 
     With ``lm_eval_baseline`` (always with ``variant="lm-eval"``) the same rows are also scored
     exactly as lm-evaluation-harness scores them (methods ``lm-eval:acc``, ``lm-eval:acc_norm``,
     ``lm-eval:mean``) where the harness defines the task. Every result names its ``baseline``:
-    the strongest log-prob method; each head's block gets ``vs_baseline`` (score difference).
+    the strongest method without a head; each head's block gets ``vs_baseline`` (score difference),
+    ``vs_baseline_ci`` (paired bootstrap interval over the examples, ``bootstrap`` resamples
+    seeded by ``seed``; none when 0) and ``vs_baseline_p`` (McNemar's exact test, for plain
+    accuracy scores), see :mod:`prefheads.margins`. Preference pairs add the length-only method
+    ``length`` and every method's accuracy on the similar-length pairs (``similar_length``).
     """
     from prefheads import tasks
     from prefheads.tasks.harness import LM_EVAL_VARIANT
@@ -457,6 +472,8 @@ def evaluate_task(pm: Any, name: str, *, data_dir: Any = None, max_eval: int | N
     if lm_eval_baseline or variant == LM_EVAL_VARIANT:
         scores.extra, lm_info = lmeval_tables(pm, name, exs, variant=variant, data_dir=data_dir, max_eval=max_eval,
                                               seed=seed, shuffle=shuffle)
+    if spec.kind == "pairs":
+        scores.extra[LENGTH] = length_table(exs)
     t2 = time.perf_counter()
     separable = [h for h in heads if pm.heads[h].config.meta.get("objective") == "separable"]
     blocks, preds = task_metrics(spec, scores, separable)
@@ -473,11 +490,12 @@ def evaluate_task(pm: Any, name: str, *, data_dir: Any = None, max_eval: int | N
               "methods": blocks, "baseline": baseline_of(blocks)}
     if lm_info is not None:
         result["lm_eval"] = lm_info
-    if result["baseline"] is not None:
-        for m, b in blocks.items():
-            if m.startswith("dph:"):
-                b["vs_baseline"] = b["score"] - result["baseline"]["score"]
     tables = scores.methods()
+    if spec.kind == "pairs":
+        result["similar_length"] = add_similar_length(blocks, tables, exs)
+    if result["baseline"] is not None:
+        result["bootstrap"] = add_margins(spec, blocks, preds, tables, exs, result["baseline"]["method"],
+                                          n_resamples=bootstrap, seed=seed)
     records = []
     for j, ex in enumerate(exs):
         rec = {"id": ex.id, "task": spec.name, "split": ex.meta.get("split"), "label": ex.label,
@@ -508,8 +526,8 @@ def expand_tasks(names: Sequence[str]) -> list[str]:
 def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike | None = None,
              max_eval: int | None = None, seed: int = 0, heads: Sequence[str] | None = None,
              heads_dir: str | os.PathLike | None = None, variant: str = "paper", lm_eval_baseline: bool = True,
-             subset: str = "random", skip_missing: bool = False, progress: bool = False,
-             **feature_kw: Any) -> EvalRun:
+             subset: str = "random", skip_missing: bool = False, bootstrap: int = N_RESAMPLES,
+             progress: bool = False, **feature_kw: Any) -> EvalRun:
     """Evaluate log-prob scoring and every head on tasks and groups.
 
     Args:
@@ -517,7 +535,7 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
         task_names: Tasks and/or groups (``glue``, ``gpt4all``, ``race``, ``glue/rte``...).
         data_dir: Data folder (see :func:`prefheads.tasks.load_examples`).
         max_eval: Evaluate at most this many examples per split.
-        seed: Subset seed.
+        seed: Seed of the subset and of the bootstrap resamples.
         subset: Which ``max_eval`` examples: ``random`` (a seeded random subset) or ``first``
             (the first rows of each file, as lm-evaluation-harness's ``--limit``).
         heads: Heads to evaluate (default: all attached).
@@ -530,6 +548,8 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
             on the same rows, so each head is compared with the stronger log-prob baseline.
         skip_missing: Record tasks whose data files are missing, or that have no ``variant``
             template (e.g. STS-B under ``lm-eval``), instead of raising.
+        bootstrap: Resamples of the paired bootstrap behind each head's ``vs_baseline_ci``
+            (0: no intervals); see :func:`evaluate_task`.
         progress: Show a progress bar.
         **feature_kw: ``shared_prefix``, ``padding_side``, ``chunk_size`` (results do not depend on them).
     """
@@ -552,7 +572,9 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
     names = [n for n in names if n not in unavailable]
     heads = list(pm.heads) if heads is None else list(heads)
     lm_eval_baseline = lm_eval_baseline or variant == LM_EVAL_VARIANT
-    methods = [LOGPROB] + (list(LMEVAL_METHODS) if lm_eval_baseline else []) + [method_name(h) for h in heads]
+    pairs = any(tasks.get_task(n, variant).kind == "pairs" for n in names)
+    methods = ([LOGPROB] + (list(LMEVAL_METHODS) if lm_eval_baseline else []) + ([LENGTH] if pairs else [])
+               + [method_name(h) for h in heads])
     t0 = time.perf_counter()
     results: dict[str, Any] = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "prefheads_version": _version(),
@@ -562,6 +584,7 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
         "heads": _heads_record(pm, heads, heads_dir),
         "config": {"tasks": list(task_names), "data_dir": str(data_dir) if data_dir is not None else None,
                    "max_eval": max_eval, "subset": subset, "seed": seed, "variant": variant, "lm_eval_baseline": lm_eval_baseline,
+                   "bootstrap": bootstrap,
                    "features": {k: v for k, v in feature_kw.items()}, "max_tokens": pm.max_tokens},
         "methods": methods, "tasks": {}, "missing": dict(unavailable), "aggregates": {},
     }
@@ -571,7 +594,7 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
             try:
                 result, recs = evaluate_task(pm, name, data_dir=data_dir, max_eval=max_eval, seed=seed, heads=heads,
                                              variant=variant, lm_eval_baseline=lm_eval_baseline, subset=subset,
-                                             progress=pb if progress else None, **feature_kw)
+                                             bootstrap=bootstrap, progress=pb if progress else None, **feature_kw)
             except FileNotFoundError as e:
                 if not skip_missing:
                     raise

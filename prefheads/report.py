@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from prefheads.evaluation import SCHEMA, SCHEMA_VERSION, EvalRun
+from prefheads.margins import LENGTH, SIMILAR_KEY
 
 PLOTS_HINT = "plots need matplotlib: pip install 'prefheads[plots]' (or pip install matplotlib)"
 
@@ -81,25 +82,49 @@ def _score_label(method: str) -> str:
     """Axis label of a method's candidate scores."""
     if method.startswith("dph:"):
         return "reward"
-    return {"lm-eval:acc": "summed log-prob", "lm-eval:acc_norm": "log-prob per character"}.get(method, "mean log-prob")
+    return {"lm-eval:acc": "summed log-prob", "lm-eval:acc_norm": "log-prob per character",
+            LENGTH: "reply length (characters)"}.get(method, "mean log-prob")
 
 
 def _vs_baseline(task: dict[str, Any], method: str, block: dict[str, Any]) -> str:
-    # the strongest log-prob method is marked; heads show their margin over it in points
+    # the strongest method without a head is marked; heads show their margin over it in points,
+    # with its paired-bootstrap interval: a margin whose interval spans zero is not a win
     base = task.get("baseline")
     if not base:
         return "—"
     if "vs_baseline" in block:
-        return f"{100 * block['vs_baseline']:+.1f} pts"
+        ci = block.get("vs_baseline_ci")
+        interval = f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else ""
+        return f"{100 * block['vs_baseline']:+.1f}{interval}"
     return "baseline" if method == base["method"] else ""
+
+
+def _p(block: dict[str, Any]) -> str:
+    p = block.get("vs_baseline_p")
+    return "" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+
+
+def margin_note(results: dict[str, Any]) -> str:
+    """How to read the ``vs baseline`` rows of a run: what the interval and the p-value are."""
+    boot = next((t["bootstrap"] for t in results["tasks"].values() if t.get("bootstrap")), None)
+    if boot is None or not boot["resamples"]:
+        how = "no interval (bootstrap off)"
+    else:
+        how = (f"[{100 * boot['confidence']:.0f}% interval: paired bootstrap over examples, "
+               f"{boot['resamples']} resamples, seed {boot['seed']}]")
+    return (f"vs baseline (pts): a head's margin in points over the strongest method without a head {how}; "
+            "McNemar p: exact test of equal accuracy (accuracy scores only). "
+            "A margin whose interval spans 0 is not a win.")
 
 
 def comparison_rows(results: Sequence[dict[str, Any]], labels: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a side-by-side table of several results (one column per file × method).
 
     Rows: per task its score, each metric, the predicted-choice distribution, the margin of
-    each head over the strongest log-prob method (marked "baseline") and ties (values in %);
-    then every aggregate. Missing entries show as "—".
+    each head over the strongest method without a head (marked "baseline") with its 95 %
+    interval, McNemar's p where the score is an accuracy, and ties (values in %); then every
+    aggregate (without intervals). Missing entries show as "—"; the similar-length pair
+    accuracy names how many pairs it counts.
     """
     labels = list(labels) if labels is not None else [f"run{i + 1}" for i in range(len(results))]
     cols = [(i, m) for i, r in enumerate(results) for m in r["methods"]]
@@ -118,14 +143,22 @@ def comparison_rows(results: Sequence[dict[str, Any]], labels: Sequence[str] | N
         ns = {str(results[i]["tasks"][t]["n"]) for i in range(len(results)) if t in results[i]["tasks"]}
         rows.append([f"{t} (n={'/'.join(sorted(ns))})", "score"] + [cell(i, m, lambda b: _pct(b["score"])) for i, m in cols])
         for k in metrics:
-            rows.append(["", k] + [cell(i, m, lambda b, k=k: _pct(b["metrics"].get(k))) for i, m in cols])
+            label = k
+            if k == SIMILAR_KEY:
+                ks = {str(r["tasks"][t]["similar_length"]["n"]) for r in results
+                      if "similar_length" in r["tasks"].get(t, {})}
+                label = f"{k} (n={'/'.join(sorted(ks))})"
+            rows.append(["", label] + [cell(i, m, lambda b, k=k: _pct(b["metrics"].get(k))) for i, m in cols])
         rows.append(["", "predicted"] + [cell(i, m, lambda b: _dist(b["predicted"])) for i, m in cols])
         if any("calibration" in results[i]["tasks"].get(t, {}).get("methods", {}).get(m, {}) for i, m in cols):
             rows.append(["", "ECE / Brier"] + [cell(i, m, lambda b: f"{b['calibration']['ece']:.3f} / {b['calibration']['brier']:.3f}"
                                                      if "calibration" in b else "—") for i, m in cols])
         if any(results[i]["tasks"].get(t, {}).get("baseline") for i, _ in cols):
-            rows.append(["", "vs baseline"] + [cell(i, m, lambda b, i=i, m=m: _vs_baseline(results[i]["tasks"][t], m, b))
+            rows.append(["", "vs baseline (pts)"] + [cell(i, m, lambda b, i=i, m=m: _vs_baseline(results[i]["tasks"][t], m, b))
                                                for i, m in cols])
+        if any(results[i]["tasks"].get(t, {}).get("methods", {}).get(m, {}).get("vs_baseline_p") is not None
+               for i, m in cols):
+            rows.append(["", "McNemar p"] + [cell(i, m, _p) for i, m in cols])
         rows.append(["", "ties"] + [cell(i, m, lambda b: str(b["ties"])) for i, m in cols])
     for g in dict.fromkeys(g for r in results for g in r.get("aggregates", {})):
         def agg(i: int, m: str) -> str:
@@ -319,7 +352,8 @@ def render_html(results: dict[str, Any], plots: dict[str, bytes], title: str = "
              f"<h1>{e(title)}</h1>", _table(["run", ""], [[k, v] for k, v in info], num_from=2)]
     header, rows = comparison_rows([results])
     parts += ["<h2>Metrics (%)</h2><p>Score = mean of the task's official metrics; "
-              "ties are broken toward the first candidate.</p>", _table(header, rows)]
+              "ties are broken toward the first candidate.</p>", f"<p>{e(margin_note(results))}</p>",
+              _table(header, rows)]
     dist_rows = []
     for t, b in results["tasks"].items():
         dist_rows.append([t, "(gold)", _dist(b["gold"]), ""])

@@ -216,7 +216,9 @@ def test_logprob_only_without_heads():
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory):
     p = tmp_path_factory.mktemp("pairs") / "prefs.jsonl"
-    rows = [{"prompt": f"question {i}?", "chosen": "yes, because " * (i % 3 + 1), "rejected": "no"} for i in range(6)]
+    # odd rows: replies of similar length (13·k against 12·k characters)
+    rows = [{"prompt": f"question {i}?", "chosen": "yes, because " * (i % 3 + 1),
+             "rejected": "no, because " * (i % 3 + 1) if i % 2 else "no"} for i in range(6)]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return p
 
@@ -231,7 +233,8 @@ def test_evaluate_results_schema(run, pairs_file):
     pm, r = run
     res = r.results
     assert res["schema"] == "prefheads-eval" and res["schema_version"] == 1
-    assert res["methods"] == ["logprob", "lm-eval:acc", "lm-eval:acc_norm", "lm-eval:mean", "dph:sep", "dph:con"]
+    assert res["methods"] == ["logprob", "lm-eval:acc", "lm-eval:acc_norm", "lm-eval:mean", "length", "dph:sep", "dph:con"]
+    assert res["config"]["bootstrap"] == 1000
     assert res["heads"]["names"] == ["sep", "con"] and res["heads"]["heads"]["sep"]["objective"] == "separable"
     obqa = res["tasks"]["openbookqa"]
     assert obqa["template_hash"] == tasks.get_task("openbookqa").template_hash()
@@ -282,9 +285,47 @@ def test_lmeval_baseline_scores_the_same_rows_as_the_harness(run, pairs_file):
     prefs = r.results["tasks"][f"pairs:{pairs_file}"]
     assert prefs["lm_eval"]["available"] is False and "lm-eval:acc" not in prefs["methods"]
     header, rows = comparison_rows([r.results])
-    vs = next(row for row in rows if row[1] == "vs baseline")
+    vs = next(row for row in rows if row[1] == "vs baseline (pts)")
     assert vs[header.index(obqa["baseline"]["method"])] == "baseline"
-    assert vs[header.index("dph:sep")].endswith(" pts")
+    lo, hi = obqa["methods"]["dph:sep"]["vs_baseline_ci"]
+    margin = obqa["methods"]["dph:sep"]["vs_baseline"]
+    assert vs[header.index("dph:sep")] == f"{100 * margin:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def _correct(rec, method, kind):
+    s = rec["scores"][method]
+    return s[0] > s[1] if kind == "pairs" else rec["pred"][method] == rec["label"]
+
+
+def test_margins_with_interval_and_mcnemar_match_the_records(run, pairs_file):
+    from prefheads.margins import SIMILAR_KEY, mcnemar_p, paired_interval
+
+    _, r = run
+    start, by_task = 0, {}
+    for name, t in r.results["tasks"].items():  # records come task by task, in order
+        recs = by_task[name] = r.records[start: start + t["n"]]
+        start += t["n"]
+        base = t["baseline"]["method"]
+        assert t["bootstrap"] == {"resamples": 1000, "seed": 3, "confidence": 0.95}
+        b = np.array([_correct(x, base, t["kind"]) for x in recs], dtype=float)
+        for h in ("dph:sep", "dph:con"):
+            block = t["methods"][h]
+            lo, hi = block["vs_baseline_ci"]
+            assert lo <= block["vs_baseline"] <= hi
+            a = np.array([_correct(x, h, t["kind"]) for x in recs], dtype=float)
+            # the recorded interval is the paired bootstrap of these examples, seeded by the run's seed
+            assert block["vs_baseline"] == pytest.approx(a.mean() - b.mean())
+            assert [lo, hi] == pytest.approx(paired_interval(a, b, len(recs), seed=3))
+            assert block["vs_baseline_p"] == pytest.approx(mcnemar_p(a, b))
+    prefs = r.results["tasks"][f"pairs:{pairs_file}"]
+    # the longer reply is always the chosen one, except on a tie: the length baseline
+    assert prefs["methods"]["length"]["score"] == 1.0 and prefs["baseline"]["method"] == "length"
+    assert prefs["similar_length"] == {"n": 3, "tolerance": 0.2, "unit": "characters"}
+    recs = by_task[f"pairs:{pairs_file}"]
+    similar = [x for x in recs if abs(x["scores"]["length"][0] - x["scores"]["length"][1]) <= 0.2 * max(x["scores"]["length"])]
+    for m, block in prefs["methods"].items():
+        assert block["metrics"][SIMILAR_KEY] == pytest.approx(np.mean([_correct(x, m, "pairs") for x in similar]))
+    assert "similar_length" not in r.results["tasks"]["openbookqa"]
 
 
 def test_subset_first_takes_the_first_rows_like_the_harness_limit():
@@ -391,11 +432,15 @@ def test_cli_eval_writes_results_and_compares(saved, tmp_path):
     assert res.exit_code == 0, res.output
     assert "openbookqa" in res.output and "dph:sep" in res.output and "predicted" in res.output
     assert "lm-eval:acc_norm" in res.output and "baseline to beat" in res.output
+    assert "paired bootstrap over examples, 1000 resamples, seed 0" in res.output and "McNemar p" in res.output
+    a = load_results(tmp_path / "a.json")["tasks"]["openbookqa"]["methods"]["dph:sep"]
+    assert a["vs_baseline_ci"][0] <= a["vs_baseline"] <= a["vs_baseline_ci"][1]
     res = runner.invoke(app, ["eval", "--base", base, "--task", "openbookqa", "--data-dir", "bundled",
                               "--max-eval", "4", "--out", str(tmp_path / "b.json"), "--no-progress",
-                              "--no-lm-eval-baseline"])
+                              "--no-lm-eval-baseline", "--bootstrap", "0"])
     assert res.exit_code == 0, res.output
     assert load_results(tmp_path / "b.json")["methods"] == ["logprob"]
+    assert load_results(tmp_path / "b.json")["config"]["bootstrap"] == 0
     res = runner.invoke(app, ["eval", "--base", base, "--task", "openbookqa", "--data-dir", "bundled",
                               "--max-eval", "4", "--out", str(tmp_path / "c.json"), "--no-progress",
                               "--template", "lm-eval", "--no-lm-eval-baseline"])
@@ -427,5 +472,22 @@ def test_demo_reports_both_baselines_and_the_head(saved, tmp_path, capsys):
     assert set(logp) == {"logprob", "lm-eval:acc", "lm-eval:acc_norm", "lm-eval:mean"}
     base = max(logp, key=lambda m: s[m]["accuracy"])
     assert s["baseline"] == {"method": base, "score": s[base]["accuracy"]}
-    assert "strongest log-prob baseline" in capsys.readouterr().out
+    head = s["dph:openbookqa"]
+    assert head["vs_baseline"] == pytest.approx(head["accuracy"] - s[base]["accuracy"])
+    lo, hi = head["vs_baseline_ci"]
+    assert lo <= head["vs_baseline"] <= hi and 0 <= head["vs_baseline_p"] <= 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "strongest log-prob baseline" in last and f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" in last
     assert json.loads((tmp_path / "demo" / "results.json").read_text())["baseline"]["method"] == base
+
+
+def test_cli_bootstrap_default_is_the_library_default():
+    import inspect
+
+    from prefheads.commands.evaluate import eval_command
+    from prefheads.evaluation import evaluate_task
+    from prefheads.margins import N_RESAMPLES
+
+    assert inspect.signature(eval_command).parameters["bootstrap"].default == N_RESAMPLES
+    assert inspect.signature(evaluate).parameters["bootstrap"].default == N_RESAMPLES
+    assert inspect.signature(evaluate_task).parameters["bootstrap"].default == N_RESAMPLES

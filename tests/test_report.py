@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -12,8 +13,8 @@ import pytest
 import torch
 
 from prefheads.evaluation import evaluate
-from prefheads.report import (comparison_rows, make_plots, plot_reliability, pooled_bins, render_html, run_labels,
-                              write_report)
+from prefheads.report import (comparison_rows, make_plots, margin_note, plot_reliability, pooled_bins, render_html,
+                              run_labels, write_report)
 from test_evaluation import tiny_pm, with_heads
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -80,14 +81,54 @@ def test_comparison_rows_side_by_side(run):
     a = run.results
     b = {**a, "methods": ["logprob"], "tasks": {"openbookqa": a["tasks"]["openbookqa"]}, "aggregates": {}}
     header, rows = comparison_rows([a, b], ["a", "b"])
-    assert header == ["task", "metric", "a logprob", "a dph:sep", "a dph:con", "b logprob"]
+    assert header == ["task", "metric", "a logprob", "a length", "a dph:sep", "a dph:con", "b logprob"]
     hh = [r for r in rows if r[0].startswith("hh_rlhf")][0]
     assert hh[1] == "score" and hh[-1] == "—"  # b has no hh_rlhf
     obqa = rows.index([r for r in rows if r[0].startswith("openbookqa")][0])
-    assert rows[obqa][2] == rows[obqa][5]  # same log-prob results in both
+    assert rows[obqa][2] == rows[obqa][6]  # same log-prob results in both
     assert any(r[0] == "[gpt4all]" and r[-1] == "—" and "(partial)" in r[2] for r in rows)
     assert run_labels(["x/r.json", "y/r.json"]) == ["x/r", "y/r"]
     assert run_labels(["x/a.json", "y/b.json"]) == ["a", "b"]
+
+
+def _task_rows(rows, task):
+    start = next(i for i, r in enumerate(rows) if r[0].startswith(task))
+    end = next((i for i, r in enumerate(rows) if i > start and r[0]), len(rows))
+    return {r[1]: r[2:] for r in rows[start:end]}
+
+
+def test_tables_show_the_interval_mcnemar_and_similar_length_pairs(run):
+    header, rows = comparison_rows([run.results])
+    cols = header[2:]
+    hh = run.results["tasks"]["hh_rlhf"]
+    got = _task_rows(rows, "hh_rlhf")
+    base = hh["baseline"]["method"]
+    assert base in ("logprob", "length") and got["vs baseline (pts)"][cols.index(base)] == "baseline"
+    for h in ("dph:sep", "dph:con"):
+        b = hh["methods"][h]
+        lo, hi = b["vs_baseline_ci"]
+        assert got["vs baseline (pts)"][cols.index(h)] == f"{100 * b['vs_baseline']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        assert float(got["McNemar p"][cols.index(h)]) == pytest.approx(b["vs_baseline_p"], abs=5e-4)
+    similar = f"pair_accuracy_similar_length (n={hh['similar_length']['n']})"
+    assert [float(v) for v in got[similar]] == pytest.approx(
+        [100 * hh["methods"][m]["metrics"]["pair_accuracy_similar_length"] for m in cols], abs=0.05)
+    assert "1000 resamples, seed 0" in margin_note(run.results)
+    page = _Page()
+    page.feed(render_html(run.results, {}))
+    text = " ".join(page.text)
+    assert margin_note(run.results) in text and "McNemar p" in text and similar in text
+
+
+def test_tables_without_bootstrap_show_the_margin_alone(run):
+    res = json.loads(json.dumps(run.results))
+    for t in res["tasks"].values():
+        t["bootstrap"]["resamples"] = 0
+        for b in t["methods"].values():
+            b.pop("vs_baseline_ci", None)
+    got = _task_rows(comparison_rows([res])[1], "openbookqa")
+    cell = got["vs baseline (pts)"][res["methods"].index("dph:sep")]
+    assert cell == f"{100 * res['tasks']['openbookqa']['methods']['dph:sep']['vs_baseline']:+.1f}"
+    assert "no interval" in margin_note(res)
 
 
 def test_reliability_bins_pool_counts_over_tasks(run):

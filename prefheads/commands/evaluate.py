@@ -22,7 +22,7 @@ def eval_command(
     base: Annotated[Optional[str], typer.Option(help="Hub id, local folder or GGUF file (default: the heads' base, else bundled SmolLM2-135M-Instruct).")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Data folder laid out like shared/data, or 'bundled' (default: $PREFHEADS_DATA, else the hub).")] = None,
     max_eval: Annotated[Optional[int], typer.Option(help="Evaluate at most N examples per split (see --subset).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the --max-eval subset.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the --max-eval subset and of the bootstrap resamples.")] = 0,
     subset: Annotated[str, typer.Option(help="Which --max-eval examples: random (seeded subset) or first (the first rows, as lm-eval's --limit).")] = "random",
     out: Annotated[Optional[Path], typer.Option(help="Write results JSON here (and <stem>.examples.jsonl beside it).")] = None,
     examples_out: Annotated[Optional[Path], typer.Option(help="Per-example JSONL path (default: beside --out).")] = None,
@@ -30,6 +30,7 @@ def eval_command(
     head: Annotated[Optional[list[str]], typer.Option(help="Evaluate only these heads of the folder (repeat).")] = None,
     variant: Annotated[str, typer.Option("--template", "--variant", help="Template family: paper (PAPER.md section 6), paper_fixed, reference, or lm-eval (lm-evaluation-harness prompts; the harness's own scoring is added as lm-eval:acc / acc_norm / mean).")] = "paper",
     lm_eval_baseline: Annotated[bool, typer.Option(help="Also score each task the harness defines exactly as lm-evaluation-harness does, on the same rows, so heads are compared with the stronger log-prob baseline.")] = True,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Resamples of the paired bootstrap behind each head's 95% interval of its margin over the baseline (0: no intervals).")] = 1000,
     skip_missing: Annotated[bool, typer.Option(help="Skip tasks whose data files are missing or that have no such template, e.g. STS-B under lm-eval (aggregates are then marked partial).")] = False,
     allow_base_mismatch: Annotated[bool, typer.Option(help="Load heads trained on another base.")] = False,
     compare: Annotated[bool, typer.Option("--compare", help="Compare results files given as arguments instead of evaluating.")] = False,
@@ -38,7 +39,7 @@ def eval_command(
     """Evaluate log-prob scoring and DPH heads on tasks (one backbone pass per task), or --compare results."""
     from prefheads.cli import _quiet
     from prefheads.evaluation import evaluate
-    from prefheads.report import comparison_table, load_results, run_labels, save_run, write_report
+    from prefheads.report import comparison_table, load_results, margin_note, run_labels, save_run, write_report
 
     if compare:
         if not files:
@@ -68,7 +69,7 @@ def eval_command(
     try:
         run = evaluate(pm, task, data_dir=data_dir, max_eval=max_eval, seed=seed, heads=head, heads_dir=heads,
                        variant=variant, lm_eval_baseline=lm_eval_baseline, subset=subset, skip_missing=skip_missing,
-                       progress=progress)
+                       bootstrap=bootstrap, progress=progress)
     except FileNotFoundError as e:
         typer.echo(f"error: {e}\n(pass --skip-missing to evaluate the tasks whose data is there)", err=True)
         raise typer.Exit(2) from None
@@ -77,9 +78,16 @@ def eval_command(
         raise typer.Exit(2) from None
     res = run.results
     _console().print(comparison_table([res], title=f"{res['model']['id']}: {', '.join(res['tasks'])}"))
+    if res["tasks"]:
+        typer.echo(margin_note(res))
     for name, t in res["tasks"].items():
         if t.get("baseline"):
             typer.echo(f"{name}: baseline to beat {t['baseline']['method']} {100 * t['baseline']['score']:.1f}")
+        if "similar_length" in t:
+            sl = t["similar_length"]
+            typer.echo(f"{name}: {sl['n']} of {t['n']} pairs have replies of similar length (within "
+                       f"{100 * sl['tolerance']:.0f}% of the longer, in {sl['unit']}); a head that only "
+                       "learned length is at chance on them")
     for name, why in res["missing"].items():
         typer.echo(f"skipped {name}: {why}", err=True)
     if out is not None:
