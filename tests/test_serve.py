@@ -1,8 +1,10 @@
-"""The HTTP service on a tiny model: multi-head scoring, reranking, limits and errors."""
+"""The HTTP service on a tiny model: multi-head scoring, reranking, limits and errors, both ways of
+running the model (batching worker, lock per request); backpressure, health, metrics, shutdown."""
 
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 import torch
@@ -27,9 +29,11 @@ def pm():
     return pm
 
 
-@pytest.fixture(scope="module")
-def client(pm):
-    return TestClient(create_app(pm, max_candidates=4, max_chars=300, max_new_tokens=16))
+@pytest.fixture(scope="module", params=[True, False], ids=["batching", "lock"])
+def client(pm, request):
+    app = create_app(pm, max_candidates=4, max_chars=300, max_new_tokens=16, batching=request.param)
+    yield TestClient(app)
+    app.state.scorer.close()
 
 
 def test_heads_lists_every_head(client):
@@ -38,7 +42,9 @@ def test_heads_lists_every_head(client):
     body = r.json()
     assert body["active"] == "a" and [h["name"] for h in body["heads"]] == ["a", "b"]
     assert body["heads"][0]["objective"] == "separable" and body["limits"]["max_candidates"] == 4
-    assert client.get("/health").json() == {"status": "ok"}
+    health = client.get("/health")
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok" and health.json()["model_loaded"] is True
 
 
 def test_score_ranks_by_the_chosen_head_and_returns_every_head(client, pm):
@@ -127,9 +133,85 @@ def test_cli_serve_builds_the_app(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: seen.update(app=app, host=host, port=port))
     res = CliRunner().invoke(app, ["serve", "--heads", str(tmp_path / "heads"), "--base", str(tmp_path / "base"),
-                                   "--port", "8123", "--max-candidates", "2"])
+                                   "--port", "8123", "--max-candidates", "2", "--max-queue", "7",
+                                   "--max-batch-tokens", "999", "--served-model-name", "rerank-v3.5"])
     assert res.exit_code == 0, res.output
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
     c = TestClient(seen["app"])
     assert c.get("/heads").json()["heads"][0]["name"] == "h"
     assert c.post("/score", json={"prompt": "x", "candidates": ["a", "b", "c"]}).status_code == 413
+    scorer = seen["app"].state.scorer
+    assert (scorer.settings.max_queue, scorer.settings.max_batch_tokens) == (7, 999)
+    assert c.post("/rerank", json={"model": "rerank-v3.5", "query": "x", "documents": ["a"]}).json()["model"] == "h"
+    scorer.close()
+    res = CliRunner().invoke(app, ["serve", "--heads", str(tmp_path / "heads"), "--base", str(tmp_path / "base"),
+                                   "--no-batching"])
+    assert res.exit_code == 0, res.output
+    assert type(seen["app"].state.scorer).__name__ == "Serial"
+    assert TestClient(seen["app"]).post("/score", json={"prompt": "x", "candidates": ["a"]}).status_code == 200
+    res = CliRunner().invoke(app, ["serve", "--heads", str(tmp_path / "heads"), "--max-queue", "0"])
+    assert res.exit_code != 0 and "max_queue" in res.output
+
+
+def gate_worker(app):
+    """Hold the batching worker on a job until the returned event is set."""
+    gate, started = threading.Event(), threading.Event()
+    app.state.scorer.call(lambda: (started.set(), gate.wait(30)))
+    assert started.wait(30)
+    return gate
+
+
+def test_a_full_queue_is_503_with_retry_after_and_the_server_stays_healthy(pm):
+    from prefheads.batching import BatchSettings
+
+    app = create_app(pm, batch=BatchSettings(max_queue=2, max_wait_ms=0))
+    c = TestClient(app)
+    gate = gate_worker(app)
+    queued = [app.state.scorer.submit([PROMPT], [x]) for x in ("Paris", "Rome")]
+    r = c.post("/score", json={"prompt": PROMPT, "candidates": ["Paris"]})
+    assert r.status_code == 503 and "capacity" in r.json()["detail"]
+    assert r.headers["retry-after"].isdigit() and int(r.headers["retry-after"]) >= 1
+    assert c.post("/v1/rerank", json={"query": PROMPT, "documents": ["Paris"]}).status_code == 503
+    assert c.get("/health").status_code == 200  # refusing work is not being unhealthy
+    gate.set()
+    got = [f.result(30).rewards["a"][0] for f in queued]
+    body = c.post("/score", json={"prompt": PROMPT, "candidates": ["Paris", "Rome"]}).json()
+    app.state.scorer.close()
+    want = pm.score(PROMPT, ["Paris", "Rome"], head="a").tolist()
+    assert got == pytest.approx(want, abs=1e-4)
+    assert {x["candidate"]: x["reward"] for x in body["ranked"]} == pytest.approx(dict(zip(["Paris", "Rome"], want)), abs=1e-4)
+    assert 'prefheads_rejected_total{reason="queue_full"} 2' in c.get("/metrics").text
+
+
+def test_metrics_are_prometheus_text(pm):
+    app = create_app(pm)
+    c = TestClient(app)
+    for _ in range(2):
+        assert c.post("/score", json={"prompt": PROMPT, "candidates": ["Paris", "Rome"]}).status_code == 200
+    assert c.post("/score", json={"prompt": PROMPT, "candidates": []}).status_code == 422
+    r = c.get("/metrics")
+    app.state.scorer.close()
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'prefheads_requests_total{path="/score",code="200"} 2' in text
+    assert 'prefheads_requests_total{path="/score",code="422"} 1' in text
+    assert 'prefheads_request_duration_seconds_count{path="/score"} 3' in text
+    assert "prefheads_batch_requests_count 2" in text and 'prefheads_batch_candidates_bucket{le="2"} 2' in text
+    assert "# TYPE prefheads_queue_depth gauge" in text and "prefheads_queue_depth 0" in text
+    assert "prefheads_model_loaded 1" in text
+
+
+def test_shutdown_finishes_queued_work_and_health_says_so(pm):
+    app = create_app(pm, max_candidates=4)
+    with TestClient(app) as c:
+        gate = gate_worker(app)
+        futs = [app.state.scorer.submit([PROMPT], [x]) for x in ("Paris", "London", "Rome")]
+        threading.Timer(0.2, gate.set).start()
+    # leaving the block ran the app's shutdown: it waited for the queued requests
+    assert all(f.done() and not f.exception() for f in futs)
+    got = [f.result().rewards["a"][0] for f in futs]
+    assert got == pytest.approx(pm.score(PROMPT, ["Paris", "London", "Rome"], head="a").tolist(), abs=1e-4)
+    r = TestClient(app).get("/health")
+    assert r.status_code == 503 and r.json()["status"] == "unavailable"
+    r = TestClient(app).post("/score", json={"prompt": PROMPT, "candidates": ["Paris"]})
+    assert r.status_code == 503 and "shutting down" in r.json()["detail"]

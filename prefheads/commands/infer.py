@@ -93,21 +93,36 @@ def serve_command(
     heads: HeadsDir,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    max_candidates: Annotated[int, typer.Option(help="Most candidates (or samples) per request.")] = 64,
+    max_candidates: Annotated[int, typer.Option(help="Most candidates (documents, samples) per request.")] = 64,
     max_chars: Annotated[int, typer.Option(help="Most characters of prompt + candidates per request.")] = 20000,
-    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per /rerank sample.")] = 512,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per sampled reply (best-of-N /rerank).")] = 512,
+    batching: Annotated[bool, typer.Option(help="Pool concurrent requests into shared backbone passes (one worker "
+                                                "owns the model); --no-batching: one request at a time under a lock.")] = True,
+    max_batch_tokens: Annotated[Optional[int], typer.Option(help="Most tokens (prompt + candidate sequences of every "
+                                                                 "pooled request) per pass (default: 8192 on CPU, 32768 on GPU).")] = None,
+    max_wait_ms: Annotated[Optional[float], typer.Option(help="How long the worker waits for more requests once it "
+                                                              "holds one (default: 10 on CPU, 2 on GPU).")] = None,
+    max_queue: Annotated[int, typer.Option(help="Most requests waiting for the model; past it: 503 with Retry-After.")] = 256,
+    served_model_name: Annotated[Optional[list[str]], typer.Option(help="A name clients may give as \"model\" for "
+                                                                         "the active head (repeat the option).")] = None,
     base: BaseOpt = None,
     allow_base_mismatch: Mismatch = False,
 ) -> None:
-    """Serve the heads over HTTP: POST /score, POST /rerank, GET /heads (FastAPI + uvicorn)."""
+    """Serve the heads over HTTP: /score, /rerank (ours, Cohere/Jina/vLLM shapes), /heads, /health, /metrics."""
+    from prefheads.batching import BatchSettings
     from prefheads.serve import SERVE_HINT, create_app
 
     try:
         import uvicorn
     except ImportError:
         raise typer.BadParameter(SERVE_HINT) from None
+    try:
+        settings = BatchSettings(max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     pm = _load(heads, base, allow_base_mismatch)
-    app = create_app(pm, max_candidates=max_candidates, max_chars=max_chars, max_new_tokens=max_new_tokens)
+    app = create_app(pm, max_candidates=max_candidates, max_chars=max_chars, max_new_tokens=max_new_tokens,
+                     batching=batching, batch=settings, served_model_names=served_model_name or ())
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 

@@ -1,0 +1,52 @@
+"""Every head's reward for already-encoded candidates, from one backbone pass.
+
+:meth:`PreferenceModel.score_all_heads <prefheads.model.PreferenceModel.score_all_heads>` encodes
+and scores in one call. Callers that encode first — to check each request on its own, count its
+tokens, and only then pool several requests into one pass (the batching server, bulk scoring) —
+score the pooled items here, over the same public pieces: the heads' layers, the engine, and
+each head's forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from prefheads.chat import Encoded
+from prefheads.engine import extract
+from prefheads.types import Prompt
+
+
+def encode_all(pm: Any, prompts: Sequence[str | Prompt], candidates: Sequence[str]) -> list[Encoded]:
+    """Tokenize aligned prompts and candidates as ``pm`` scores them (its truncation policy)."""
+    return pm.encode(list(prompts), list(candidates))
+
+
+@torch.no_grad()
+def score_items(pm: Any, items: list[Encoded], *, shared_prefix: bool | str = "auto") -> dict[str, torch.Tensor]:
+    """Rewards ``{head: [N]}`` (fp32) of every head of ``pm`` for encoded ``items``.
+
+    Equal to ``pm.score_all_heads`` on the same prompts and candidates: one backbone pass reads
+    the hidden states every head needs.
+
+    Args:
+        pm: A :class:`~prefheads.model.PreferenceModel` with at least one head.
+        items: Encoded candidates (:func:`encode_all`); prompts may differ between items.
+        shared_prefix: ``True``, ``False`` or ``"auto"`` (see :func:`prefheads.engine.extract`).
+    """
+    if not pm.heads:
+        raise ValueError("no head attached")
+    layers = pm.layers_for(pm.head_names) or [pm.layer]
+    feats = extract(pm.backbone, pm.profile, items, list(layers), pad_id=pm.tokenizer.pad_token_id or 0,
+                    shared_prefix=shared_prefix, max_tokens=pm.max_tokens)
+    out = {}
+    for name, head in pm.heads.items():
+        was = head.training
+        head.eval()  # dropout off; restored so a head in training stays in training
+        try:
+            out[name] = pm(feats.states, name)
+        finally:
+            head.train(was)
+    return out
