@@ -95,7 +95,7 @@ def run_task(pm, task: str, args) -> dict:
     if args.baselines_only:
         train_states, layers = None, [-1]
     else:
-        train_states, _ = cached_features(pm, cands.prompts, cands.completions, layers, cache)
+        train_states = cached_features(pm, cands.prompts, cands.completions, layers, cache)[0].states
     t_feat = time.perf_counter() - t0
     prompts = [e.prompt for e in ev for _ in e.choices]
     comps = [c for e in ev for c in e.choices]

@@ -34,6 +34,9 @@ class HeadConfig:
         bias: Whether the reward vector has a bias.
         pooler_kwargs: Extra pooler arguments (``ffn_dim`` for ``swiglu``).
         init_std: Std of the normal init of every weight (biases start at 0).
+        score_input: The LM's own score the reward adds (``logprob_mean``, ``logprob_sum``,
+            ``logprob_char``: see :mod:`prefheads.lmscores`), or None for the paper's pure
+            DPH. Such a head needs log-probs from the backbone pass that scores it.
         meta: Free-form record (task, training summary...) saved with the head.
     """
 
@@ -46,6 +49,7 @@ class HeadConfig:
     bias: bool = False
     pooler_kwargs: dict[str, Any] = field(default_factory=dict)
     init_std: float = 0.02
+    score_input: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -77,6 +81,12 @@ class HeadConfig:
                 raise ValueError(f"layers must be distinct and non-empty, got {self.layers}")
         if self.pooler == "layermix" and not self.layers:
             raise ValueError("the layermix pooler needs layers=[...]")
+        if self.score_input is not None:
+            from prefheads.lmscores import LM_SCORES
+
+            if not isinstance(self.score_input, str):
+                raise TypeError(f"score_input must be a score name, got {self.score_input!r}")
+            LM_SCORES.get(self.score_input)  # unknown score -> clear error listing known names
 
     @property
     def reads(self) -> list[int]:
@@ -106,6 +116,9 @@ def _real(name: str, value: Any) -> float:
     return float(value)
 
 
+SCORE_SCALE_INIT = 0.5413  # softplus(0.5413) = 1: the standardised score enters at unit scale
+
+
 class RewardHead(nn.Module):
     """Pooler + dropout + reward vector. Maps hidden states ``[N, d]`` to rewards ``[N]``."""
 
@@ -122,6 +135,11 @@ class RewardHead(nn.Module):
         self.pooler = build_pooler(config.pooler, d, **kw)
         self.dropout = nn.Dropout(config.dropout)
         self.reward = nn.Linear(d, 1, bias=config.bias)
+        if config.score_input is not None:
+            # r += softplus(a) · (s - μ) / σ: a positive scale, so the score's ranking is kept
+            self.register_buffer("score_mean", torch.zeros(()))
+            self.register_buffer("score_std", torch.ones(()))
+            self.score_scale = nn.Parameter(torch.zeros(()))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -131,6 +149,8 @@ class RewardHead(nn.Module):
                 nn.init.normal_(m.weight, std=self.config.init_std)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if self.config.score_input is not None:
+            nn.init.constant_(self.score_scale, SCORE_SCALE_INIT)
 
     @torch.no_grad()
     def fit_standardizer(self, features: torch.Tensor, eps: float = 1e-6) -> None:
@@ -145,10 +165,46 @@ class RewardHead(nn.Module):
             return torch.stack([states[l] for l in self.config.layers], dim=-2)
         return states[self.config.layer]
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """``[..., d]`` (or ``[..., L, d]`` multi-layer) ``-> [...]`` rewards, computed in fp32."""
+    @property
+    def uses_scores(self) -> bool:
+        """Whether the reward adds the LM's own score (``config.score_input``)."""
+        return self.config.score_input is not None
+
+    @torch.no_grad()
+    def fit_score_standardizer(self, scores: torch.Tensor, eps: float = 1e-6) -> None:
+        """Set the score standardiser from training scores ``[N]``."""
+        s = scores.double()
+        self.score_mean.copy_(s.mean())
+        self.score_std.copy_(s.std().clamp_min(eps) if s.numel() > 1 else torch.ones(()))
+
+    def score_term(self, scores: torch.Tensor) -> torch.Tensor:
+        """The reward's LM-score part ``softplus(a) · (s - μ) / σ``: ``[...] -> [...]`` fp32."""
+        z = (scores.double() - self.score_mean.double()) / self.score_std.double()
+        return (nn.functional.softplus(self.score_scale) * z.float())
+
+    def forward(self, h: torch.Tensor, scores: torch.Tensor | None = None) -> torch.Tensor:
+        """``[..., d]`` (or ``[..., L, d]`` multi-layer) ``-> [...]`` rewards, computed in fp32.
+
+        Args:
+            h: Hidden states.
+            scores: ``[...]`` the LM's score of each candidate (``config.score_input``); required
+                by a log-prob-aware head, ignored otherwise.
+        """
         h = (h.float() - self.input_mean) / self.input_std
-        return self.reward(self.dropout(self.pooler(h))).squeeze(-1)
+        r = self.reward(self.dropout(self.pooler(h))).squeeze(-1)
+        if self.uses_scores:
+            if scores is None:
+                raise ValueError(f"this head adds the LM's {self.config.score_input} to its reward: "
+                                 "pass scores (the backbone pass must compute log-probs)")
+            r = r + self.score_term(scores.to(r.device))
+        return r
+
+    @torch.no_grad()
+    def drop_hidden_state(self) -> None:
+        """Keep only the score part: the reward becomes the LM score's (same ranking, exactly)."""
+        nn.init.zeros_(self.reward.weight)
+        if self.reward.bias is not None:
+            nn.init.zeros_(self.reward.bias)
 
     def num_parameters(self) -> int:
         """Trainable parameter count (buffers excluded)."""

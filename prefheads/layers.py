@@ -60,4 +60,4 @@ def layer_features(pm: Any, prompts: Sequence, completions: Sequence[str], layer
     """
     from prefheads.training.cache import cached_features
 
-    return cached_features(pm, prompts, completions, parse_layers(layers, pm.num_layers), cache)[0]
+    return cached_features(pm, prompts, completions, parse_layers(layers, pm.num_layers), cache)[0].states

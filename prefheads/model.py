@@ -227,18 +227,36 @@ class PreferenceModel(nn.Module):
         return sorted({l for h in heads for l in self._get(h).config.reads})
 
     # ----------------------------------------------------------------- scoring
-    def forward(self, states: Features | dict[int, torch.Tensor] | torch.Tensor, head: str | None = None) -> torch.Tensor:
+    def forward(self, states: Features | dict[int, torch.Tensor] | torch.Tensor, head: str | None = None,
+                scores: torch.Tensor | None = None) -> torch.Tensor:
         """Rewards ``[N]`` of head ``head`` (default: active) from hidden states.
 
         Args:
             states: :class:`Features`, a ``{layer: [N, d]}`` dict, or a ``[N, d]`` tensor.
             head: Head name (default: the active head).
+            scores: ``[N]`` the LM's score a log-prob-aware head adds (see :meth:`lm_scores`).
         """
         h = self._get(head)
         if isinstance(states, Features):
             states = states.states
         x = h.select(states) if isinstance(states, dict) else states
-        return h(x.to(h.input_mean.device))
+        return h(x.to(h.input_mean.device), scores)
+
+    def needs_logprobs(self, heads: Sequence[str]) -> bool:
+        """Whether any of ``heads`` adds the LM's own score (its pass must compute log-probs)."""
+        return any(self._get(n).uses_scores for n in heads)
+
+    def lm_scores(self, feats: Features, completions: Sequence[str], head: str | None = None) -> torch.Tensor | None:
+        """The score head ``head`` adds (``[N]``), from a pass that computed log-probs; None if it adds none."""
+        from prefheads.lmscores import lm_score
+
+        h = self._get(head)
+        if not h.uses_scores:
+            return None
+        if feats.logprob_sum is None:
+            raise ValueError(f"head {head or self.active!r} adds the LM's {h.config.score_input}: "
+                             "compute features with logprobs=True")
+        return lm_score(h.config.score_input, feats.logprob_sum, feats.n_tokens, completions)
 
     @torch.no_grad()
     def score(self, prompts: str | Prompt | Sequence[str | Prompt], completions: str | Sequence[str],
@@ -246,13 +264,16 @@ class PreferenceModel(nn.Module):
         """Rewards ``[N]`` (fp32) of the given head for each (prompt, completion).
 
         A single prompt with several completions scores them as candidates of that prompt.
+        A log-prob-aware head gets the LM's score from the same backbone pass.
         """
         prompts, completions = _broadcast(prompts, completions)
         h = self._get(head)
         was = h.training
         h.eval()
         try:
-            return self(self.features(prompts, completions, layers=h.config.reads, **kw), head)
+            feats = self.features(prompts, completions, layers=h.config.reads,
+                                  logprobs=kw.pop("logprobs", False) or h.uses_scores, **kw)
+            return self(feats, head, self.lm_scores(feats, completions, head))
         finally:
             h.train(was)
 
@@ -263,12 +284,13 @@ class PreferenceModel(nn.Module):
         if not self.heads:
             raise ValueError("no head attached")
         prompts, completions = _broadcast(prompts, completions)
-        feats = self.features(prompts, completions, **kw)
+        feats = self.features(prompts, completions,
+                              logprobs=kw.pop("logprobs", False) or self.needs_logprobs(self.head_names), **kw)
         out = {}
         for name, h in self.heads.items():
             was = h.training
             h.eval()
-            out[name] = self(feats.states, name)
+            out[name] = self(feats.states, name, self.lm_scores(feats, completions, name))
             h.train(was)
         return out
 

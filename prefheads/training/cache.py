@@ -1,9 +1,12 @@
 """On-disk feature cache for frozen backbones (safetensors).
 
 A frozen backbone's reward-token hidden states depend only on the weights, the layer, and the
-token ids (which already encode the data and the template). The key hashes exactly those, plus
-the storage dtype, so later epochs, later runs and every other head trained on the same data
-reuse one backbone pass. Root: ``$PREFHEADS_CACHE/features`` (default ``~/.cache/prefheads``).
+token ids (which already encode the data and the template). The key hashes the weights, the
+token ids and the storage dtype; one file holds every layer (and the completion log-probs) ever
+computed for those rows, so a run that reads one layer is served by an earlier all-layer run,
+and a run that asks for more adds what is missing to the same file. Later epochs, later runs and
+every other head trained on the same data reuse one backbone pass.
+Root: ``$PREFHEADS_CACHE/features`` (default ``~/.cache/prefheads``).
 """
 
 from __future__ import annotations
@@ -20,18 +23,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prefheads.chat import Encoded
+from prefheads.engine import Features
 from prefheads.families import unwrap
 from prefheads.fingerprint import weights_digest
 from prefheads.loading import cache_root
 
 
-def feature_key(model: torch.nn.Module, items: Sequence[Encoded], layers: Sequence[int], dtype: str,
+def feature_key(model: torch.nn.Module, items: Sequence[Encoded], dtype: str,
                 extra: dict[str, Any] | None = None) -> str:
-    """Cache key of the features of ``items`` at ``layers``, stored as ``dtype``."""
+    """Cache key of the features of ``items`` (every layer), stored as ``dtype``."""
     h = hashlib.sha256()
     cfg = unwrap(model).config
     h.update(json.dumps({"model": getattr(cfg, "_name_or_path", ""), "type": getattr(cfg, "model_type", ""),
-                         "weights": weights_digest(model), "layers": sorted(layers), "dtype": dtype,
+                         "weights": weights_digest(model), "dtype": dtype, "v": 2,
                          **(extra or {})}, sort_keys=True).encode())
     for it in items:
         h.update(len(it.ids).to_bytes(4, "little"))
@@ -57,8 +61,9 @@ class FeatureCache:
         """File of ``key``."""
         return self.root / f"{key}.safetensors"
 
-    def load(self, key: str) -> dict[int, torch.Tensor] | None:
-        """Cached ``{layer: [N, d]}`` (fp32), or None on a miss or an unreadable file."""
+    def load(self, key: str) -> dict[str, torch.Tensor] | None:
+        """Cached tensors (``layer_<i>``: ``[N, d]`` fp32, ``logprob_sum``, ``n_tokens``), or None
+        on a miss or an unreadable file."""
         p = self.path(key)
         if not p.is_file():
             return None
@@ -66,17 +71,18 @@ class FeatureCache:
             t = load_file(str(p))
         except Exception:  # noqa: BLE001 - a damaged cache entry is a miss, rebuilt below
             return None
-        return {int(k.removeprefix("layer_")): v.float() for k, v in t.items()}
+        return {k: (v.float() if k.startswith("layer_") else v) for k, v in t.items()}
 
-    def save(self, key: str, states: dict[int, torch.Tensor]) -> Path:
-        """Store ``{layer: [N, d]}`` atomically."""
+    def save(self, key: str, tensors: dict[str, torch.Tensor]) -> Path:
+        """Store tensors atomically (hidden states in the cache dtype, log-probs as they are)."""
         self.root.mkdir(parents=True, exist_ok=True)
         dt = torch.float16 if self.dtype == "float16" else torch.float32
-        tensors = {f"layer_{l}": v.detach().to(dt).contiguous().cpu() for l, v in states.items()}
+        out = {k: (v.detach().to(dt) if k.startswith("layer_") else v.detach()).contiguous().cpu()
+               for k, v in tensors.items()}
         fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
         os.close(fd)
         try:
-            save_file(tensors, tmp, metadata={"format": "pt"})
+            save_file(out, tmp, metadata={"format": "pt"})
             os.replace(tmp, self.path(key))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -85,30 +91,47 @@ class FeatureCache:
 
 
 def cached_features(pm: Any, prompts: Sequence, completions: Sequence[str], layers: Sequence[int],
-                    cache: FeatureCache | None, items: Sequence[Encoded] | None = None
-                    ) -> tuple[dict[int, torch.Tensor], bool]:
-    """Features of (prompts, completions) at ``layers`` through ``cache``; returns (states, hit).
+                    cache: FeatureCache | None, items: Sequence[Encoded] | None = None,
+                    logprobs: bool = False) -> tuple[Features, bool]:
+    """Features of (prompts, completions) at ``layers`` through ``cache``; returns (features, hit).
 
-    ``items`` are the rows already tokenized by ``pm.encode`` (saves tokenizing them again).
+    Args:
+        pm: The :class:`~prefheads.model.PreferenceModel` (frozen backbone).
+        prompts: One prompt per completion.
+        completions: The candidates.
+        layers: Hidden states to return.
+        cache: The cache, or None to run the backbone.
+        items: The rows already tokenized by ``pm.encode`` (saves tokenizing them again).
+        logprobs: Also return the completions' summed log-probs and token counts.
+
     Cold cache, warm cache and no cache give identical features: every path runs the same
     extraction, and a float16 cache hands back what it stored.
     """
     from prefheads.engine import extract
 
     items = list(items) if items is not None else pm.encode(prompts, completions)
+    layers = list(layers)
 
-    def run() -> dict[int, torch.Tensor]:
-        return extract(pm.backbone, pm.profile, items, list(layers), pad_id=pm.tokenizer.pad_token_id or 0,
-                       shared_prefix=pm.shared_prefix, padding_side="right", max_tokens=pm.max_tokens).states
+    def run(want: list[int]) -> Features:
+        return extract(pm.backbone, pm.profile, items, want, pad_id=pm.tokenizer.pad_token_id or 0,
+                       logprobs=logprobs, shared_prefix=pm.shared_prefix, padding_side="right",
+                       max_tokens=pm.max_tokens)
 
     if cache is None:
-        return run(), False
-    key = feature_key(pm.backbone, items, layers, cache.dtype)
-    got = cache.load(key)
-    if got is not None and all(l in got for l in layers):
-        return got, True
-    states = run()
-    cache.save(key, states)
-    if cache.dtype == "float16":
-        states = {l: v.half().float() for l, v in states.items()}  # identical to a later cache hit
-    return states, False
+        return run(layers), False
+    key = feature_key(pm.backbone, items, cache.dtype)
+    got = cache.load(key) or {}
+    have = {int(k.removeprefix("layer_")) for k in got if k.startswith("layer_")}
+    hit = set(layers) <= have and (not logprobs or "logprob_sum" in got)
+    if not hit:
+        fresh = run(layers)
+        got.update({f"layer_{l}": v for l, v in fresh.states.items()})
+        if fresh.logprob_sum is not None:
+            got.update(logprob_sum=fresh.logprob_sum, n_tokens=fresh.n_tokens)
+        cache.save(key, got)
+        if cache.dtype == "float16":  # identical to what a later cache hit returns
+            got.update({f"layer_{l}": v.half().float() for l, v in fresh.states.items()})
+    feats = Features({l: got[f"layer_{l}"] for l in layers},
+                     got["logprob_sum"] if logprobs else None,
+                     got["n_tokens"] if logprobs else got.get("n_tokens", torch.zeros(len(items), dtype=torch.long)))
+    return feats, hit

@@ -34,6 +34,10 @@ class FitConfig:
         layers: Candidate layers for --layer auto, or the layers a layermix pooler mixes:
             "all", "0,5,10", "10:20" (Python slice; -1 is the final norm).
         layermix_inner: Pooler applied to the layer mix (identity, bert, swiglu).
+        lm_score: The LM's own score a frozen head adds to its reward (r = head(h) + w·s): none
+            (the paper's pure DPH), auto (the best of logprob_sum, logprob_mean, logprob_char
+            on the training split), or a score name. The head starts from the score; if it does
+            not beat the score alone on validation it is saved as the score alone.
         objective: DPH loss: separable or contrastive.
         dph_eps: Label smoothing ε of the DPH loss.
         epochs: Passes over the training pairs.
@@ -90,6 +94,7 @@ class FitConfig:
     layer: str = "-1"
     layers: str | None = None
     layermix_inner: str = "identity"
+    lm_score: str = "none"
     objective: str = "separable"
     dph_eps: float = 0.1
     epochs: int = 10
@@ -164,6 +169,12 @@ class FitConfig:
             raise ValueError("the layermix pooler needs --layers (e.g. all, or 10:20)")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        from prefheads.lmscores import LM_SCORES
+
+        if self.lm_score not in ("auto", "none", *LM_SCORES.names()):
+            raise ValueError(f"lm_score must be auto, none or one of {LM_SCORES.names()}, got {self.lm_score!r}")
+        if self.lm_score not in ("auto", "none") and self.mode != "frozen":
+            raise ValueError("lm_score adds the frozen LM's score: frozen mode only (use --lm-score none)")
         if self.truncation not in ("left", "right", "error"):
             raise ValueError(f"truncation must be left, right or error, got {self.truncation!r}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -8,12 +8,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from prefheads.layers import parse_layers
 from prefheads.training.config import FitConfig
+from prefheads.training.lmscore import choose_score, settle
 from prefheads.training.data import Candidates, from_examples, from_pairs, split
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,22 @@ def encode_candidates(pm: Any, cands: Candidates, truncation: str) -> tuple[list
     return items, sum(it.truncated > 0 for it in items)
 
 
+def _frozen_features(cfg: FitConfig, pm: Any, cands: Candidates, items: list[Any], layers: Sequence[int],
+                     logprobs: bool) -> tuple[Any, bool]:
+    """The frozen backbone's features of every candidate, through the feature cache."""
+    from prefheads.training.cache import FeatureCache, cached_features
+
+    cache = FeatureCache(cfg.cache_dir, cfg.cache_dtype) if cfg.feature_cache else None
+    return cached_features(pm, cands.prompts, cands.completions, layers, cache, items=items, logprobs=logprobs)
+
+
+def _values(feats: Any, cands: Candidates, score: str | None) -> torch.Tensor | None:
+    """``[M]`` the chosen LM score of every candidate (None without one)."""
+    from prefheads.lmscores import lm_score
+
+    return None if score is None else lm_score(score, feats.logprob_sum, feats.n_tokens, cands.completions)
+
+
 def _initial_head(pm: Any, spec: str, dropout: float) -> Any:
     """The head ``FOLDER[:NAME]`` (weights and standardiser kept), its dropout set to ``dropout``."""
     from prefheads.headio import read_config, read_head
@@ -160,22 +178,41 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
     # seeded here, right before the first random draw: what ran before (model loading, a GGUF
     # conversion, data loading) must not change the head a seed gives
     torch.manual_seed(cfg.seed)
+    trg, vag = [cands.groups[g] for g in tr], [cands.groups[g] for g in va]
     if cfg.layer == "auto":
-        return _fit_auto(cfg, pm, name, cands, tr, va, out, items, data)
+        return _fit_auto(cfg, pm, name, cands, tr, va, out, items, data, progress)
+    t0 = time.perf_counter()
+    feats, hit, score, selection = None, False, None, {}
+    if cfg.mode == "frozen":  # one backbone pass (or the cache) before the head exists
+        reads = (init.config.reads if init is not None else
+                 parse_layers(cfg.layers, pm.num_layers) if cfg.pooler == "layermix" else [cfg.layer_index])
+        wants = cfg.lm_score != "none" if init is None else init.uses_scores
+        with bar(progress) as pb:
+            tid = pb.add_task(f"backbone pass ({len(cands.completions)} candidates)", total=None)
+            feats, hit = _frozen_features(cfg, pm, cands, items, reads, wants)
+            pb.update(tid, completed=1, total=1)
+        if wants and init is None:
+            score, train_acc = choose_score(feats, cands.completions, trg, cfg.lm_score)
+            selection = {"score": score, "train_accuracy": {k: round(v, 4) for k, v in train_acc.items()}}
     if init is not None:
         pm.attach_head(name, init)
+        score = init.config.score_input
     else:
         head_kw: dict[str, Any] = {}
         if cfg.pooler == "layermix":
             head_kw = {"layers": parse_layers(cfg.layers, pm.num_layers), "pooler_kwargs": {"inner": cfg.layermix_inner}}
-        pm.add_head(name, cfg.pooler, layer=cfg.layer_index, dropout=cfg.head_dropout, **head_kw)
-    t0 = time.perf_counter()
-    trainable = MODES.get(cfg.mode)(pm, name, cands, cfg)
+        pm.add_head(name, cfg.pooler, layer=cfg.layer_index, dropout=cfg.head_dropout, score_input=score, **head_kw)
+    kw = {} if feats is None else {"states": feats.states, "scores": _values(feats, cands, score)}
+    trainable = MODES.get(cfg.mode)(pm, name, cands, cfg, **kw)
     trainable.items = items
-    with bar(progress) as pb:
-        tid = pb.add_task(f"backbone pass ({len(cands.completions)} candidates)", total=None)
+    if feats is None:
+        with bar(progress) as pb:
+            tid = pb.add_task(f"backbone pass ({len(cands.completions)} candidates)", total=None)
+            trainable.setup()
+            pb.update(tid, completed=1, total=1)
+    else:
         trainable.setup()
-        pb.update(tid, completed=1, total=1)
+        trainable.cache_hit = hit
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     with bar(progress) as pb, open(out / "metrics.jsonl", "a" if cfg.resume else "w") as mf:
@@ -188,10 +225,12 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
             pb.update(tid, completed=m["step"] * cfg.grad_accum,
                       info=f"loss {m['loss']:.3f} acc {m['pair_accuracy']:.2f} margin {m['margin']:.2f}")
 
-        history, best_epoch = train(trainable, [cands.groups[g] for g in tr], [cands.groups[g] for g in va],
-                                    cfg, out, on_step)
+        history, best_epoch = train(trainable, trg, vag, cfg, out, on_step)
     train_s = time.perf_counter() - t1
     head = pm.heads[name]
+    if score is not None and init is None:
+        selection.update(settle(trainable, trainable.scores, vag))
+        head.config.meta["lm_score"] = selection
     head.config.meta.update({"task": cfg.task or Path(cfg.data).name, "template": cfg.template,
                              "objective": cfg.objective, "mode": cfg.mode, "epochs": cfg.epochs, "best_epoch": best_epoch,
                              "n_train": len(tr), "n_val": len(va), "seed": cfg.seed,
@@ -219,13 +258,13 @@ def choice_accuracy(trainable: Any, groups: list[tuple[int, list[int]]]) -> floa
 
 
 def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[int], va: list[int],
-              out: Path, items: list[Any], data: dict[str, Any]) -> FitResult:
+              out: Path, items: list[Any], data: dict[str, Any], progress: bool = False) -> FitResult:
     """``--layer auto``: one head per candidate layer on ONE backbone pass; keep the best on validation.
 
     Selection uses only the validation split carved from the training data, never eval data, by
     choice accuracy (the preferred candidate must beat every other one).
     """
-    from prefheads.training.cache import FeatureCache, cached_features
+    from prefheads.progress import bar
     from prefheads.training.loop import train
     from prefheads.training.strategies import FrozenTrainable
 
@@ -233,21 +272,31 @@ def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[in
         raise ValueError("--layer auto chooses on a validation split: set val_fraction > 0")
     layers = parse_layers(cfg.layers, pm.num_layers)
     t0 = time.perf_counter()
-    cache = FeatureCache(cfg.cache_dir, cfg.cache_dtype) if cfg.feature_cache else None
-    states, hit = cached_features(pm, cands.prompts, cands.completions, layers, cache, items=items)
+    with bar(progress) as pb:
+        tid = pb.add_task(f"backbone pass ({len(cands.completions)} candidates, {len(layers)} layers)", total=None)
+        feats, hit = _frozen_features(cfg, pm, cands, items, layers, cfg.lm_score != "none")
+        pb.update(tid, completed=1, total=1)
+    states = feats.states
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     trg, vag = [cands.groups[g] for g in tr], [cands.groups[g] for g in va]
+    score, selection = None, {}
+    if cfg.lm_score != "none":
+        score, train_acc = choose_score(feats, cands.completions, trg, cfg.lm_score)
+        selection = {"score": score, "train_accuracy": {k: round(v, 4) for k, v in train_acc.items()}}
+    values = _values(feats, cands, score)
     scores: dict[int, float] = {}
     pair_scores: dict[int, float] = {}
     best: tuple[float, int, list, int] | None = None
     for layer in layers:
         torch.manual_seed(cfg.seed)  # every layer's head starts from the same draw
         tmp = f"{name}@{layer}"
-        pm.add_head(tmp, cfg.pooler, layer=layer, dropout=cfg.head_dropout, activate=False)
-        trainable = FrozenTrainable(pm, tmp, cands, cfg, states=states)
+        pm.add_head(tmp, cfg.pooler, layer=layer, dropout=cfg.head_dropout, activate=False, score_input=score)
+        trainable = FrozenTrainable(pm, tmp, cands, cfg, states=states, scores=values)
         trainable.setup()
         history, best_epoch = train(trainable, trg, vag, cfg, out / "layers" / str(layer))
+        if score is not None:
+            pm.heads[tmp].config.meta["lm_score"] = {**selection, **settle(trainable, values, vag)}
         scores[layer] = choice_accuracy(trainable, vag)
         pair_scores[layer] = history[best_epoch - 1]["val_pair_accuracy"]
         if best is None or scores[layer] > best[0]:

@@ -95,6 +95,8 @@ def train(
     std = None if cfg.init_head else trainable.standardizer_features(rows)
     if std is not None:
         trainable.head.fit_standardizer(std)
+    if not cfg.init_head:
+        trainable.fit_score_standardizer(rows)
     params = [p for p in trainable.parameters() if p.requires_grad]
     head_ids = {id(p) for p in trainable.head.parameters()}
     groups = [{"params": [p for p in params if id(p) in head_ids], "lr": cfg.head_lr or cfg.lr},

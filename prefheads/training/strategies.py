@@ -64,9 +64,20 @@ class Trainable(nn.Module):
 
     def _backbone_forward(self, rows: torch.Tensor, logprobs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         idx = rows.tolist()
-        f = self.pm.features([self.cands.prompts[i] for i in idx], [self.cands.completions[i] for i in idx],
-                             layers=self.reads, logprobs=logprobs, grad=torch.is_grad_enabled())
-        return self.head(self.head.select(f.states)), f.logprob_sum
+        comps = [self.cands.completions[i] for i in idx]
+        f = self.pm.features([self.cands.prompts[i] for i in idx], comps, layers=self.reads,
+                             logprobs=logprobs or self.head.uses_scores, grad=torch.is_grad_enabled())
+        scores = None
+        if self.head.uses_scores:
+            from prefheads.lmscores import lm_score
+
+            scores = lm_score(self.head.config.score_input, f.logprob_sum, f.n_tokens, comps)
+        return self.head(self.head.select(f.states), scores), f.logprob_sum
+
+    def fit_score_standardizer(self, rows: list[int]) -> None:
+        """Set the head's score standardiser from the training rows (log-prob-aware heads only)."""
+        if self.head.uses_scores:
+            self.head.fit_score_standardizer(self._score_values(rows))
 
     def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Rewards ``[R]`` (and policy log-probs ``[R]`` or None) of candidate rows ``[R]``."""
@@ -86,6 +97,15 @@ class Trainable(nn.Module):
         return self.head.select(f.states)
 
     @torch.no_grad()
+    def _score_values(self, rows: list[int]) -> torch.Tensor:
+        from prefheads.lmscores import lm_score
+
+        f = self.pm.features([self.cands.prompts[i] for i in rows], [self.cands.completions[i] for i in rows],
+                             layers=self.reads, logprobs=True)
+        return lm_score(self.head.config.score_input, f.logprob_sum, f.n_tokens,
+                        [self.cands.completions[i] for i in rows])
+
+    @torch.no_grad()
     def _reference_logprobs(self) -> torch.Tensor:
         f = self.pm.features(self.cands.prompts, self.cands.completions, layers=self.reads, logprobs=True)
         return f.logprob_sum
@@ -101,9 +121,11 @@ class FrozenTrainable(Trainable):
 
     uses_backbone_grad = False
 
-    def __init__(self, *args: Any, states: dict[int, torch.Tensor] | None = None, **kw: Any) -> None:
+    def __init__(self, *args: Any, states: dict[int, torch.Tensor] | None = None,
+                 scores: torch.Tensor | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.feats = states
+        self.scores = scores  # [M] the head's LM score of every candidate (log-prob-aware heads)
         self.cache_hit = states is not None
 
     def setup(self) -> None:
@@ -113,8 +135,15 @@ class FrozenTrainable(Trainable):
             p.requires_grad_(False)
         if self.feats is None:
             cache = FeatureCache(self.cfg.cache_dir, self.cfg.cache_dtype) if self.cfg.feature_cache else None
-            self.feats, self.cache_hit = cached_features(self.pm, self.cands.prompts, self.cands.completions,
-                                                         self.reads, cache, items=self.items)
+            f, self.cache_hit = cached_features(self.pm, self.cands.prompts, self.cands.completions,
+                                                self.reads, cache, items=self.items, logprobs=self.head.uses_scores)
+            self.feats = f.states
+            if self.head.uses_scores:
+                from prefheads.lmscores import lm_score
+
+                self.scores = lm_score(self.head.config.score_input, f.logprob_sum, f.n_tokens, self.cands.completions)
+        if self.head.uses_scores and self.scores is None:
+            raise ValueError("a log-prob-aware head needs the LM scores of its training rows")
 
     def _rows(self, rows: Any) -> torch.Tensor:
         return self.head.select({l: self.feats[l][rows] for l in self.reads})
@@ -122,8 +151,12 @@ class FrozenTrainable(Trainable):
     def standardizer_features(self, rows: list[int]) -> torch.Tensor:
         return self._rows(rows)
 
+    def _score_values(self, rows: list[int]) -> torch.Tensor:
+        return self.scores[rows]
+
     def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return self.head(self._rows(rows)), None
+        scores = self.scores[rows] if self.head.uses_scores else None
+        return self.head(self._rows(rows), scores), None
 
 
 @MODES.register("lora")

@@ -1,0 +1,112 @@
+"""Log-prob-aware heads: r = head(h) + softplus(a)·(s - μ)/σ, with s the LM's own score."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_backbone
+from prefheads import PreferenceModel
+from prefheads.evaluation import score_examples
+from prefheads.training import FitConfig, fit
+from prefheads.types import Example
+from test_fit_cli import _pairs_file
+
+QUESTIONS = ["the quick brown fox", "what is the capital of France?", "hello world", "positive or negative?",
+             "Sentence 1", "an instruction that describes a task", "system user assistant", "True or False?"]
+CHOICES = ["yes", "no", "Paris", "the lazy dog", "positive True", "negative False"]
+
+
+def _examples(n: int, offset: int = 0) -> list[Example]:
+    out = []
+    for i in range(n):
+        q = f"{QUESTIONS[(i + offset) % len(QUESTIONS)]} ({i + offset})"
+        ch = [CHOICES[(i + offset + k) % len(CHOICES)] for k in range(4)]
+        out.append(Example(id=f"q{i + offset}", prompt=[{"role": "user", "content": q}], choices=ch,
+                           label=(i * 7 + offset) % 4, task="t"))
+    return out
+
+
+@pytest.fixture
+def zero_states(monkeypatch):
+    """An uninformative hidden state: every state the engine returns is zero (log-probs are real)."""
+    import prefheads.engine as engine
+    import prefheads.model as model
+
+    real = engine.extract
+
+    def extract(*a, **k):
+        f = real(*a, **k)
+        f.states = {l: torch.zeros_like(v) for l, v in f.states.items()}
+        return f
+
+    monkeypatch.setattr(engine, "extract", extract)
+    monkeypatch.setattr(model, "extract", extract)
+
+
+def _choices(table):
+    return [max(range(len(r)), key=lambda j: (r[j], -j)) for r in table]
+
+
+@pytest.mark.parametrize("wanted", ["logprob_mean", "auto"])
+def test_with_an_uninformative_state_the_head_chooses_as_its_lm_score(tmp_path, zero_states, wanted):
+    from prefheads.lmscores import LM_SCORES
+    from prefheads.training.data import from_examples
+
+    bb, tok = make_backbone("llama")
+    pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
+    cfg = FitConfig(task="t", out=str(tmp_path / "h"), epochs=3, batch_size=8, lr=3e-3, lm_score=wanted,
+                    cache_dir=str(tmp_path / "c"), head_name="h")
+    fit(cfg, pm=pm, progress=False, cands=from_examples(_examples(40), "t"))
+    meta = pm.heads["h"].config.meta["lm_score"]
+    train_acc = meta["train_accuracy"]
+    assert set(train_acc) == set(LM_SCORES.names())
+    if wanted == "auto":
+        assert train_acc[meta["score"]] == max(train_acc.values())
+    else:
+        assert meta["score"] == "logprob_mean"
+    evals = _examples(24, offset=1000)
+    sc = score_examples(pm, evals)
+    head = _choices(sc.rewards["h"])
+    rule = {"logprob_mean": sc.logprob, "logprob_sum": sc.logprob_sum,
+            "logprob_char": [[s / len(c) for s, c in zip(row, ex.choices)] for row, ex in zip(sc.logprob_sum, evals)]}
+    assert head == _choices(rule[meta["score"]])  # the baseline's choices, exactly
+    if meta["score"] == "logprob_mean":
+        assert head == _choices(sc.methods()["logprob"])  # = the paper's log-prob method
+
+
+def test_a_log_prob_aware_head_round_trips_and_scores_anywhere(tmp_path):
+    bb, tok = make_backbone("llama")
+    pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
+    data = _pairs_file(tmp_path / "pairs.jsonl", n=24)
+    fit(FitConfig(data=str(data), out=str(tmp_path / "h"), epochs=2, batch_size=8, lr=3e-3, lm_score="auto",
+                  cache_dir=str(tmp_path / "c")), pm=pm, progress=False)
+    cfg = json.loads((tmp_path / "h" / "heads.json").read_text())["heads"]["default"]["config"]
+    assert cfg["score_input"] in ("logprob_sum", "logprob_mean", "logprob_char")
+    assert cfg["meta"]["lm_score"]["kept"] in ("head", "score")
+    pm2 = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
+    pm2.load_heads(tmp_path / "h")
+    q, cands = "Question 3: is the fox quick?", ["yes, the quick brown fox", "no lazy dog"]
+    one = pm2.score(q, cands)
+    assert torch.allclose(one, pm.score(q, cands), atol=1e-5)
+    assert torch.allclose(pm2.score_all_heads(q, cands)["default"], one, atol=1e-5)
+    assert torch.allclose(torch.cat([pm2.score(q, c) for c in cands]), one, atol=1e-4)
+
+
+def test_a_log_prob_aware_head_refuses_missing_scores():
+    from prefheads.heads import HeadConfig, RewardHead
+
+    head = RewardHead(HeadConfig(pooler="identity", hidden_size=8, score_input="logprob_mean"))
+    with pytest.raises(ValueError, match="pass scores"):
+        head(torch.zeros(2, 8))
+    with pytest.raises(KeyError, match="logprob_mean"):
+        HeadConfig(pooler="identity", hidden_size=8, score_input="nope")
+
+
+def test_lm_score_option_is_checked():
+    with pytest.raises(ValueError, match="lm_score"):
+        FitConfig(task="x", lm_score="nope")
+    with pytest.raises(ValueError, match="frozen mode only"):
+        FitConfig(task="x", lm_score="logprob_sum", mode="lora")
