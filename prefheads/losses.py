@@ -35,7 +35,7 @@ LossOutput = tuple[Tensor, Metrics]
 DPHLoss = Callable[..., LossOutput]
 
 LOSSES: Registry[DPHLoss] = Registry("dph loss")
-"""DPH objectives by name: ``"separable"`` and ``"contrastive"``."""
+"""DPH objectives by name: ``"separable"``, ``"contrastive"`` (pairs) and ``"listwise"`` (all candidates)."""
 
 
 def get_loss(name: str) -> DPHLoss:
@@ -133,6 +133,47 @@ def contrastive_dph_loss(r_w: Tensor, r_l: Tensor, eps: float = PAPER_DPH_EPS) -
     m = _upcast(r_w) - _upcast(r_l)
     loss = (-(1 - eps) * F.logsigmoid(m) - eps * F.logsigmoid(-m)).mean()
     return loss, _pair_metrics(r_w, r_l, loss)
+
+
+@LOSSES.register("listwise")
+def listwise_dph_loss(r: Tensor, mask: Tensor, eps: float = PAPER_DPH_EPS) -> LossOutput:
+    """Listwise DPH loss: a label-smoothed softmax over all candidates of a question.
+
+    L = −(1−ε) log softmax(r)_0 − ε · mean_{j>0} log softmax(r)_j
+
+    Column 0 holds the preferred candidate; ε spreads the label-smoothing mass over the others.
+    Like the contrastive loss only the ordering within a question matters (a per-question offset
+    cancels), and every wrong answer is seen at every step instead of one sampled per epoch. With
+    two candidates and ε = 0 it equals the contrastive loss.
+
+    Args:
+        r: Rewards, shape ``(B, K)``; column 0 is the preferred candidate.
+        mask: ``(B, K)`` bool, True where a candidate exists (questions may have fewer than K).
+        eps: Label-smoothing rate in [0, 0.5].
+
+    Returns:
+        ``(loss, metrics)``: the batch-mean loss and the pair metrics of the preferred candidate
+        against its best-scored competitor, plus ``choice_accuracy`` (preferred scores highest).
+    """
+    _check_eps(eps)
+    if r.dim() != 2 or r.shape != mask.shape or r.shape[1] < 2:
+        raise ValueError(f"listwise rewards must be (B, K >= 2) with a matching mask, got {tuple(r.shape)} "
+                         f"and {tuple(mask.shape)}")
+    if not bool(mask[:, 0].all()) or not bool(mask[:, 1:].any(1).all()):
+        raise ValueError("every row needs its preferred candidate in column 0 and at least one other")
+    x = _upcast(r).masked_fill(~mask, float("-inf"))
+    logp = torch.log_softmax(x, dim=1)
+    others = mask[:, 1:].to(logp.dtype)
+    rest = (logp[:, 1:].masked_fill(~mask[:, 1:], 0.0) * others).sum(1) / others.sum(1)
+    loss = (-(1 - eps) * logp[:, 0] - eps * rest).mean()
+    best_other = x[:, 1:].max(1).values
+    metrics = _pair_metrics(r[:, 0], best_other.to(r.dtype), loss)
+    metrics["choice_accuracy"] = metrics["pair_accuracy"]
+    return loss, metrics
+
+
+LISTWISE = frozenset({"listwise"})
+"""Objectives that see every candidate of a question (``(r, mask)``) rather than sampled pairs."""
 
 
 def _implicit_rewards(

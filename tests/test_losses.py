@@ -170,7 +170,7 @@ def test_shape_mismatch_rejected():
 def test_loss_registry():
     assert get_loss("separable") is separable_dph_loss
     assert get_loss("contrastive") is contrastive_dph_loss
-    assert losses.LOSSES.names() == ["contrastive", "separable"]
+    assert losses.LOSSES.names() == ["contrastive", "listwise", "separable"]
     with pytest.raises(KeyError, match="separable"):
         get_loss("hinge")
 
@@ -254,3 +254,27 @@ def test_joint_loss_weights_and_prefixes():
     loss2, m2 = joint_loss(dph[0], dpo[0])
     assert loss2.item() == pytest.approx(dph[0].item() + dpo[0].item(), rel=1e-6)
     assert set(m2) == {"loss", "dph/loss", "dpo/loss"}
+
+
+def test_listwise_with_two_candidates_and_no_smoothing_is_the_contrastive_loss():
+    r = torch.tensor([[1.0, 0.0], [0.2, 0.5], [-1.0, 3.0]])
+    mask = torch.ones_like(r, dtype=torch.bool)
+    lw, m = losses.listwise_dph_loss(r, mask, eps=0.0)
+    ct, _ = contrastive_dph_loss(r[:, 0], r[:, 1], eps=0.0)
+    assert torch.allclose(lw, ct) and m["choice_accuracy"] == pytest.approx(1 / 3)
+
+
+def test_listwise_ignores_padded_candidates_and_a_per_question_offset():
+    r = torch.tensor([[2.0, 1.0, 0.5, 99.0], [0.0, 1.0, -1.0, -5.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    a, _ = losses.listwise_dph_loss(r, mask, eps=0.1)
+    b, _ = losses.listwise_dph_loss(r + torch.tensor([[10.0], [-3.0]]), mask, eps=0.1)
+    c, _ = losses.listwise_dph_loss(r.masked_fill(~mask, -7.0), mask, eps=0.1)
+    assert torch.allclose(a, b) and torch.allclose(a, c)
+    logp = torch.log_softmax(torch.tensor([2.0, 1.0, 0.5]), 0)
+    row0 = -(0.9 * logp[0] + 0.1 * logp[1:].mean())
+    logp1 = torch.log_softmax(r[1], 0)
+    row1 = -(0.9 * logp1[0] + 0.1 * logp1[1:].mean())
+    assert torch.allclose(a, (row0 + row1) / 2)
+    with pytest.raises(ValueError, match="column 0"):
+        losses.listwise_dph_loss(r, mask.roll(1, dims=1), eps=0.1)

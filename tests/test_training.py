@@ -213,3 +213,16 @@ def test_quantized_backbones_fail_clearly_where_unsupported():
         with pytest.raises(RuntimeError, match="CUDA GPU"):
             quantization_config(load_in_4bit=True)
     assert quantization_config() is None
+
+
+def test_listwise_objective_learns_a_separable_set_and_selects_on_choice_accuracy(tmp_path):
+    pm, res = _run(tmp_path, "lw", objective="listwise", epochs=4)
+    assert res.best["val_accuracy"] == 1.0
+    assert all("val_accuracy" in h and "val_pair_accuracy" in h for h in res.history)
+    best = max(range(len(res.history)), key=lambda i: (res.history[i]["val_accuracy"], -i))
+    assert res.best_epoch == best + 1  # the first epoch with the best validation choice accuracy
+
+
+def test_listwise_rejects_the_joint_cdpo_objective():
+    with pytest.raises(ValueError, match="cDPO"):
+        FitConfig(task="x", objective="listwise", dpo_weight=1.0, mode="lora")

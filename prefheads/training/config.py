@@ -38,7 +38,8 @@ class FitConfig:
             (the paper's pure DPH), auto (the best of logprob_sum, logprob_mean, logprob_char
             on the training split), or a score name. The head starts from the score; if it does
             not beat the score alone on validation it is saved as the score alone.
-        objective: DPH loss: separable or contrastive.
+        objective: DPH loss: separable or contrastive (a sampled wrong answer per question and
+            epoch), or listwise (a softmax over all of a question's candidates).
         dph_eps: Label smoothing ε of the DPH loss.
         epochs: Passes over the training pairs.
         batch_size: Pairs per optimizer step.
@@ -153,8 +154,12 @@ class FitConfig:
             raise ValueError(f"log_with must be tensorboard or wandb, got {self.log_with!r}")
         if not 0.0 <= self.dpo_eps <= 0.5:
             raise ValueError(f"dpo_eps must be in [0, 0.5], got {self.dpo_eps}")
-        if self.objective not in ("separable", "contrastive"):
-            raise ValueError(f"objective must be separable or contrastive, got {self.objective!r}")
+        from prefheads.losses import LOSSES
+
+        if self.objective not in LOSSES:
+            raise ValueError(f"objective must be one of {LOSSES.names()}, got {self.objective!r}")
+        if self.objective == "listwise" and self.dpo_weight:
+            raise ValueError("the joint cDPO objective trains on pairs: use separable or contrastive with --dpo-weight")
         if not 0.0 <= self.dph_eps <= 0.5:
             raise ValueError(f"dph_eps must be in [0, 0.5], got {self.dph_eps}")
         self.layer = str(self.layer)

@@ -16,6 +16,7 @@ import torch
 from prefheads.layers import parse_layers
 from prefheads.training.config import FitConfig
 from prefheads.training.lmscore import choose_score, settle
+from prefheads.training.loop import choice_accuracy
 from prefheads.training.data import Candidates, from_examples, from_pairs, split
 
 log = logging.getLogger(__name__)
@@ -240,21 +241,6 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
     pm.save_heads(out)
     return FitResult(out, name, history, best_epoch, len(tr), len(va), setup_s, train_s,
                      getattr(trainable, "cache_hit", False), data)
-
-
-@torch.no_grad()
-def choice_accuracy(trainable: Any, groups: list[tuple[int, list[int]]]) -> float:
-    """Fraction of groups whose preferred row out-scores every other candidate (ties count wrong)."""
-    was = trainable.training
-    trainable.eval()
-    rows = torch.tensor([r for w, ls in groups for r in [w, *ls]])
-    r = trainable(rows)[0].tolist()
-    trainable.train(was)
-    ok, i = 0, 0
-    for w, ls in groups:
-        ok += int(r[i] > max(r[i + 1: i + 1 + len(ls)]))
-        i += 1 + len(ls)
-    return ok / max(1, len(groups))
 
 
 def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[int], va: list[int],

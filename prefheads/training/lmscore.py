@@ -54,7 +54,7 @@ def settle(trainable: Any, values: torch.Tensor, val_groups: Groups) -> dict[str
     Returns:
         A record for the head's metadata: both validation accuracies and what was kept.
     """
-    from prefheads.training.fit import choice_accuracy
+    from prefheads.training.loop import choice_accuracy
 
     if not val_groups:
         return {"kept": "head", "reason": "no validation split"}

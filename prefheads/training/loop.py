@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from prefheads.losses import cdpo_loss, get_loss, joint_loss
+from prefheads.losses import LISTWISE, cdpo_loss, get_loss, joint_loss
 from prefheads.optim import warmup_cosine_schedule
 from prefheads.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from prefheads.training.config import FitConfig
@@ -29,6 +29,33 @@ def _epoch_pairs(groups: list[tuple[int, list[int]]], seed: int, epoch: int) -> 
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     pairs = sample_pairs(groups, g)
     return pairs[torch.randperm(len(pairs), generator=g)]
+
+
+def _epoch_lists(groups: list[tuple[int, list[int]]], seed: int, epoch: int) -> torch.Tensor:
+    """Every candidate of every group, preferred first, padded with -1: ``[G, K]`` (listwise)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    k = max(1 + len(ls) for _, ls in groups)
+    out = torch.full((len(groups), k), -1, dtype=torch.long)
+    for i, (w, ls) in enumerate(groups):
+        out[i, : 1 + len(ls)] = torch.tensor([w, *ls])
+    return out[torch.randperm(len(out), generator=g)]
+
+
+@torch.no_grad()
+def choice_accuracy(trainable: Any, groups: list[tuple[int, list[int]]], chunk: int = 1024) -> float:
+    """Fraction of groups whose preferred row out-scores every other candidate (ties count wrong)."""
+    if not groups:
+        return float("nan")
+    was = trainable.training
+    trainable.eval()
+    rows = torch.tensor([r for w, ls in groups for r in [w, *ls]])
+    r = torch.cat([trainable(rows[i: i + chunk])[0] for i in range(0, len(rows), chunk)]).tolist()
+    trainable.train(was)
+    ok, i = 0, 0
+    for w, ls in groups:
+        ok += int(r[i] > max(r[i + 1: i + 1 + len(ls)]))
+        i += 1 + len(ls)
+    return ok / len(groups)
 
 
 @torch.no_grad()
@@ -44,7 +71,10 @@ def pair_accuracy(trainable: Any, pairs: torch.Tensor, chunk: int = 256) -> floa
     return float((r[:, 0] > r[:, 1]).float().mean())
 
 
-def _loss(cfg: FitConfig, r: torch.Tensor, lp: torch.Tensor | None, ref: torch.Tensor | None):
+def _loss(cfg: FitConfig, r: torch.Tensor, lp: torch.Tensor | None, ref: torch.Tensor | None,
+          mask: torch.Tensor | None = None):
+    if mask is not None:  # listwise: every candidate of each question
+        return get_loss(cfg.objective)(r, mask, eps=cfg.dph_eps)
     dph = get_loss(cfg.objective)(r[:, 0], r[:, 1], eps=cfg.dph_eps)
     if not cfg.dpo_weight:
         return dph
@@ -108,6 +138,7 @@ def train(
     sched = warmup_cosine_schedule(opt, int(cfg.warmup_ratio * total), total, cfg.final_lr_ratio)
     model, opt = acc.prepare(trainable, opt)
     inner = acc.unwrap_model(model)
+    listwise = cfg.objective in LISTWISE
     val_pairs = sample_pairs(val_groups, torch.Generator().manual_seed(cfg.seed + 1)) if val_groups else None
     history: list[dict[str, float]] = []
     best_score, best_epoch, best_state = -1.0, 0, None
@@ -131,7 +162,7 @@ def train(
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        pairs = _epoch_pairs(train_groups, cfg.seed, epoch)
+        pairs = (_epoch_lists if listwise else _epoch_pairs)(train_groups, cfg.seed, epoch)
         tot: dict[str, float] = {"loss": 0.0, "pair_accuracy": 0.0, "margin": 0.0}
         seen = 0
         for b in range(start_batch if epoch == start_epoch else 0, batches_per_epoch):
@@ -140,11 +171,15 @@ def train(
             # a rank left without pairs still joins the collective backward, with zero weight
             weight = 1.0 if len(batch) else 0.0
             batch = batch if len(batch) else full[:1]
+            width = batch.shape[1]
+            mask = batch >= 0 if listwise else None
+            # padding (-1) reads the question's own preferred row; the mask drops it from the loss
+            rows = torch.where(batch >= 0, batch, batch[:, :1]).reshape(-1)
             with acc.accumulate(model):
                 with acc.autocast():
-                    r, lp = model(batch.reshape(-1))
-                ref = inner.ref_logp[batch.reshape(-1)].view(-1, 2) if inner.ref_logp is not None else None
-                loss, m = _loss(cfg, r.float().view(-1, 2), None if lp is None else lp.view(-1, 2), ref)
+                    r, lp = model(rows)
+                ref = inner.ref_logp[rows].view(-1, 2) if inner.ref_logp is not None else None
+                loss, m = _loss(cfg, r.float().view(-1, width), None if lp is None else lp.view(-1, 2), ref, mask)
                 acc.backward(loss * weight)
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(params, cfg.clip)
@@ -170,8 +205,11 @@ def train(
                 checkpoint(epoch, b + 1)
         rec = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in tot.items()}, "seconds": time.perf_counter() - t0}
         rec["val_pair_accuracy"] = pair_accuracy(inner, val_pairs) if val_pairs is not None else float("nan")
+        rec["val_accuracy"] = choice_accuracy(inner, val_groups)
         history.append(rec)
-        score = rec["val_pair_accuracy"] if val_pairs is not None else float(epoch)  # no val: keep the last
+        # the best epoch by validation choice accuracy (the preferred answer above every other),
+        # pair accuracy breaking ties; without validation the last epoch is kept
+        score = rec["val_accuracy"] + 1e-3 * rec["val_pair_accuracy"] if val_groups else float(epoch)
         if score > best_score:
             best_score, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in inner.trainable_state().items()}
