@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -22,8 +21,6 @@ def _options(debug: Annotated[bool, typer.Option("--debug", help=f"Show the full
                                                  f"(or set {DEBUG_ENV}=1).")] = False) -> None:
     if debug:
         os.environ[DEBUG_ENV] = "1"
-
-Base = Annotated[Optional[str], typer.Option(help="Hub id, local folder or GGUF file (default: bundled SmolLM2-135M-Instruct).")]
 
 
 def _quiet() -> None:
@@ -62,32 +59,6 @@ def _register_fit() -> None:
 
 
 _register_fit()
-
-
-@app.command()
-def score(
-    heads: Annotated[Path, typer.Option(help="Head folder.")],
-    prompt: Annotated[str, typer.Option(help="User prompt.")],
-    candidate: Annotated[list[str], typer.Option(help="A candidate answer (repeat the option).")],
-    base: Base = None,
-    head: Annotated[Optional[str], typer.Option(help="Head to use (default: the folder's active head).")] = None,
-    allow_base_mismatch: Annotated[bool, typer.Option(help="Load heads trained on another base.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Print each candidate's reward, best first."""
-    _quiet()
-    from prefheads.headio import heads_base
-    from prefheads.model import PreferenceModel
-
-    pm = PreferenceModel.from_pretrained(base if base is not None else heads_base(heads))
-    pm.load_heads(heads, allow_base_mismatch=allow_base_mismatch)
-    rewards = pm.score(prompt, candidate, head=head).tolist()
-    ranked = sorted(zip(candidate, rewards), key=lambda x: -x[1])
-    if as_json:
-        typer.echo(json.dumps([{"candidate": c, "reward": r} for c, r in ranked]))
-        return
-    for i, (c, r) in enumerate(ranked, 1):
-        typer.echo(f"{i}. {r:+.4f}  {c}")
 
 
 @app.command()

@@ -8,7 +8,7 @@ import typer
 
 # one module per concern; each adds its commands to the main app
 MODULES: list[str] = ["layers"]
-MODULES += ["evaluate", "infer"]  # eval; rerank, serve
+MODULES += ["evaluate", "infer", "score"]  # eval; rerank, serve; score (a few candidates, or bulk)
 MODULES += ["recipes", "zoo"]  # prefheads run; zoo + tasks listings
 
 
