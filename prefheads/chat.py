@@ -121,11 +121,13 @@ class Encoded:
             of one prompt; the shared prefix). ``ids[prompt_len:]`` is the completion.
         truncated: Tokens dropped to fit ``max_length`` (from the left of the prompt, or from
             the end of the completion under ``truncation="right"``).
+        n_chars: Characters of the completion text (per-character log-prob scores).
     """
 
     ids: list[int]
     prompt_len: int
     truncated: int = 0
+    n_chars: int = 0
 
 
 def _lcp(a: list[int], b: list[int]) -> int:
@@ -202,10 +204,10 @@ def encode(
                 raise TooLongError(f"{name}: the prompt alone ({plen} tokens) fills the context of {max_length}; "
                                    "truncation='right' keeps the prompt whole (use 'left')")
             # the answer's tail goes; the reward token still closes the sequence
-            return Encoded(ids[: max_length - 1] + ids[-1:], plen, truncated)
+            return Encoded(ids[: max_length - 1] + ids[-1:], plen, truncated, len(completion))
         if truncated > plen - 1:
             raise TooLongError(f"{name}: the completion alone ({len(ids) - plen} tokens) exceeds max_length={max_length}")
         # keep the first token (BOS / <|im_start|>) and drop the oldest prompt tokens after it
         ids = ids[:1] + ids[1 + truncated:]
         plen -= truncated
-    return Encoded(ids, plen, truncated)
+    return Encoded(ids, plen, truncated, len(completion))

@@ -60,6 +60,12 @@ def lm_score(name: str, logprob_sum: torch.Tensor, n_tokens: torch.Tensor,
     return LM_SCORES.get(name)(logprob_sum.double().cpu(), n_tokens.double().cpu(), chars)
 
 
+def lm_score_items(name: str, logprob_sum: torch.Tensor, n_tokens: torch.Tensor, items: Sequence) -> torch.Tensor:
+    """As :func:`lm_score`, with the completions' lengths taken from encoded items (``n_chars``)."""
+    chars = torch.tensor([it.n_chars for it in items], dtype=torch.float64)
+    return LM_SCORES.get(name)(logprob_sum.double().cpu(), n_tokens.double().cpu(), chars)
+
+
 def all_lm_scores(logprob_sum: torch.Tensor, n_tokens: torch.Tensor, completions: Sequence[str]) -> dict[str, torch.Tensor]:
     """Every registered score: ``{name: [N]}``."""
     return {n: lm_score(n, logprob_sum, n_tokens, completions) for n in LM_SCORES.names()}

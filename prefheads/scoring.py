@@ -38,15 +38,20 @@ def score_items(pm: Any, items: list[Encoded], *, shared_prefix: bool | str = "a
     """
     if not pm.heads:
         raise ValueError("no head attached")
+    from prefheads.lmscores import lm_score_items
+
     layers = pm.layers_for(pm.head_names) or [pm.layer]
     feats = extract(pm.backbone, pm.profile, items, list(layers), pad_id=pm.tokenizer.pad_token_id or 0,
-                    shared_prefix=shared_prefix, max_tokens=pm.max_tokens)
+                    logprobs=pm.needs_logprobs(pm.head_names), shared_prefix=shared_prefix, max_tokens=pm.max_tokens)
     out = {}
     for name, head in pm.heads.items():
         was = head.training
         head.eval()  # dropout off; restored so a head in training stays in training
         try:
-            out[name] = pm(feats.states, name)
+            # a log-prob-aware head adds the LM's own score of each item, from the same pass
+            scores = (lm_score_items(head.config.score_input, feats.logprob_sum, feats.n_tokens, items)
+                      if head.uses_scores else None)
+            out[name] = pm(feats.states, name, scores)
         finally:
             head.train(was)
     return out

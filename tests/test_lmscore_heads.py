@@ -110,3 +110,20 @@ def test_lm_score_option_is_checked():
         FitConfig(task="x", lm_score="nope")
     with pytest.raises(ValueError, match="frozen mode only"):
         FitConfig(task="x", lm_score="logprob_sum", mode="lora")
+
+
+def test_pooled_scoring_of_encoded_items_gives_a_log_prob_aware_head_its_scores(tmp_path):
+    """The batching server and bulk scoring score encoded items: the LM score comes with them."""
+    from prefheads.scoring import encode_all, score_items
+
+    bb, tok = make_backbone("llama")
+    pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
+    pm.add_head("plain", "identity")
+    pm.add_head("lp", "identity", score_input="logprob_char")
+    pm.heads["lp"].score_scale.data.fill_(3.0)
+    prompts, cands = ["q one", "q one", "another q"], ["yes", "no, the lazy dog", "Paris"]
+    pooled = score_items(pm, encode_all(pm, prompts, cands), shared_prefix=False)
+    direct = pm.score_all_heads(prompts, cands, shared_prefix=False)
+    for h in ("plain", "lp"):
+        assert torch.allclose(pooled[h], direct[h], atol=1e-5)
+    assert not torch.allclose(direct["lp"], direct["plain"], atol=1e-3)
