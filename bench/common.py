@@ -54,17 +54,20 @@ def resolve_bench_base(base: str | None) -> str | None:
     return str(path if path.is_file() else g.assemble())
 
 
-def hh_requests(n: int, candidates: int, data_dir: str | Path = "bundled", offset: int = 0) -> list[tuple[list, list[str]]]:
+def hh_requests(n: int, candidates: int, data_dir: str | Path = "bundled", offset: int = 0,
+                single_turn: bool = False) -> list[tuple[list, list[str]]]:
     """``n`` scoring requests ``(prompt, replies)`` built from real HH-RLHF helpful-base test pairs.
 
     Request ``i`` is pair ``offset + i``'s conversation with its chosen and rejected replies, and
     for more than two candidates the replies of the pairs that follow it (real replies of real
-    lengths, as a reranker sees several answers to one prompt).
+    lengths, as a reranker sees several answers to one prompt). ``single_turn`` keeps only the
+    conversations of one user message (a reranker's usual query).
     """
     from prefheads import tasks
 
+    pairs = [p for p in tasks.load_pairs("hh_rlhf", split="eval", data_dir=data_dir)
+             if not single_turn or len(p.prompt) == 1]
     need = offset + n + (candidates + 1) // 2
-    pairs = list(tasks.load_pairs("hh_rlhf", split="eval", data_dir=data_dir, limit=need))
     if len(pairs) < need:
         raise SystemExit(f"{need} HH-RLHF pairs needed, {len(pairs)} found in {data_dir}")
     out = []
