@@ -216,3 +216,23 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
     assert not (tmp_path / "o").exists()
     r = subprocess.run(cmd + ["--debug"] + args, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "Traceback" in r.stderr and "DataError" in r.stderr
+
+
+# ------------------------------------------------------------------ the data a frozen run can afford
+def test_a_time_budget_caps_the_data_to_a_seeded_subset_and_says_so(tmp_path):
+    res = _fit(tmp_path, tmp_path / "cap", time_budget=1e-9)
+    b = res.data["budget"]
+    assert b["examples_available"] == 24 and b["examples_used"] == 2 == res.data["rows"]
+    assert b["estimated_seconds"] > 0 and b["tokens"] > 0
+    meta = json.loads((tmp_path / "cap" / "heads.json").read_text())["heads"]["default"]["config"]["meta"]
+    assert meta["data"]["budget"]["examples_used"] == 2
+    full = _fit(tmp_path, tmp_path / "all", cache_dir=str(tmp_path / "c2"))
+    assert full.data["rows"] == 24 and full.data["budget"]["examples_used"] == 24
+
+
+def test_no_budget_estimate_when_the_rows_are_cached_or_capped(tmp_path):
+    _fit(tmp_path, tmp_path / "a")
+    again = _fit(tmp_path, tmp_path / "b", time_budget=1e-9)  # cache hit: the pass costs nothing
+    assert again.data["rows"] == 24 and "budget" not in again.data
+    capped = _fit(tmp_path, tmp_path / "c", max_train=10, cache_dir=str(tmp_path / "c3"))
+    assert "budget" not in capped.data

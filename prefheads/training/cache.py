@@ -61,6 +61,10 @@ class FeatureCache:
         """File of ``key``."""
         return self.root / f"{key}.safetensors"
 
+    def has(self, key: str) -> bool:
+        """Whether an entry for ``key`` exists (its layers may still be a subset)."""
+        return self.path(key).is_file()
+
     def load(self, key: str) -> dict[str, torch.Tensor] | None:
         """Cached tensors (``layer_<i>``: ``[N, d]`` fp32, ``logprob_sum``, ``n_tokens``), or None
         on a miss or an unreadable file."""

@@ -51,7 +51,12 @@ class FitConfig:
         clip: Gradient-norm clip.
         dropout: Pooler-output dropout (None: 0.1, but 0 for a frozen backbone).
         seed: Seed of sampling, initialisation and shuffling.
-        max_train: Cap on training examples (seeded subset).
+        max_train: Cap on training examples (seeded subset). Without it a frozen run takes all the
+            training data its backbone pass can cover within time_budget.
+        time_budget: Minutes the backbone pass of a frozen run may take when max_train is not
+            set: the pass is priced before it runs (padded tokens over a timed sample) and the
+            data capped to a seeded subset that fits, with the count printed and recorded (pass
+            --max-train with that count to rerun it exactly). 0: no cap.
         max_eval: Cap on evaluation examples (seeded subset).
         truncation: What a sequence longer than the model's context loses: left (the oldest
             prompt tokens), right (the end of the answer; the reward token stays last) or error
@@ -109,6 +114,7 @@ class FitConfig:
     dropout: float | None = None
     seed: int = 0
     max_train: int | None = None
+    time_budget: float = 30.0
     max_eval: int | None = None
     truncation: str = "left"
     val_fraction: float = 0.1

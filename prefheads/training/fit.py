@@ -98,6 +98,34 @@ def encode_candidates(pm: Any, cands: Candidates, truncation: str) -> tuple[list
     return items, sum(it.truncated > 0 for it in items)
 
 
+def _within_budget(cfg: FitConfig, pm: Any, cands: Candidates, items: list[Any]) -> tuple[Candidates, list[Any], dict[str, Any]]:
+    """All the training data, or the seeded share of it a frozen backbone pass covers in ``time_budget``."""
+    import random
+
+    from prefheads.training.budget import affordable, estimate_pass
+    from prefheads.training.cache import FeatureCache, feature_key
+
+    if cfg.mode != "frozen" or cfg.max_train is not None or not cfg.time_budget:
+        return cands, items, {}
+    if cfg.feature_cache and FeatureCache(cfg.cache_dir, cfg.cache_dtype).has(
+            feature_key(pm.backbone, items, cfg.cache_dtype)):
+        return cands, items, {}  # the pass is already paid for
+    est = estimate_pass(pm, items, logprobs=cfg.lm_score != "none")
+    keep = affordable(len(cands), est, cfg.time_budget)
+    info = {"budget": {"minutes": cfg.time_budget, "estimated_seconds": round(est.minutes * 60, 3),
+                       "tokens": est.tokens, "tokens_per_second": round(est.tokens_per_second, 1),
+                       "examples_available": len(cands), "examples_used": keep}}
+    log.warning("backbone pass over %d candidates (%d tokens) estimated at %.1f min (%.0f tokens/s)%s",
+                len(items), est.tokens, est.minutes, est.tokens_per_second,
+                "" if keep == len(cands) else f"; the {cfg.time_budget:g}-min budget covers {keep} of "
+                f"{len(cands)} examples (seeded subset; --max-train {keep} reruns it exactly)")
+    if keep == len(cands):
+        return cands, items, info
+    pick = sorted(random.Random(cfg.seed).sample(range(len(cands)), keep))
+    rows = [r for g in pick for r in [cands.groups[g][0], *cands.groups[g][1]]]
+    return cands.subset(pick), [items[r] for r in rows], info
+
+
 def _frozen_features(cfg: FitConfig, pm: Any, cands: Candidates, items: list[Any], layers: Sequence[int],
                      logprobs: bool) -> tuple[Any, bool]:
     """The frozen backbone's features of every candidate, through the feature cache."""
@@ -159,6 +187,7 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
 
         raise DataError("no training rows", file=cands.source or cfg.data or cfg.task)
     items, n_trunc = encode_candidates(pm, cands, cfg.truncation)  # every data problem surfaces here
+    cands, items, budget = _within_budget(cfg, pm, cands, items)
     tr, va = split(len(cands), cfg.val_fraction, cfg.seed)
     init = _initial_head(pm, cfg.init_head, cfg.head_dropout) if cfg.init_head else None
     if init is not None:  # the saved head decides what is read and how: record that, not the defaults
@@ -168,7 +197,7 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
     out = Path(cfg.out)
     check_out_dir(out, cfg.to_dict(), cfg.overwrite)  # before anything is written there
     data = {"rows": len(cands), "candidates": len(items), "skipped": cands.skipped, "dropped": cands.dropped,
-            "truncated": n_trunc, "truncation": cfg.truncation, "max_length": pm.max_length}
+            "truncated": n_trunc, "truncation": cfg.truncation, "max_length": pm.max_length, **budget}
     if n_trunc:
         log.warning("%d of %d candidates exceed the model's %s-token context: cut (%s)", n_trunc, len(items),
                     pm.max_length, cfg.truncation)
