@@ -131,8 +131,9 @@ def _group_chunks(plen: list[int], smax: list[int], nmem: list[int], max_tokens:
 # The shared prefix must run this many times fewer padded tokens than full encoding to be
 # picked: below it the second forward (short answers against a long cached prompt, small
 # matrix products) and the per-candidate KV-cache copy cost more than the prompt tokens saved.
-# Measured on CPU with bench/auto_prefix.py (docs/benchmarks.md, "Shared prefix or full").
-AUTO_MARGIN = 1.3
+# Measured on CPU with bench/auto_prefix.py (docs/benchmarks.md, "Shared prefix or full"):
+# at token ratios 1.11-1.17 the shared prefix was 0.80-0.96x as fast, at 1.20-1.32 1.06-1.19x.
+AUTO_MARGIN = 1.2
 
 
 def _prompt_groups(items: list[Encoded]) -> dict[tuple[int, ...], list[int]]:
