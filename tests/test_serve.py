@@ -215,3 +215,18 @@ def test_shutdown_finishes_queued_work_and_health_says_so(pm):
     assert r.status_code == 503 and r.json()["status"] == "unavailable"
     r = TestClient(app).post("/score", json={"prompt": PROMPT, "candidates": ["Paris"]})
     assert r.status_code == 503 and "shutting down" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("payload, match", [
+    ({"prompt": "x", "candidates": ["fine", "  "]}, "candidates\\[1\\].*empty"),
+    ({"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+      "candidates": ["x"]}, "must end with a user turn"),
+    ({"prompt": [{"role": "wizard", "content": "hi"}], "candidates": ["x"]}, "unknown role 'wizard'"),
+])
+def test_the_server_rejects_what_fit_rejects(client, payload, match):
+    """An empty candidate, a prompt ending in an assistant turn, an unknown role: 422, as fit refuses them."""
+    import re
+
+    r = client.post("/score", json=payload)
+    assert r.status_code == 422, r.text
+    assert re.search(match, json.dumps(r.json()["detail"])), r.text
