@@ -6,9 +6,9 @@ that true, with the same interface (``await scorer.score(...)``, ``await scorer.
 * :class:`Batcher` — one worker thread owns the model. Request handlers put their work on a
   bounded queue and await a future; the worker takes the first request, then keeps draining the
   queue for at most ``max_wait_ms`` until ``max_batch_tokens`` tokens are pooled, scores them
-  all in one backbone pass (the engine picks shared-prefix or full encoding for the pooled
-  candidates; every head from the same pass) and hands each request exactly its own slice of
-  the rewards. A full queue refuses new work at once (:class:`QueueFull`, HTTP 503 with
+  all in one backbone pass per backbone state they need (the engine picks shared-prefix or
+  full encoding for the pooled candidates; every head of a state from the same pass) and hands
+  each request exactly its own slice of the rewards. A full queue refuses new work at once (:class:`QueueFull`, HTTP 503 with
   ``Retry-After``) rather than letting clients time out; :meth:`Batcher.close` finishes every
   queued request before the worker stops.
 * :class:`Serial` — each request runs its own pass in a handler thread, under one lock: the
@@ -86,7 +86,8 @@ class Scored:
     """One request's result.
 
     Attributes:
-        rewards: ``{head: [reward per candidate]}``, in the request's candidate order.
+        rewards: ``{head: [reward per candidate]}``, in the request's candidate order: the heads
+            asked for and every head reading the same backbone state (one pass gives them all).
         tokens: Tokens of its encoded sequences (prompt + candidate, each candidate).
     """
 
@@ -94,11 +95,26 @@ class Scored:
     tokens: int
 
 
-class _Job:
-    __slots__ = ("prompts", "candidates", "fn", "future", "items", "tokens")
+def heads_to_score(pm: Any, heads: Sequence[str] | None) -> list[str]:
+    """Every head of the groups (backbone states) ``heads`` belong to; None: every head of ``pm``.
 
-    def __init__(self, prompts: list | None, candidates: list[str] | None, fn: Callable[[], Any] | None) -> None:
+    A request names one head, but its pass gives every head of that state at no extra cost;
+    the heads of other states would cost passes of their own.
+    """
+    if heads is None:
+        return pm.head_names
+    wanted = set(heads)
+    chosen = {n for _, names in pm.head_groups() if wanted & set(names) for n in names}
+    return [n for n in pm.head_names if n in chosen]
+
+
+class _Job:
+    __slots__ = ("prompts", "candidates", "heads", "fn", "future", "items", "tokens")
+
+    def __init__(self, prompts: list | None, candidates: list[str] | None, fn: Callable[[], Any] | None,
+                 heads: Sequence[str] | None = None) -> None:
         self.prompts, self.candidates, self.fn = prompts, candidates, fn
+        self.heads = None if heads is None else list(heads)
         self.future: Future = Future()
         self.items: list = []
         self.tokens = 0
@@ -160,22 +176,28 @@ class Batcher:
                 raise QueueFull(self.depth, self.retry_after()) from None
         return job.future
 
-    def submit(self, prompts: Sequence[Any], candidates: Sequence[str]) -> Future:
+    def submit(self, prompts: Sequence[Any], candidates: Sequence[str], heads: Sequence[str] | None = None) -> Future:
         """Queue aligned prompts and candidates; the future gives a :class:`Scored`.
+
+        Args:
+            prompts: One prompt per candidate.
+            candidates: The candidates.
+            heads: The heads wanted (their backbone states' passes run); None: every head.
 
         Raises:
             QueueFull: ``max_queue`` requests are waiting already.
             Closed: the worker is shutting down.
         """
-        return self._put(_Job(list(prompts), list(candidates), None))
+        return self._put(_Job(list(prompts), list(candidates), None, heads))
 
     def call(self, fn: Callable[[], Any]) -> Future:
         """Queue ``fn`` to run on the worker alone (e.g. sampling from the backbone)."""
         return self._put(_Job(None, None, fn))
 
-    async def score(self, prompts: Sequence[Any], candidates: Sequence[str]) -> Scored:
+    async def score(self, prompts: Sequence[Any], candidates: Sequence[str],
+                    heads: Sequence[str] | None = None) -> Scored:
         """:meth:`submit` and await the result."""
-        return await _await(self.submit(prompts, candidates))
+        return await _await(self.submit(prompts, candidates, heads))
 
     async def run(self, fn: Callable[[], Any]) -> Any:
         """:meth:`call` and await the result."""
@@ -253,11 +275,29 @@ class Batcher:
         except Exception as e:  # noqa: BLE001 - returned to the caller
             job.future.set_exception(e)
 
+    def _rewards(self, batch: list[_Job]) -> list[dict[str, Any]]:
+        """Each job's rewards: one pass per backbone state any job of the batch needs, over the
+        items of the jobs that need it."""
+        out: list[dict[str, Any]] = [{} for _ in batch]
+        wanted = [set(heads_to_score(self.pm, j.heads)) for j in batch]
+        for _, names in self.pm.head_groups():
+            members = [k for k in range(len(batch)) if wanted[k] & set(names)]
+            if not members:
+                continue
+            items = [it for k in members for it in batch[k].items]
+            rewards = score_items(self.pm, items, heads=names, shared_prefix=self.shared_prefix)
+            start = 0
+            for k in members:
+                n = len(batch[k].items)
+                out[k].update({h: v[start:start + n].tolist() for h, v in rewards.items()})
+                start += n
+        return [{h: r[h] for h in self.pm.head_names if h in r} for r in out]
+
     def _pass(self, batch: list[_Job]) -> None:
         items = [it for j in batch for it in j.items]
         t0 = time.perf_counter()
         try:
-            rewards = score_items(self.pm, items, shared_prefix=self.shared_prefix)
+            rewards = self._rewards(batch)
         except Exception as e:  # noqa: BLE001
             if len(batch) == 1:
                 batch[0].future.set_exception(e)
@@ -266,11 +306,8 @@ class Batcher:
                     self._pass([j])
             return
         seconds = time.perf_counter() - t0
-        start = 0
-        for j in batch:
-            n = len(j.items)
-            j.future.set_result(Scored({h: v[start:start + n].tolist() for h, v in rewards.items()}, j.tokens))
-            start += n
+        for j, r in zip(batch, rewards):
+            j.future.set_result(Scored(r, j.tokens))
         per_request = seconds / len(batch)
         self._per_request_s = per_request if not self._per_request_s else 0.8 * self._per_request_s + 0.2 * per_request
         if self.on_pass is not None:
@@ -307,11 +344,12 @@ class Serial:
         self.depth = 0  # no queue of its own: waiting requests hold handler threads
         self.alive = True
 
-    def _score(self, prompts: Sequence[Any], candidates: Sequence[str]) -> Scored:
+    def _score(self, prompts: Sequence[Any], candidates: Sequence[str], heads: Sequence[str] | None = None) -> Scored:
         with self._lock:
             t0 = time.perf_counter()
             items = encode_all(self.pm, prompts, candidates)
-            rewards = score_items(self.pm, items, shared_prefix=self.pm.shared_prefix)
+            rewards = score_items(self.pm, items, heads=heads_to_score(self.pm, heads),
+                                  shared_prefix=self.pm.shared_prefix)
             seconds = time.perf_counter() - t0
         tokens = sum(len(it.ids) for it in items)
         if self.on_pass is not None:
@@ -322,11 +360,12 @@ class Serial:
         with self._lock:
             return fn()
 
-    async def score(self, prompts: Sequence[Any], candidates: Sequence[str]) -> Scored:
+    async def score(self, prompts: Sequence[Any], candidates: Sequence[str],
+                    heads: Sequence[str] | None = None) -> Scored:
         """Score in a worker thread of the server's pool (blocking the event loop never)."""
         import anyio.to_thread
 
-        return await anyio.to_thread.run_sync(self._score, prompts, candidates)
+        return await anyio.to_thread.run_sync(self._score, prompts, candidates, heads)
 
     async def run(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` under the model lock in a worker thread."""

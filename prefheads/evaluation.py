@@ -90,7 +90,10 @@ def _eval_mode(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
 def score_examples(pm: Any, examples: Sequence[Example], heads: Sequence[str] | None = None,
                    logprobs: bool = True, *, chunk_size: int = 256,
                    on_chunk: Callable[[int], None] | None = None, **feature_kw: Any) -> ChoiceScores:
-    """Score every candidate of every example, all heads and log-prob from one pass.
+    """Score every candidate of every example, all heads and log-prob from one pass per backbone state.
+
+    Heads reading the same state (the base model, or one LoRA adapter) share a pass; log-prob
+    is the base model's (a pass with adapters off, shared with the frozen heads).
 
     Args:
         pm: A :class:`~prefheads.model.PreferenceModel`.
@@ -110,24 +113,33 @@ def score_examples(pm: Any, examples: Sequence[Example], heads: Sequence[str] | 
     heads = list(pm.heads) if heads is None else list(heads)
     if not heads and not logprobs:
         raise ValueError("nothing to compute: no heads and logprobs=False")
-    # every hidden state any head reads, so one pass serves them all
-    layers = pm.layers_for(heads) or [-1]
+    # one pass per group of heads reading the same backbone state, reading every hidden state
+    # the group's heads need; the log-prob columns are the base model's own (adapters off)
+    groups = pm.head_groups(heads)
+    if logprobs and all(adapter is not None for adapter, _ in groups):
+        groups.insert(0, (None, []))
     out = ChoiceScores(examples, rewards={h: [] for h in heads})
     with torch.no_grad(), _eval_mode([pm.heads[h] for h in heads]):
         for start in range(0, len(examples), chunk_size):
             part = examples[start: start + chunk_size]
             prompts = [ex.prompt for ex in part for _ in ex.choices]
             comps = [c for ex in part for c in ex.choices]
-            feats = pm.features(prompts, comps, layers=layers, logprobs=logprobs or pm.needs_logprobs(heads),
-                                **feature_kw)
-            flat = {h: pm(feats.states, h, pm.lm_scores(feats, comps, h)).float().cpu() for h in heads}
+            flat = {}
+            for adapter, names in groups:
+                with pm.reading(adapter):
+                    feats = pm.features(prompts, comps, layers=pm.layers_for(names) or [-1],
+                                        logprobs=(logprobs and adapter is None) or pm.needs_logprobs(names),
+                                        **feature_kw)
+                if adapter is None:
+                    base = feats
+                flat.update({h: pm(feats.states, h, pm.lm_scores(feats, comps, h)).float().cpu() for h in names})
             i = 0
             for ex in part:
                 k = len(ex.choices)
                 if logprobs:
-                    s = feats.logprob_sum[i: i + k].double()
+                    s = base.logprob_sum[i: i + k].double()
                     out.logprob_sum.append(s.tolist())
-                    out.logprob.append((s / feats.n_tokens[i: i + k].clamp_min(1)).tolist())
+                    out.logprob.append((s / base.n_tokens[i: i + k].clamp_min(1)).tolist())
                 for h in heads:
                     out.rewards[h].append(flat[h][i: i + k].tolist())
                 i += k

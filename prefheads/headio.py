@@ -6,6 +6,11 @@ Layout (``huggingface_hub`` style: config JSON + safetensors + model card)::
       heads.json                       # format, library version, base model, every head's config
       glue__rte.3f9c2a1b7e4d.safetensors
       README.md
+      adapter/                         # heads trained with LoRA: the peft adapter they read
+
+Each head records the adapter it reads (``heads.<name>.adapter``: a folder inside, or null for
+the base model); a folder whose heads read different adapters keeps each in ``adapter/<name>/``
+and is written as format version 2, which older prefheads refuse rather than misread.
 
 Weight files are content-addressed (the name carries the first 12 hex digits of their sha256),
 so a save writes new files first, then swaps ``heads.json`` in one ``os.replace``: a crash at any
@@ -28,6 +33,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from prefheads.binding import load_adapter, pin, prune, recorded_adapter, save_adapter
+from prefheads.card import render_card
 from prefheads.heads import HeadConfig, RewardHead
 
 if TYPE_CHECKING:
@@ -35,7 +42,7 @@ if TYPE_CHECKING:
 
 CONFIG = "heads.json"
 FORMAT = "prefheads-heads"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: heads of one folder may read different adapters (1 is written otherwise)
 
 
 class HeadFileError(ValueError):
@@ -129,6 +136,12 @@ def save_heads(pm: "PreferenceModel", directory: str | os.PathLike, names: Seque
         raise ValueError("no heads to save")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    # each head's adapter is saved beside it, before heads.json names it
+    reads = {name: pm.adapter_of(name) for name in names}
+    used = list(dict.fromkeys(a for a in reads.values() if a is not None))
+    dirs = {a: "adapter" if len(used) == 1 else f"adapter/{_safe(a)}" for a in used}
+    for a, rel in dirs.items():
+        save_adapter(pm, a, out / rel)
     entries: dict[str, Any] = {}
     for name in names:
         head = pm._get(name)
@@ -141,10 +154,12 @@ def save_heads(pm: "PreferenceModel", directory: str | os.PathLike, names: Seque
         if not (out / fname).is_file():
             _atomic_write(out / fname, blob)
         entries[name] = {"config": head.config.to_dict(), "file": fname, "sha256": digest,
-                         "num_parameters": head.num_parameters()}
-    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": _version(),
-              "base": base_record(pm), "active": pm.active if pm.active in entries else names[0],
-              "heads": entries}
+                         "num_parameters": head.num_parameters(), "adapter": dirs.get(reads[name])}
+    mixed = len(set(reads.values())) > 1
+    # base.adapter: what prefheads before per-head adapters reads (applied to every head)
+    base = dict(base_record(pm), adapter=None if mixed or not used else "adapter")
+    config = {"format": FORMAT, "format_version": 2 if mixed else 1, "library_version": _version(),
+              "base": base, "active": pm.active if pm.active in entries else names[0], "heads": entries}
     # only files the folder's previous heads.json listed (written here by prefheads) may go:
     # a file prefheads did not write is never deleted, whatever its name
     previous = _listed_files(out)
@@ -296,30 +311,70 @@ def _check_depth(pm: "PreferenceModel", head: RewardHead, name: str, where: str,
                             f"base ({base.get('model_id')!r}); {pm.model_id!r} has {pm.num_layers} blocks")
 
 
+def _adapter_path(directory: Path, rel: Any, where: str) -> Path:
+    """A head's adapter folder, which must lie inside the head folder and hold a peft adapter."""
+    path = directory / str(rel)
+    if not isinstance(rel, str) or Path(rel).is_absolute() or not path.resolve().is_relative_to(directory.resolve()):
+        raise HeadFileError(f"{where}: adapter {rel!r} lies outside the head folder {directory}")
+    if not (path / "adapter_config.json").is_file():
+        raise HeadFileError(f"{path}: adapter_config.json not found (the LoRA adapter of these heads)")
+    return path
+
+
+def _check_one_backbone(pm: "PreferenceModel", directory: Path, config: dict[str, Any]) -> None:
+    """Heads of a full fine-tune read their own backbone: never beside heads of another folder."""
+    here = str(directory.resolve())
+    others = sorted({f for f in pm.head_folders.values() if f != here})
+    if config["base"].get("fine_tuned") and others:
+        raise HeadFileError(f"{directory}: its heads were trained with --mode full and read the fine-tuned backbone "
+                            f"saved in it, not the backbone the heads of {others[0]} read; load each folder into its "
+                            "own PreferenceModel")
+    full = pm.backbone_folder
+    if full is not None and full != here and full in others:
+        raise HeadFileError(f"{directory}: cannot be loaded beside the heads of {full}, which were trained with "
+                            f"--mode full and read the fine-tuned backbone saved there; load each folder into its "
+                            "own PreferenceModel")
+
+
 def load_heads(pm: "PreferenceModel", directory: str | os.PathLike, *, names: Sequence[str] | None = None,
                allow_base_mismatch: bool = False) -> list[str]:
-    """Load heads from ``directory`` onto ``pm``; returns the names loaded (replacing same names)."""
+    """Load heads from ``directory`` onto ``pm``; returns the names loaded (replacing same names).
+
+    Heads trained with LoRA are bound to their folder's adapter, loaded once under a name of its
+    own beside the adapters already loaded; heads of the frozen backbone read the base model.
+    Heads of a full fine-tune are refused beside heads of any other folder.
+    """
     directory = Path(directory)
     config = read_config(directory)
-    check_base(pm, config["base"], str(directory / CONFIG), allow_base_mismatch, directory)
-    adapter = config["base"].get("adapter")
-    if adapter and not hasattr(pm.backbone, "peft_config"):
-        from peft import PeftModel
-
-        pm.backbone = PeftModel.from_pretrained(pm.backbone, str(directory / adapter))
-        pm.backbone.eval()
-        pm.adapter = adapter
+    where = str(directory / CONFIG)
+    _check_one_backbone(pm, directory, config)
+    check_base(pm, config["base"], where, allow_base_mismatch, directory)
     wanted = list(names) if names is not None else list(config["heads"])
     unknown = [n for n in wanted if n not in config["heads"]]
     if unknown:
         raise HeadFileError(f"{directory / CONFIG}: no head named {unknown}; heads: {list(config['heads'])}")
     loaded = {n: _load_entry(directory, n, config["heads"][n]) for n in wanted}  # all or nothing
     for n, head in loaded.items():
-        _check_depth(pm, head, n, str(directory / CONFIG), config["base"])
+        _check_depth(pm, head, n, where, config["base"])
+    reads = {n: recorded_adapter(config, n) for n in wanted}
+    paths = {rel: _adapter_path(directory, rel, where) for rel in dict.fromkeys(reads.values()) if rel}
+    if paths:
+        pin(pm)  # heads attached already keep reading what they read now
+    label = directory.resolve().name
+    try:
+        bound = {rel: load_adapter(pm, p, label if rel == "adapter" else f"{label}-{p.name}")
+                 for rel, p in paths.items()}
+    except Exception:
+        prune(pm)  # all or nothing: no adapter stays loaded for heads that did not load
+        raise
+    here = str(directory.resolve())
     for n, head in loaded.items():
-        if n in pm.heads:
-            pm.remove_head(n)
-        pm.attach_head(n, head, activate=False)
+        pm.attach_head(n, head, activate=False)  # replaces a head of the same name
+        pm.head_adapters[n] = bound.get(reads[n])
+        pm.head_folders[n] = here
+    if config["base"].get("fine_tuned"):
+        pm.backbone_folder = here
+    prune(pm)  # adapters only the replaced heads read
     active = config.get("active")
     pm.active = active if active in loaded else (pm.active or wanted[0])
     return wanted
@@ -342,7 +397,7 @@ def read_head(pm: "PreferenceModel", directory: str | os.PathLike, name: str | N
         name = names[0]
     if name not in config["heads"]:
         raise HeadFileError(f"{where}: no head named {name!r}; heads: {names}")
-    if config["base"].get("adapter") or config["base"].get("fine_tuned"):
+    if recorded_adapter(config, name) or config["base"].get("fine_tuned"):
         raise HeadFileError(f"{where}: head {name!r} was trained with a changed backbone (LoRA adapter or full "
                             "fine-tune); start from a head trained on the frozen backbone")
     check_base(pm, config["base"], where, allow_base_mismatch, directory)
@@ -355,33 +410,3 @@ def load_head(pm: "PreferenceModel", directory: str | os.PathLike, name: str, **
     """Load the single head ``name`` from ``directory`` onto ``pm`` and return it."""
     load_heads(pm, directory, names=[name], **kw)
     return pm.heads[name]
-
-
-def render_card(config: dict[str, Any]) -> str:
-    """A human-readable model card (README.md) for a head folder."""
-    base = config["base"]
-    lines = [
-        "---", "library_name: prefheads", f"base_model: {base.get('model_id')}",
-        "tags: [prefheads, direct-preference-head, reward-model]", "---", "",
-        f"# Direct Preference Heads for `{base.get('model_id')}`", "",
-        "Reward heads read at the end-of-turn token "
-        f"`{base.get('reward_token')}` ({base.get('chat_mode')} layout). They score candidate answers; "
-        "they never change the language model's own outputs.", "",
-        "| head | pooler | layer | parameters | details |", "|---|---|---|---|---|",
-    ]
-    for name, e in config["heads"].items():
-        c = e["config"]
-        details = ", ".join(f"{k}={v}" for k, v in sorted(c.get("meta", {}).items()) if not isinstance(v, (dict, list)))
-        layer = c.get("layers") or c["layer"]
-        lines.append(f"| {name} | {c['pooler']} | {layer} | {e['num_parameters']:,} | {details} |")
-    for name, e in config["heads"].items():
-        ls = e["config"].get("meta", {}).get("layer_scores")
-        if ls:
-            lines += ["", f"Validation pair accuracy per layer of `{name}` (chosen: {e['config']['meta'].get('chosen_layer')}):",
-                      "", "| layer | " + " | ".join(ls) + " |", "|---|" + "---|" * len(ls),
-                      "| val acc | " + " | ".join(f"{v:.3f}" for v in ls.values()) + " |"]
-    lines += ["", "```python", "from prefheads import PreferenceModel",
-              f"pm = PreferenceModel.from_pretrained({base.get('model_id')!r}, heads='path/to/this/folder')",
-              "pm.score('Your question', ['answer A', 'answer B'])", "```", "",
-              f"prefheads {config.get('library_version')}, format {config.get('format_version')}.", ""]
-    return "\n".join(lines)

@@ -30,6 +30,7 @@ Typical use::
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -252,8 +253,10 @@ def score_lmeval(model: Any, examples: Sequence[Example], *, tokenizer: Any = No
     out = LmEvalScores(examples, boundary_mismatches=mismatches, truncated=sum(it.truncated > 0 for it in items))
     if items:
         budget = max_tokens or (_CPU_MAX_TOKENS if _on_cpu(backbone) else 4096)
-        feats = extract(backbone, profile, items, [FINAL], pad_id=tokenizer.pad_token_id or 0, logprobs=True,
-                        shared_prefix=shared_prefix, max_tokens=budget, max_batch=max_batch)
+        # the harness scores the language model itself: a PreferenceModel's adapters are off
+        with model.reading(None) if backbone is not model else contextlib.nullcontext():
+            feats = extract(backbone, profile, items, [FINAL], pad_id=tokenizer.pad_token_id or 0, logprobs=True,
+                            shared_prefix=shared_prefix, max_tokens=budget, max_batch=max_batch)
         sums, nts = feats.logprob_sum.tolist(), feats.n_tokens.tolist()  # type: ignore[union-attr]
         i = 0
         for ex in examples:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prefheads.binding import active_adapter, head_groups, is_peft, prune, reading
 from prefheads.chat import ChatFormat, Encoded, detect_format, encode
 from prefheads.engine import Features, extract
 from prefheads.families import FamilyProfile, profile_for, unwrap
@@ -32,13 +33,22 @@ class PreferenceModel(nn.Module):
     Build it with :meth:`from_backbone` (a model you already hold) or :meth:`from_pretrained`
     (hub id, folder, GGUF file, or the bundled SmolLM2).
 
+    Heads of several folders share one backbone: heads trained on the frozen backbone read the
+    base model, each LoRA-trained head reads its own named peft adapter (loaded once per folder),
+    and scoring runs one pass per group of heads that read the same state (:meth:`head_groups`,
+    :mod:`prefheads.binding`).
+
     Attributes:
-        backbone: The wrapped causal LM (never modified).
+        backbone: The wrapped causal LM (its weights never modified; a ``peft.PeftModel`` once a
+            LoRA head folder is loaded).
         tokenizer: Its tokenizer.
         heads: ``nn.ModuleDict`` of :class:`RewardHead` by name.
         active: Name of the head :meth:`score` uses by default.
         layer: Default hidden state new heads read (-1: after the final norm).
         chat: The detected :class:`ChatFormat` (reward token, template fingerprint).
+        head_adapters: Head -> the adapter it reads (None: the base model); see :meth:`adapter_of`.
+        head_folders: Head -> the folder it was loaded from.
+        adapter_folders: Adapter -> the folder it was loaded from.
     """
 
     def __init__(
@@ -69,6 +79,13 @@ class PreferenceModel(nn.Module):
         self.max_length = max_length or getattr(cfg, "max_position_embeddings", None)
         self.heads = nn.ModuleDict()
         self.active: str | None = None
+        # the backbone state each head reads (see prefheads.binding): head -> adapter name, None
+        # for the base model; unbound heads read the backbone as it stands
+        self.head_adapters: dict[str, str | None] = {}
+        self.head_folders: dict[str, str] = {}  # head -> the folder it was loaded from
+        self.adapter_folders: dict[str, str] = {}  # adapter -> the folder it was loaded from
+        self.adapter_digests: dict[str, str] = {}  # adapter -> sha256 of its files (loaded once)
+        self.backbone_folder: str | None = None  # the full fine-tune folder whose backbone this is
         self.shared_prefix = True
         self.max_tokens = 4096
         # what a sequence longer than max_length loses: left | right | error (see chat.encode)
@@ -159,6 +176,10 @@ class PreferenceModel(nn.Module):
                              f"this one has {self.num_layers} blocks")
         dev = next(unwrap(self.backbone).parameters()).device
         self.heads[name] = head.to(dev)
+        self.head_adapters.pop(name, None)
+        self.head_folders.pop(name, None)
+        if is_peft(self.backbone):  # adapters are loaded: the new head reads the one active now
+            self.head_adapters[name] = active_adapter(self.backbone)
         if activate or self.active is None:
             self.active = name
         return head
@@ -172,8 +193,11 @@ class PreferenceModel(nn.Module):
         """Detach and return head ``name``."""
         head = self._get(name)
         del self.heads[name]
+        self.head_adapters.pop(name, None)
+        self.head_folders.pop(name, None)
         if self.active == name:
             self.active = next(iter(self.heads), None)
+        prune(self)
         return head
 
     @property
@@ -188,6 +212,32 @@ class PreferenceModel(nn.Module):
         if name not in self.heads:
             raise KeyError(f"no head named {name!r}; heads: {self.head_names}")
         return self.heads[name]
+
+    # ----------------------------------------------------------------- backbone states
+    def adapter_of(self, name: str) -> str | None:
+        """The peft adapter head ``name`` reads (None: the base model, adapters off)."""
+        self._get(name)
+        if name in self.head_adapters:
+            return self.head_adapters[name]
+        return active_adapter(self.backbone)
+
+    def head_groups(self, heads: Sequence[str] | None = None) -> list[tuple[str | None, list[str]]]:
+        """Heads (default: all) grouped by the adapter they read: one backbone pass per group."""
+        return head_groups(self, self.head_names if heads is None else list(heads))
+
+    def reading(self, adapter: str | None) -> Any:
+        """Context manager: the backbone runs with ``adapter`` active (None: the base model)."""
+        return reading(self.backbone, adapter)
+
+    def new_adapter(self, name: str, config: Any, heads: Sequence[str]) -> nn.Module:
+        """Add a fresh trainable peft adapter (``config``, e.g. ``peft.LoraConfig``) read by ``heads``.
+
+        The adapter becomes the active and only trainable one; adapters already loaded, and the
+        heads reading them, are left as they are. Returns the ``peft.PeftModel`` backbone.
+        """
+        from prefheads.binding import new_adapter
+
+        return new_adapter(self, name, config, heads)
 
     # ----------------------------------------------------------------- encoding & features
     def encode(self, prompts: Sequence[str | Prompt], completions: Sequence[str]) -> list[Encoded]:
@@ -271,8 +321,9 @@ class PreferenceModel(nn.Module):
         was = h.training
         h.eval()
         try:
-            feats = self.features(prompts, completions, layers=h.config.reads,
-                                  logprobs=kw.pop("logprobs", False) or h.uses_scores, **kw)
+            with self.reading(self.adapter_of(head or self.active)):
+                feats = self.features(prompts, completions, layers=h.config.reads,
+                                      logprobs=kw.pop("logprobs", False) or h.uses_scores, **kw)
             return self(feats, head, self.lm_scores(feats, completions, head))
         finally:
             h.train(was)
@@ -280,19 +331,27 @@ class PreferenceModel(nn.Module):
     @torch.no_grad()
     def score_all_heads(self, prompts: str | Prompt | Sequence[str | Prompt],
                         completions: str | Sequence[str], **kw: Any) -> dict[str, torch.Tensor]:
-        """Every head's rewards from ONE backbone pass: ``{name: [N]}``."""
+        """Every head's rewards: ``{name: [N]}``.
+
+        ONE backbone pass serves every head that reads the same state (the base model, or one
+        adapter): one pass per group of :meth:`head_groups`.
+        """
         if not self.heads:
             raise ValueError("no head attached")
         prompts, completions = _broadcast(prompts, completions)
-        feats = self.features(prompts, completions,
-                              logprobs=kw.pop("logprobs", False) or self.needs_logprobs(self.head_names), **kw)
+        logprobs = kw.pop("logprobs", False)
         out = {}
-        for name, h in self.heads.items():
-            was = h.training
-            h.eval()
-            out[name] = self(feats.states, name, self.lm_scores(feats, completions, name))
-            h.train(was)
-        return out
+        for adapter, names in self.head_groups():
+            with self.reading(adapter):
+                feats = self.features(prompts, completions, layers=self.layers_for(names),
+                                      logprobs=logprobs or self.needs_logprobs(names), **kw)
+            for name in names:
+                h = self.heads[name]
+                was = h.training
+                h.eval()
+                out[name] = self(feats.states, name, self.lm_scores(feats, completions, name))
+                h.train(was)
+        return {name: out[name] for name in self.heads}
 
     # ----------------------------------------------------------------- files
     def base_fingerprint(self) -> str | None:

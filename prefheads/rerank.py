@@ -1,7 +1,7 @@
 """Best-of-N: sample N completions from the base model, score them with a head, rank them.
 
-DPH never steers generation (PAPER.md section 1): the LM samples as it always does, and the
-head only orders the samples. Each generation is scored as a finished assistant turn: it is
+DPH never steers generation (PAPER.md section 1): the LM samples as it always does (LoRA
+adapters that heads read are off while it samples), and the head only orders the samples. Each generation is scored as a finished assistant turn: it is
 rendered as the assistant message of the chat template, which closes it with the reward
 token (``<|im_end|>``) whether or not the sample emitted one (a sample cut by
 ``max_new_tokens`` gets it appended). The score of each text is therefore exactly
@@ -116,7 +116,8 @@ def generate_candidates(pm: Any, prompt: str | Prompt, n: int = 8, settings: Gen
     with torch.random.fork_rng(devices=devices, enabled=s.seed is not None):
         if s.seed is not None:
             torch.manual_seed(s.seed)
-        out = pm.backbone.generate(ids, **kw)
+        with pm.reading(None):  # the base model samples, whatever adapters the heads read
+            out = pm.backbone.generate(ids, **kw)
     result = []
     for row in out[:, ids.shape[1]:].tolist():
         cut = next((k for k, t in enumerate(row) if t in stop), None)

@@ -3,8 +3,8 @@
 :meth:`PreferenceModel.score_all_heads <prefheads.model.PreferenceModel.score_all_heads>` encodes
 and scores in one call. Callers that encode first — to check each request on its own, count its
 tokens, and only then pool several requests into one pass (the batching server, bulk scoring) —
-score the pooled items here, over the same public pieces: the heads' layers, the engine, and
-each head's forward.
+score the pooled items here, over the same public pieces: the heads' groups and layers, the
+engine, and each head's forward.
 """
 
 from __future__ import annotations
@@ -25,33 +25,38 @@ def encode_all(pm: Any, prompts: Sequence[str | Prompt], candidates: Sequence[st
 
 
 @torch.no_grad()
-def score_items(pm: Any, items: list[Encoded], *, shared_prefix: bool | str = "auto") -> dict[str, torch.Tensor]:
-    """Rewards ``{head: [N]}`` (fp32) of every head of ``pm`` for encoded ``items``.
+def score_items(pm: Any, items: list[Encoded], *, heads: Sequence[str] | None = None,
+                shared_prefix: bool | str = "auto") -> dict[str, torch.Tensor]:
+    """Rewards ``{head: [N]}`` (fp32) of the heads of ``pm`` (default: every head) for encoded ``items``.
 
-    Equal to ``pm.score_all_heads`` on the same prompts and candidates: one backbone pass reads
-    the hidden states every head needs.
+    Equal to ``pm.score_all_heads`` on the same prompts and candidates: one backbone pass per
+    group of heads reading the same state (the base model, or one adapter), which reads the
+    hidden states (and log-probs) every head of the group needs.
 
     Args:
         pm: A :class:`~prefheads.model.PreferenceModel` with at least one head.
         items: Encoded candidates (:func:`encode_all`); prompts may differ between items.
+        heads: The heads to score (default: all); only their groups' passes run.
         shared_prefix: ``True``, ``False`` or ``"auto"`` (see :func:`prefheads.engine.extract`).
     """
     if not pm.heads:
         raise ValueError("no head attached")
     from prefheads.lmscores import lm_score_items
 
-    layers = pm.layers_for(pm.head_names) or [pm.layer]
-    feats = extract(pm.backbone, pm.profile, items, list(layers), pad_id=pm.tokenizer.pad_token_id or 0,
-                    logprobs=pm.needs_logprobs(pm.head_names), shared_prefix=shared_prefix, max_tokens=pm.max_tokens)
     out = {}
-    for name, head in pm.heads.items():
-        was = head.training
-        head.eval()  # dropout off; restored so a head in training stays in training
-        try:
-            # a log-prob-aware head adds the LM's own score of each item, from the same pass
-            scores = (lm_score_items(head.config.score_input, feats.logprob_sum, feats.n_tokens, items)
-                      if head.uses_scores else None)
-            out[name] = pm(feats.states, name, scores)
-        finally:
-            head.train(was)
-    return out
+    for adapter, names in pm.head_groups(heads):
+        with pm.reading(adapter):
+            feats = extract(pm.backbone, pm.profile, items, pm.layers_for(names), pad_id=pm.tokenizer.pad_token_id or 0,
+                            logprobs=pm.needs_logprobs(names), shared_prefix=shared_prefix, max_tokens=pm.max_tokens)
+        for name in names:
+            head = pm.heads[name]
+            was = head.training
+            head.eval()  # dropout off; restored so a head in training stays in training
+            try:
+                # a log-prob-aware head adds the LM's own score of each item, from its group's pass
+                scores = (lm_score_items(head.config.score_input, feats.logprob_sum, feats.n_tokens, items)
+                          if head.uses_scores else None)
+                out[name] = pm(feats.states, name, scores)
+            finally:
+                head.train(was)
+    return {name: out[name] for name in (pm.head_names if heads is None else heads)}

@@ -1,0 +1,223 @@
+"""Which backbone state each head reads: the base model, or the base with one named peft adapter.
+
+A head trained on the frozen backbone reads the base model; a head trained with LoRA reads the
+base plus the adapter trained with it. One :class:`~prefheads.model.PreferenceModel` holds heads
+of both kinds at once: every adapter is loaded once into one ``peft.PeftModel``, under its own
+name (``load_adapter(path, adapter_name=...)``), and each backbone pass runs in exactly one
+state, switched for that pass only (:func:`reading`): ``set_adapter(name)`` for the heads of an
+adapter, ``disable_adapter()`` for the heads of the base. Scoring groups heads by state
+(:func:`head_groups`): one pass per group, never a head fed by another head's adapter.
+
+A head is *bound* to its state (``pm.head_adapters``: head -> adapter name, or ``None`` for the
+base) when it is loaded from a folder, or attached while the backbone already carries adapters.
+A head attached to a plain backbone stays unbound and reads the backbone as it stands (its
+active adapter, if one is added later): that is how a LoRA run's head follows the adapter the
+run wraps around the backbone after adding the head. Before a folder adds an adapter, every
+unbound head is bound to what it reads at that moment (:func:`pin`), so nothing already
+attached changes what it reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
+
+
+def is_peft(model: nn.Module) -> bool:
+    """Whether ``model`` is a ``peft.PeftModel`` (adapters can be loaded, switched, disabled)."""
+    return all(hasattr(model, a) for a in ("peft_config", "set_adapter", "disable_adapter", "load_adapter"))
+
+
+def active_adapter(model: nn.Module) -> str | None:
+    """The adapter ``model`` runs with now (None for a plain model)."""
+    if not is_peft(model):
+        return None
+    name = model.active_adapter
+    if isinstance(name, (list, tuple)):
+        return name[0] if name else None
+    return name
+
+
+@contextmanager
+def reading(model: nn.Module, adapter: str | None) -> Iterator[None]:
+    """Run the block with ``model`` in one state: ``adapter`` active, or (None) the base model.
+
+    Everything is restored on exit, on error too: the active adapter, and which parameters
+    require grad (peft's ``set_adapter`` marks the adapter it activates trainable).
+    """
+    if not is_peft(model):
+        if adapter is not None:
+            raise KeyError(f"adapter {adapter!r} is not loaded: the backbone carries no adapters")
+        yield
+        return
+    if adapter is None:
+        with model.disable_adapter():
+            yield
+        return
+    current = active_adapter(model)
+    if adapter == current:
+        yield
+        return
+    if adapter not in model.peft_config:
+        raise KeyError(f"adapter {adapter!r} is not loaded; adapters: {list(model.peft_config)}")
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    model.set_adapter(adapter)
+    try:
+        yield
+    finally:
+        model.set_adapter(current)
+        for p, g in grads:
+            p.requires_grad_(g)
+
+
+def head_groups(pm: "PreferenceModel", heads: Sequence[str]) -> list[tuple[str | None, list[str]]]:
+    """``heads`` grouped by the state they read, in order of first appearance: ``[(adapter, names)]``."""
+    groups: dict[str | None, list[str]] = {}
+    for name in heads:
+        groups.setdefault(pm.adapter_of(name), []).append(name)
+    return list(groups.items())
+
+
+def pin(pm: "PreferenceModel") -> None:
+    """Bind every unbound head to the state it reads now (before the backbone's adapters change)."""
+    now = active_adapter(pm.backbone)
+    for name in pm.heads:
+        pm.head_adapters.setdefault(name, now)
+
+
+def recorded_adapter(config: dict[str, Any], name: str) -> str | None:
+    """The adapter folder (relative) head ``name`` of a folder's config reads; None: the base model."""
+    entry = config["heads"][name]
+    # folders written before heads recorded their own adapter name one for all, in base
+    return entry["adapter"] if isinstance(entry, dict) and "adapter" in entry else config["base"].get("adapter")
+
+
+def _label(text: str) -> str:
+    # peft names adapters by module-dict keys: no dots; and a name inside the "lora_" prefix
+    # would be mistaken for it when weights are loaded
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", text) or "adapter"
+    return f"{name}_adapter" if name in "lora_" else name
+
+
+def unique_name(pm: "PreferenceModel", text: str) -> str:
+    """An adapter name from ``text`` (a folder or head name) not yet used on ``pm``'s backbone."""
+    base = _label(text)
+    taken = set(pm.backbone.peft_config) if is_peft(pm.backbone) else set()
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}-{k}", k + 1
+    return name
+
+
+# adapter_config.json keys that say where or how an adapter was saved, not what it computes
+_CONFIG_RECORD_ONLY = ("base_model_name_or_path", "revision", "inference_mode")
+
+
+def adapter_digest(path: Path) -> str:
+    """sha256 of what an adapter folder computes: its config (record-only keys left out) and weights."""
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if not (f.is_file() and f.name.startswith("adapter_")):
+            continue
+        data = f.read_bytes()
+        if f.name == "adapter_config.json":
+            config = {k: v for k, v in json.loads(data).items() if k not in _CONFIG_RECORD_ONLY}
+            if isinstance(config.get("target_modules"), list):  # a set, saved in no fixed order
+                config["target_modules"] = sorted(config["target_modules"])
+            data = json.dumps(config, sort_keys=True).encode()
+        h.update(f.name.encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def load_adapter(pm: "PreferenceModel", path: Path, label: str) -> str:
+    """Load the peft adapter saved in ``path`` onto ``pm``'s backbone; returns its name.
+
+    An adapter whose files are identical to one loaded already is not loaded again: its name is
+    returned. Bind unbound heads first (:func:`pin`): a plain backbone becomes a ``PeftModel``.
+    """
+    digest = adapter_digest(path)
+    for name, d in pm.adapter_digests.items():
+        if d == digest and is_peft(pm.backbone) and name in pm.backbone.peft_config:
+            return name
+    name = unique_name(pm, label)
+    if is_peft(pm.backbone):
+        pm.backbone.load_adapter(str(path), adapter_name=name)
+    else:
+        from peft import PeftModel
+
+        pm.backbone = PeftModel.from_pretrained(pm.backbone, str(path), adapter_name=name)
+    pm.backbone.eval()
+    pm.adapter_folders[name] = str(path)
+    pm.adapter_digests[name] = digest
+    return name
+
+
+def new_adapter(pm: "PreferenceModel", name: str, config: Any, heads: Sequence[str]) -> nn.Module:
+    """Add a fresh trainable adapter (a peft config) bound to ``heads``; returns the ``PeftModel``.
+
+    The new adapter becomes active and the only trainable one; adapters loaded before stay as
+    they are, and so do the heads that read them.
+    """
+    for h in heads:
+        pm._get(h)
+    pin(pm)
+    adapter = unique_name(pm, name)
+    if is_peft(pm.backbone):
+        pm.backbone.add_adapter(adapter, config)
+    else:
+        from peft import get_peft_model
+
+        pm.backbone = get_peft_model(pm.backbone, config, adapter_name=adapter)
+    pm.backbone.set_adapter(adapter)  # active, and trainable; every other adapter frozen
+    for h in heads:
+        pm.head_adapters[h] = adapter
+    return pm.backbone
+
+
+def prune(pm: "PreferenceModel") -> None:
+    """Drop adapters loaded from folders that no attached head reads any more (frees their weights)."""
+    if not is_peft(pm.backbone):
+        return
+    used = {pm.adapter_of(h) for h in pm.heads}
+    unused = [a for a in pm.adapter_folders if a not in used]
+    if not unused:
+        return
+    if not used - {None} and set(pm.backbone.peft_config) <= set(unused):
+        pm.backbone = pm.backbone.unload()  # no adapter left to read: back to the plain model
+    else:
+        for a in unused:
+            pm.backbone.delete_adapter(a)
+    for a in unused:
+        pm.adapter_folders.pop(a, None)
+        pm.adapter_digests.pop(a, None)
+
+
+def save_adapter(pm: "PreferenceModel", adapter: str, dest: Path) -> None:
+    """Write adapter ``adapter`` as a peft adapter folder at ``dest`` (``adapter_config.json`` +
+    ``adapter_model.safetensors``), replacing each file in one ``os.replace``."""
+    from prefheads.headio import _atomic_write
+
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / f".{secrets.token_hex(6)}.tmp"
+    try:
+        pm.backbone.save_pretrained(str(tmp), selected_adapters=[adapter])
+        # peft writes an adapter not named "default" into a sub-folder of that name
+        src = tmp if adapter == "default" else tmp / adapter
+        for f in src.iterdir():
+            if f.is_file():  # rewritten rather than moved: head folder files take the umask's mode
+                _atomic_write(dest / f.name, f.read_bytes())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,331 @@
+"""Heads of several folders on one backbone: frozen heads read the base model, each LoRA head its
+own named adapter; every head scores as its folder does alone, whatever else is loaded."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import make_backbone
+from prefheads import PreferenceModel
+from prefheads.headio import HeadFileError, read_config, read_head
+from prefheads.training import FitConfig, fit
+from test_fit_cli import _pairs_file
+
+PROMPT = "Question 3: is the fox quick?"
+CANDS = ["yes, the quick brown fox", "no lazy dog", "maybe"]
+TOL = 1e-5  # as tests/test_model.py's batching checks
+
+
+def _pm() -> PreferenceModel:
+    return PreferenceModel.from_backbone(*make_backbone("llama"), model_id="tiny/llama")
+
+
+def _lora(r: int = 4):
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, target_modules=["q_proj", "v_proj"])
+
+
+def _perturb(pm: PreferenceModel, adapter: str, seed: int) -> None:
+    """Give ``adapter`` weights that change the hidden states (a trained adapter, in effect)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in pm.backbone.named_parameters():
+            if f"lora_B.{adapter}." in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Two LoRA runs (seeds 1, 2), a frozen log-prob-aware run, and a folder of two heads trained
+    together on one adapter (one of them log-prob-aware)."""
+    root = tmp_path_factory.mktemp("folders")
+    data = _pairs_file(root / "pairs.jsonl", n=40)
+    runs = {"l1": dict(mode="lora", seed=1), "l2": dict(mode="lora", seed=2),
+            "fz": dict(mode="frozen", seed=0, lm_score="logprob_mean")}
+    for name, kw in runs.items():
+        cfg = FitConfig(data=str(data), out=str(root / name), head_name=name, epochs=2, batch_size=8, lr=3e-3,
+                        cache_dir=str(root / "cache"), **kw)
+        fit(cfg, pm=_pm(), progress=False)
+    pm = _pm()
+    pm.add_head("pa", "swiglu", init_std=0.5)
+    pm.add_head("pb", "identity", init_std=0.5, score_input="logprob_sum")
+    pm.new_adapter("pair", _lora(), heads=["pa", "pb"])
+    _perturb(pm, "pair", seed=7)
+    pm.save_heads(root / "pair")
+    return root
+
+
+def _alone(folder, name):
+    pm = _pm()
+    pm.load_heads(folder)
+    return pm.score(PROMPT, CANDS, head=name)
+
+
+@pytest.fixture(scope="module")
+def alone(folders):
+    return {name: _alone(folders / f, name) for f, names in
+            {"l1": ["l1"], "l2": ["l2"], "fz": ["fz"], "pair": ["pa", "pb"]}.items() for name in names}
+
+
+def _close(a, b):
+    return float((a - b).abs().max()) <= TOL
+
+
+# ----------------------------------------------------------------------------- loading and scoring
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["l1", "l2", "fz"])), ids="-".join)
+def test_every_head_scores_as_its_folder_alone_in_every_loading_order(folders, alone, order):
+    from prefheads.evaluation import score_examples
+    from prefheads.scoring import encode_all, score_items
+    from prefheads.types import Example
+
+    pm = _pm()
+    for f in order:
+        pm.load_heads(folders / f)
+    assert sorted(pm.adapter_folders) == ["l1", "l2"]  # one named adapter per LoRA folder
+    assert {pm.adapter_of("l1"), pm.adapter_of("l2"), pm.adapter_of("fz")} == {"l1", "l2", None}
+    every = pm.score_all_heads(PROMPT, CANDS)
+    pooled = score_items(pm, encode_all(pm, [PROMPT] * 3, CANDS))
+    ex = Example(id="q", prompt=[{"role": "user", "content": PROMPT}], choices=CANDS, label=0)
+    table = score_examples(pm, [ex])
+    for name in order:
+        assert _close(pm.score(PROMPT, CANDS, head=name), alone[name]), name
+        assert _close(every[name], alone[name]) and _close(pooled[name], alone[name]), name
+        assert _close(torch.tensor(table.rewards[name][0]), alone[name]), name
+    assert list(every) == list(pooled) == pm.head_names
+
+
+def test_heads_trained_together_share_one_adapter_loaded_once(folders, alone):
+    pm = _pm()
+    pm.load_heads(folders / "fz")
+    pm.load_heads(folders / "pair")
+    pm.load_heads(folders / "l1")
+    assert pm.adapter_of("pa") == pm.adapter_of("pb") == "pair"
+    pm.load_heads(folders / "pair")  # again: the same adapter, not a second copy
+    copy = folders.parent / "pair-copy"
+    shutil.copytree(folders / "pair", copy, dirs_exist_ok=True)
+    pm.load_heads(copy)  # identical adapter files elsewhere: still loaded once
+    assert sorted(pm.backbone.peft_config) == ["l1", "pair"]
+    every = pm.score_all_heads(PROMPT, CANDS)
+    for name in ("pa", "pb", "fz", "l1"):
+        assert _close(every[name], alone[name]), name  # pb adds the LM score of its adapter's pass
+
+
+def test_one_pass_per_backbone_state_and_none_for_heads_not_asked(folders, monkeypatch):
+    import prefheads.model as model
+
+    calls = []
+    real = model.extract
+    monkeypatch.setattr(model, "extract", lambda *a, **k: calls.append(k["logprobs"]) or real(*a, **k))
+    frozen = _pm()
+    frozen.load_heads(folders / "fz")
+    frozen.add_head("more", "bert")
+    frozen.score_all_heads(PROMPT, CANDS)
+    assert len(calls) == 1 and not hasattr(frozen.backbone, "peft_config")  # no adapter: one plain pass
+    pm = _pm()
+    for f in ("l1", "fz", "pair", "l2"):
+        pm.load_heads(folders / f)
+    calls.clear()
+    pm.score_all_heads(PROMPT, CANDS)
+    assert len(calls) == 4
+    assert sorted(calls) == [False, False, True, True]  # log-probs only where a head adds the LM score
+    calls.clear()
+    pm.score(PROMPT, CANDS, head="l2")
+    assert calls == [False]
+
+
+def test_scoring_leaves_the_backbone_as_it_was(folders):
+    pm = _pm()
+    pm.load_heads(folders / "l1")
+    pm.load_heads(folders / "l2")
+    active = pm.backbone.active_adapter
+    grads = {n: p.requires_grad for n, p in pm.backbone.named_parameters()}
+    pm.score_all_heads(PROMPT, CANDS)
+    assert pm.backbone.active_adapter == active
+    assert {n: p.requires_grad for n, p in pm.backbone.named_parameters()} == grads
+    other = "l2" if active == "l1" else "l1"
+    with pytest.raises(RuntimeError, match="inside"):
+        with pm.reading(other):
+            assert pm.backbone.active_adapter == other
+            raise RuntimeError("inside")
+    assert pm.backbone.active_adapter == active
+    assert {n: p.requires_grad for n, p in pm.backbone.named_parameters()} == grads
+
+
+def test_a_head_added_beside_adapters_reads_the_active_one_and_replaced_adapters_go(folders):
+    pm = _pm()
+    pm.add_head("mine", "identity")  # on the plain backbone
+    pm.load_heads(folders / "l1")
+    assert pm.adapter_of("mine") is None  # loading an adapter does not change what it reads
+    pm.add_head("later", "identity")
+    assert pm.adapter_of("later") == "l1"
+    pm.remove_head("later")
+    pm.remove_head("l1")
+    assert not hasattr(pm.backbone, "peft_config")  # no head reads an adapter: the plain model again
+    assert pm.adapter_folders == {}
+
+
+# ----------------------------------------------------------------------------- full fine-tunes
+
+
+@pytest.fixture(scope="module")
+def full(folders):
+    """A full fine-tuning folder: its heads read the tuned backbone saved beside them."""
+    pm = _pm()
+    with torch.no_grad():
+        for p in pm.backbone.parameters():
+            p.add_(torch.randn_like(p) * 1e-2)
+    pm.add_head("ft", "swiglu")
+    out = folders / "full"
+    pm.backbone.save_pretrained(out / "backbone")
+    pm.tokenizer.save_pretrained(out / "backbone")
+    pm.fine_tuned = "backbone"
+    pm.save_heads(out)
+    return out, pm.score(PROMPT, CANDS)
+
+
+def test_a_full_fine_tune_folder_is_refused_beside_other_folders(folders, full):
+    out, want = full
+    tuned = PreferenceModel.from_pretrained(str(out / "backbone"), heads=out)
+    assert _close(tuned.score(PROMPT, CANDS), want)  # alone on its own backbone, as always
+    for other in ("fz", "l1"):
+        with pytest.raises(HeadFileError, match=rf"{folders / other}.*{out}.*--mode full"):
+            tuned.load_heads(folders / other, allow_base_mismatch=True)
+        pm = _pm()
+        pm.load_heads(folders / other)
+        with pytest.raises(HeadFileError, match=rf"{out}.*--mode full.*{folders / other}"):
+            pm.load_heads(out, allow_base_mismatch=True)
+        assert pm.head_names == [other]
+    tuned.load_heads(out)  # the same folder again is no mix
+    assert tuned.head_names == ["ft"]
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_heads_of_several_folders_save_into_one_folder_with_each_adapter(folders, alone, tmp_path):
+    pm = _pm()
+    for f in ("l1", "fz", "l2"):
+        pm.load_heads(folders / f)
+    pm.save_heads(tmp_path)
+    config = read_config(tmp_path)
+    assert config["format_version"] == 2 and config["base"]["adapter"] is None
+    assert {n: e["adapter"] for n, e in config["heads"].items()} == {"l1": "adapter/l1", "fz": None,
+                                                                     "l2": "adapter/l2"}
+    card = (tmp_path / "README.md").read_text()
+    assert "| l1 | LoRA adapter `adapter/l1/` |" in card and "| fz | base model |" in card
+    fresh = _pm()
+    fresh.load_heads(tmp_path)
+    for name in ("l1", "fz", "l2"):
+        assert _close(fresh.score(PROMPT, CANDS, head=name), alone[name]), name
+    assert read_head(_pm(), tmp_path, "fz").config.score_input == "logprob_mean"
+    with pytest.raises(HeadFileError, match="changed backbone"):
+        read_head(_pm(), tmp_path, "l1")
+    one = read_config(folders / "l1")  # a single LoRA run: format 1, as prefheads before read it
+    assert one["format_version"] == 1 and one["base"]["adapter"] == one["heads"]["l1"]["adapter"] == "adapter"
+    assert "| l1 | LoRA adapter `adapter/` |" in (folders / "l1" / "README.md").read_text()
+
+
+def test_folders_written_before_heads_named_their_adapter_still_load(folders, alone, tmp_path):
+    shutil.copytree(folders / "l1", tmp_path / "old")
+    cfg = json.loads((tmp_path / "old" / "heads.json").read_text())
+    del cfg["heads"]["l1"]["adapter"]  # only base.adapter, as older prefheads wrote
+    (tmp_path / "old" / "heads.json").write_text(json.dumps(cfg))
+    pm = _pm()
+    pm.load_heads(folders / "l2")
+    pm.load_heads(tmp_path / "old")
+    assert _close(pm.score(PROMPT, CANDS, head="l1"), alone["l1"])
+
+
+def test_an_adapter_outside_the_folder_is_refused(folders, tmp_path):
+    shutil.copytree(folders / "l1", tmp_path / "f")
+    cfg = json.loads((tmp_path / "f" / "heads.json").read_text())
+    cfg["heads"]["l1"]["adapter"] = "../elsewhere"
+    (tmp_path / "f" / "heads.json").write_text(json.dumps(cfg))
+    pm = _pm()
+    with pytest.raises(HeadFileError, match="outside the head folder"):
+        pm.load_heads(tmp_path / "f")
+    assert pm.head_names == [] and not hasattr(pm.backbone, "peft_config")
+
+
+# ----------------------------------------------------------------------------- training beside loaded heads
+
+
+def test_a_new_adapter_trains_without_disturbing_loaded_ones(folders, alone, tmp_path):
+    pm = _pm()
+    pm.load_heads(folders / "l1")
+    pm.load_heads(folders / "fz")
+    before = {n: p.detach().clone() for n, p in pm.backbone.named_parameters()}
+    pm.add_head("new", "swiglu")
+    pm.new_adapter("new", _lora(), heads=["new"])  # what a LoRA run does on a model holding adapters
+    trainable = {n for n, p in pm.backbone.named_parameters() if p.requires_grad}
+    assert trainable and all(".new." in n for n in trainable)
+    start = {n: p.detach().clone() for n, p in pm.backbone.named_parameters() if n in trainable}
+    params = [p for p in pm.backbone.parameters() if p.requires_grad] + list(pm.heads["new"].parameters())
+    opt = torch.optim.Adam(params, lr=1e-2)
+    for _ in range(3):
+        f = pm.features([PROMPT] * 3, CANDS, layers=[-1], grad=True)
+        loss = -torch.log_softmax(pm(f, "new"), 0)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert any(not torch.equal(start[n], p) for n, p in pm.backbone.named_parameters() if n in start)
+    assert all(torch.equal(before[n], p) for n, p in pm.backbone.named_parameters() if n in before)
+    for name in ("l1", "fz"):
+        assert _close(pm.score(PROMPT, CANDS, head=name), alone[name]), name
+    want = pm.score(PROMPT, CANDS, head="new")
+    pm.save_heads(tmp_path, names=["new"])
+    assert read_config(tmp_path)["heads"]["new"]["adapter"] == "adapter"
+    assert _close(_alone(tmp_path, "new"), want)
+
+
+def test_a_lora_run_beside_a_loaded_frozen_folder(folders, alone, tmp_path):
+    pm = _pm()
+    pm.load_heads(folders / "fz")
+    cfg = FitConfig(data=str(folders / "pairs.jsonl"), out=str(tmp_path / "run"), mode="lora", head_name="run",
+                    epochs=1, batch_size=8, lr=3e-3)
+    fit(cfg, pm=pm, progress=False)
+    assert _close(pm.score(PROMPT, CANDS, head="fz"), alone["fz"])
+    want = pm.score(PROMPT, CANDS, head="run")
+    assert _close(_alone(tmp_path / "run", "run"), want)
+    assert read_config(tmp_path / "run")["heads"]["run"]["adapter"] == "adapter"
+
+
+@pytest.mark.xfail(strict=True, raises=AttributeError,
+                   reason="LoraTrainable wraps a backbone that carries adapters in a second PeftModel")
+def test_a_lora_run_beside_a_loaded_lora_folder(folders, alone, tmp_path):
+    pm = _pm()
+    pm.load_heads(folders / "l1")
+    cfg = FitConfig(data=str(folders / "pairs.jsonl"), out=str(tmp_path / "run"), mode="lora", head_name="run",
+                    epochs=1, batch_size=8, lr=3e-3)
+    fit(cfg, pm=pm, progress=False)
+    assert _close(pm.score(PROMPT, CANDS, head="l1"), alone["l1"])
+    assert _close(_alone(tmp_path / "run", "run"), pm.score(PROMPT, CANDS, head="run"))
+
+
+# ----------------------------------------------------------------------------- the LM itself
+
+
+def test_log_prob_and_sampling_are_the_base_models(folders):
+    from prefheads.evaluation import score_examples
+    from prefheads.rerank import generate_candidates
+    from prefheads.types import Example
+
+    ex = [Example(id="q", prompt=[{"role": "user", "content": PROMPT}], choices=CANDS, label=0)]
+    plain = _pm()
+    pm = _pm()
+    pm.load_heads(folders / "l1")
+    assert torch.allclose(torch.tensor(score_examples(pm, ex).logprob), torch.tensor(score_examples(plain, ex, heads=[]).logprob))
+    with pm.reading("l1"):  # the adapter does change the LM's scores: the check above can fail
+        adapted = pm.features([PROMPT] * 3, CANDS, logprobs=True).logprob_sum
+    assert not torch.allclose(adapted, plain.features([PROMPT] * 3, CANDS, logprobs=True).logprob_sum)
+    kw = dict(n=2, max_new_tokens=6, temperature=1.0, seed=3)
+    assert [g.text for g in generate_candidates(pm, PROMPT, **kw)] == \
+        [g.text for g in generate_candidates(plain, PROMPT, **kw)]
