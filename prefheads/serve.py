@@ -3,7 +3,7 @@
 Endpoints (JSON; shapes in :mod:`prefheads.shapes`, usage in docs/serving.md)::
 
     GET  /health     200 {"status": "ok", "model_loaded": true, ...}; 503 once shutting down
-    GET  /heads      the model and every head (pooler, layer, objective, meta), and the limits
+    GET  /heads      the model and every head (pooler, layer, objective, meta, adapter, folder), limits
     GET  /metrics    Prometheus text: requests, latency, passes, batch sizes, queue depth
     POST /score      ours {prompt, candidates, head?} -> candidates ranked by the head's reward;
                      or vLLM's {text_1, text_2, model?} -> {data: [{index, score}]}
@@ -17,8 +17,9 @@ Endpoints (JSON; shapes in :mod:`prefheads.shapes`, usage in docs/serving.md)::
 On a shared path the body's keys choose the shape (``text_1``/``text_2``: vLLM; ``query``/
 ``documents``: rerank), so existing clients of either keep working. ``prompt`` is a user string
 or a list of ``{"role", "content"}`` messages; ``model`` names a head (or the served model: the
-active head; see ``served_model_names``). One backbone pass gives every head's reward; the head
-only chooses the ranking.
+active head; see ``served_model_names``). A request runs one backbone pass for the state its head
+reads (the base model, or the head's LoRA adapter), which gives the reward of every head of that
+state (``rewards``); the head chooses the ranking. ``/heads`` names each head's adapter.
 
 Only one pass may run on the model at a time (forward hooks are per module). By default one
 worker owns the model and pools concurrent requests into shared passes
@@ -229,7 +230,7 @@ def create_app(pm: Any, max_candidates: int = 64, max_chars: int = 20000, max_ne
         check_size(len(req.candidates), prompt_chars(req.prompt) + sum(len(c) for c in req.candidates))
         prompt = prompt_of(req.prompt)
         check_texts(req.candidates, "candidates")
-        res = await on_model(scorer.score([prompt] * len(req.candidates), req.candidates))
+        res = await on_model(scorer.score([prompt] * len(req.candidates), req.candidates, [head]))
         return {"head": head, "ranked": ranked(req.candidates, res.rewards, head)}
 
     async def score_pairs(req: Any) -> dict[str, Any]:
@@ -243,7 +244,7 @@ def create_app(pm: Any, max_candidates: int = 64, max_chars: int = 20000, max_ne
             if not p.strip():
                 raise HTTPException(422, f"text_1[{i}]: an empty query")
         check_texts(texts, "text_2")
-        res = await on_model(scorer.score(prompts, texts))
+        res = await on_model(scorer.score(prompts, texts, [head]))
         return pair_score_response(res.rewards[head], head, res.tokens)
 
     async def rerank_documents(req: Any) -> dict[str, Any]:
@@ -253,7 +254,7 @@ def create_app(pm: Any, max_candidates: int = 64, max_chars: int = 20000, max_ne
         if not req.query.strip():
             raise HTTPException(422, "query: empty")
         check_texts(texts, "documents")
-        res = await on_model(scorer.score([req.query] * len(texts), texts))
+        res = await on_model(scorer.score([req.query] * len(texts), texts, [head]))
         return rerank_response(texts, res.rewards[head], head, res.tokens, req.top_n, req.return_documents)
 
     async def sample_and_rank(req: Any) -> dict[str, Any]:
@@ -272,7 +273,7 @@ def create_app(pm: Any, max_candidates: int = 64, max_chars: int = 20000, max_ne
         if not gens:
             raise HTTPException(422, f"all {req.n} samples are empty (the model closed its turn at once)")
         texts = [g.text for g in gens]
-        res = await on_model(scorer.score([prompt] * len(texts), texts))
+        res = await on_model(scorer.score([prompt] * len(texts), texts, [head]))
         extra = [{"finished": g.finished, "n_tokens": g.n_tokens} for g in gens]
         return {"head": head, "ranked": ranked(texts, res.rewards, head, extra)}
 
@@ -288,7 +289,8 @@ def create_app(pm: Any, max_candidates: int = 64, max_chars: int = 20000, max_ne
         return {"model": {"id": pm.model_id, "revision": pm.revision, "reward_token": pm.chat.reward_token},
                 "active": pm.active,
                 "heads": [{"name": n, "pooler": h.config.pooler, "layer": h.config.reads,
-                           "objective": h.config.meta.get("objective"), "meta": h.config.meta}
+                           "objective": h.config.meta.get("objective"), "meta": h.config.meta,
+                           "adapter": pm.adapter_of(n), "folder": pm.head_folders.get(n)}
                           for n, h in pm.heads.items()],
                 "limits": {"max_candidates": max_candidates, "max_chars": max_chars, "max_new_tokens": max_new_tokens}}
 

@@ -329,3 +329,84 @@ def test_log_prob_and_sampling_are_the_base_models(folders):
     kw = dict(n=2, max_new_tokens=6, temperature=1.0, seed=3)
     assert [g.text for g in generate_candidates(pm, PROMPT, **kw)] == \
         [g.text for g in generate_candidates(plain, PROMPT, **kw)]
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+def test_serve_three_folders_answers_each_head(folders, alone, tmp_path, monkeypatch):
+    pytest.importorskip("fastapi")
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from prefheads.cli import app
+
+    base = tmp_path / "base"
+    bb, tok = make_backbone("llama")
+    bb.save_pretrained(base)
+    tok.save_pretrained(base)
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: seen.update(app=app))
+    for batching in ("--batching", "--no-batching"):
+        args = ["serve", "--heads", str(folders / "l1"), "--heads", str(folders / "fz"), "--heads",
+                str(folders / "l2"), "--base", str(base), batching]
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+        c = TestClient(seen["app"])
+        listed = {h["name"]: (h["adapter"], h["folder"]) for h in c.get("/heads").json()["heads"]}
+        assert listed == {"l1": ("l1", str((folders / "l1").resolve())), "fz": (None, str((folders / "fz").resolve())),
+                          "l2": ("l2", str((folders / "l2").resolve()))}
+        assert c.get("/heads").json()["active"] == "l1"  # the first folder's
+        for name in ("l1", "fz", "l2"):
+            body = c.post("/score", json={"prompt": PROMPT, "candidates": CANDS, "head": name}).json()
+            got = [0.0] * 3
+            for x in body["ranked"]:
+                got[x["index"]] = x["reward"]
+            assert body["head"] == name and _close(torch.tensor(got), alone[name]), name
+            assert set(body["ranked"][0]["rewards"]) == {name}  # one pass: the heads of its state only
+            docs = c.post("/v1/rerank", json={"model": name, "query": PROMPT, "documents": CANDS}).json()
+            got = [0.0] * 3
+            for x in docs["results"]:
+                got[x["index"]] = x["relevance_score"]
+            assert _close(torch.tensor(got), alone[name]), name
+        seen["app"].state.scorer.close()
+
+
+def test_serving_two_folders_with_the_same_head_name_is_refused(folders, tmp_path):
+    from prefheads.cli import app
+    from typer.testing import CliRunner
+
+    shutil.copytree(folders / "l1", tmp_path / "again")
+    res = CliRunner().invoke(app, ["serve", "--heads", str(folders / "l1"), "--heads", str(tmp_path / "again")])
+    assert res.exit_code != 0 and "head 'l1' is in both" in res.output
+
+
+def test_pooled_requests_of_different_heads_each_get_their_own_state(folders, alone, monkeypatch):
+    import threading
+
+    import prefheads.batching as batching
+    from prefheads.batching import BatchSettings, Batcher
+
+    pm = _pm()
+    for f in ("l1", "fz", "l2"):
+        pm.load_heads(folders / f)
+    groups = []
+    real = batching.score_items
+    monkeypatch.setattr(batching, "score_items", lambda pm, items, heads, **kw: groups.append(
+        (list(heads), len(items))) or real(pm, items, heads=heads, **kw))
+    b = Batcher(pm, BatchSettings(max_wait_ms=0))
+    gate, started = threading.Event(), threading.Event()
+    b.call(lambda: (started.set(), gate.wait(30)))
+    assert started.wait(30)
+    asked = ["fz", "l2", "fz", None]  # None: every head
+    futs = [b.submit([PROMPT] * 3, CANDS, None if h is None else [h]) for h in asked]
+    gate.set()
+    results = [f.result(60) for f in futs]
+    b.close()
+    for h, got in zip(asked, results):
+        assert list(got.rewards) == ([h] if h else ["l1", "fz", "l2"])
+        for name, r in got.rewards.items():
+            assert _close(torch.tensor(r), alone[name]), (h, name)
+    # one pooled pass per state, over the requests that need it
+    assert sorted(groups) == [(["fz"], 9), (["l1"], 3), (["l2"], 6)]

@@ -15,14 +15,25 @@ HeadOpt = Annotated[Optional[str], typer.Option(help="Head to score with (defaul
 Mismatch = Annotated[bool, typer.Option(help="Load heads trained on another base.")]
 
 
-def _load(heads: Path, base: Optional[str], allow_base_mismatch: bool):
+def _load(heads: Path | list[Path], base: Optional[str], allow_base_mismatch: bool):
+    """The base of the (first) head folder with every folder's heads loaded onto it."""
     from prefheads.cli import _quiet
-    from prefheads.headio import heads_base
+    from prefheads.headio import heads_base, read_config
     from prefheads.model import PreferenceModel
 
+    folders = [heads] if isinstance(heads, Path) else list(heads)
+    seen: dict[str, Path] = {}
+    for folder in folders:  # a head of one folder must not silently replace another's
+        for name in read_config(folder)["heads"]:
+            if name in seen and seen[name].resolve() != folder.resolve():
+                raise typer.BadParameter(f"head {name!r} is in both {seen[name]} and {folder}; serve folders "
+                                         "whose head names differ")
+            seen[name] = folder
     _quiet()
-    pm = PreferenceModel.from_pretrained(base if base is not None else heads_base(heads))
-    pm.load_heads(heads, allow_base_mismatch=allow_base_mismatch)
+    pm = PreferenceModel.from_pretrained(base if base is not None else heads_base(folders[0]))
+    for folder in folders:
+        pm.load_heads(folder, allow_base_mismatch=allow_base_mismatch)
+    pm.set_head(read_config(folders[0]).get("active") or pm.head_names[0])  # the first folder's default
     return pm
 
 
@@ -90,7 +101,8 @@ def rerank_command(
 
 
 def serve_command(
-    heads: HeadsDir,
+    heads: Annotated[list[Path], typer.Option(help="Head folder (repeat to serve the heads of several folders on "
+                                                   "one backbone: frozen heads, and LoRA heads each with its adapter).")],
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     max_candidates: Annotated[int, typer.Option(help="Most candidates (documents, samples) per request.")] = 64,
