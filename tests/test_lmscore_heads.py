@@ -127,3 +127,21 @@ def test_pooled_scoring_of_encoded_items_gives_a_log_prob_aware_head_its_scores(
     for h in ("plain", "lp"):
         assert torch.allclose(pooled[h], direct[h], atol=1e-5)
     assert not torch.allclose(direct["lp"], direct["plain"], atol=1e-3)
+
+
+def test_layer_auto_with_lm_score_auto_chooses_layer_and_score_on_validation(tmp_path):
+    bb, tok = make_backbone("llama")
+    pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
+    data = _pairs_file(tmp_path / "pairs.jsonl", n=40)
+    res = fit(FitConfig(data=str(data), out=str(tmp_path / "h"), epochs=2, batch_size=8, lr=3e-3, layer="auto",
+                        layers="0,-1", lm_score="auto", pooler="identity", cache_dir=str(tmp_path / "c")),
+              pm=pm, progress=False)
+    rep = json.loads((tmp_path / "h" / "layer_scores.json").read_text())
+    by = rep["val_accuracy_by_lm_score"]
+    assert set(by) == {"0", "-1"}
+    assert all(len(v) == 2 and "none" in v for v in by.values())  # with and without the score, per layer
+    best = max(x for v in by.values() for x in v.values())
+    assert res.best["val_accuracy"] <= best and max(by[str(rep["chosen"])].values()) == best
+    head = pm.heads["default"]
+    kept = "none" if not head.uses_scores else head.config.score_input
+    assert by[str(rep["chosen"])][kept] == best

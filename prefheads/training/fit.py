@@ -300,28 +300,37 @@ def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[in
         score, train_acc = choose_score(feats, cands.completions, trg, cfg.lm_score)
         selection = {"score": score, "train_accuracy": {k: round(v, 4) for k, v in train_acc.items()}}
     values = _values(feats, cands, score)
+    # with --lm-score auto each layer's head is also trained without the score: validation decides
+    variants = [score] + ([None] if score is not None and cfg.lm_score == "auto" else [])
     scores: dict[int, float] = {}
     pair_scores: dict[int, float] = {}
-    best: tuple[float, int, list, int] | None = None
+    by_variant: dict[str, dict[str, float]] = {}
+    best: tuple[float, str, int, list, int] | None = None
     for layer in layers:
-        torch.manual_seed(cfg.seed)  # every layer's head starts from the same draw
-        tmp = f"{name}@{layer}"
-        pm.add_head(tmp, cfg.pooler, layer=layer, dropout=cfg.head_dropout, activate=False, score_input=score)
-        trainable = FrozenTrainable(pm, tmp, cands, cfg, states=states, scores=values)
-        trainable.setup()
-        history, best_epoch = train(trainable, trg, vag, cfg, out / "layers" / str(layer))
-        if score is not None:
-            pm.heads[tmp].config.meta["lm_score"] = {**selection, **settle(trainable, values, vag)}
-        scores[layer] = choice_accuracy(trainable, vag)
-        pair_scores[layer] = history[best_epoch - 1]["val_pair_accuracy"]
-        if best is None or scores[layer] > best[0]:
-            if best is not None:
-                pm.remove_head(f"{name}@{best[1]}")
-            best = (scores[layer], layer, history, best_epoch)
-        else:
-            pm.remove_head(tmp)
-    _, layer, history, best_epoch = best
-    head = pm.remove_head(f"{name}@{layer}")
+        for variant in variants:
+            torch.manual_seed(cfg.seed)  # every candidate head starts from the same draw
+            tmp = f"{name}@{layer}" + (f"+{variant}" if variant else "")
+            pm.add_head(tmp, cfg.pooler, layer=layer, dropout=cfg.head_dropout, activate=False, score_input=variant)
+            trainable = FrozenTrainable(pm, tmp, cands, cfg, states=states, scores=values if variant else None)
+            trainable.setup()
+            history, best_epoch = train(trainable, trg, vag, cfg, out / "layers" / tmp.rpartition("@")[2])
+            if variant is not None:
+                pm.heads[tmp].config.meta["lm_score"] = {**selection, **settle(trainable, values, vag)}
+            acc = choice_accuracy(trainable, vag)
+            by_variant.setdefault(str(layer), {})[variant or "none"] = round(acc, 4)
+            if acc > scores.get(layer, -1.0):
+                scores[layer], pair_scores[layer] = acc, history[best_epoch - 1]["val_pair_accuracy"]
+            if best is None or acc > best[0]:
+                if best is not None:
+                    pm.remove_head(best[1])
+                best = (acc, tmp, layer, history, best_epoch)
+            else:
+                pm.remove_head(tmp)
+    _, tmp, layer, history, best_epoch = best
+    head = pm.remove_head(tmp)
+    if len(variants) > 1 and not head.uses_scores:
+        head.config.meta["lm_score"] = {**selection, "kept": "none", "reason": "the head without the score was "
+                                        "better on validation", "val_accuracy_by_variant": by_variant[str(layer)]}
     pm.attach_head(name, head)
     head.config.meta.update({"task": cfg.task or Path(cfg.data).name, "template": cfg.template,
                              "objective": cfg.objective, "mode": "frozen",
@@ -332,7 +341,8 @@ def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[in
     pm.save_heads(out)
     (out / "layer_scores.json").write_text(json.dumps(
         {"chosen": layer, "metric": "validation choice accuracy", "val_accuracy": scores,
-         "val_pair_accuracy": pair_scores, "n_val": len(va)}, indent=2))
+         "val_pair_accuracy": pair_scores, "n_val": len(va), "lm_score": head.config.score_input,
+         "val_accuracy_by_lm_score": by_variant}, indent=2))
     return FitResult(out, name, history, best_epoch, len(tr), len(va), setup_s, time.perf_counter() - t1, hit, data)
 
 
