@@ -46,13 +46,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(heads: Path, batching: bool, max_queue: int, log: Path) -> tuple[subprocess.Popen, str]:
+def server_cpu(proc: subprocess.Popen) -> float:
+    """CPU seconds (user + system, every thread) the server process has used."""
+    import psutil
+
+    t = psutil.Process(proc.pid).cpu_times()
+    return t.user + t.system
+
+
+def start_server(heads: Path, batching: bool, max_queue: int, log: Path, threads: int) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
     cmd = [sys.executable, "-m", "prefheads.cli", "serve", "--heads", str(heads), "--port", str(port),
            "--max-queue", str(max_queue), "--max-candidates", "64"] + ([] if batching else ["--no-batching"])
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -164,6 +173,9 @@ def main() -> None:
     ap.add_argument("--max-queue", type=int, default=64, help="the batching server's queue")
     ap.add_argument("--modes", default="lock,batching")
     ap.add_argument("--all-turns", action="store_true", help="also multi-turn conversations (longer requests)")
+    ap.add_argument("--no-overload", action="store_true", help="skip the 10x overload of the batching server")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of both servers (on a shared 2-core box, 2 threads ran 2-4x slower and erratic)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
 
@@ -198,21 +210,23 @@ def main() -> None:
 
     rows, summary = [], {}
     for mode in args.modes.split(","):
-        proc, url = start_server(work / "heads", mode == "batching", args.max_queue, work / f"{mode}.log")
+        proc, url = start_server(work / "heads", mode == "batching", args.max_queue, work / f"{mode}.log", args.threads)
         for k in cand_counts:  # warm-up: first-call costs out of the timings
             asyncio.run(drive(url, pools[k][0][:2], pools[k][1][:2], 1, 2, 600))
         for k in cand_counts:
             payloads, wants, mean_tok = pools[k]
             for c in concs:
                 s0, n0 = pass_stats(url)
+                cpu0 = server_cpu(proc)
                 n = max(args.min_requests, args.requests * c)
                 cell = asyncio.run(drive(url, payloads, wants, c, n, args.cell_seconds))
                 s1, n1 = pass_stats(url)
                 row = {"server": mode, "candidates": k, "tokens/request": round(mean_tok), "concurrency": c, **cell,
-                       "requests/pass": (s1 - s0) / (n1 - n0) if n1 > n0 else float("nan")}
+                       "requests/pass": (s1 - s0) / (n1 - n0) if n1 > n0 else float("nan"),
+                       "server cpu s/request": (server_cpu(proc) - cpu0) / max(1, cell["requests"])}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-        if mode == "batching":
+        if mode == "batching" and not args.no_overload:
             n = 10 * args.max_queue
             summary["overload"] = asyncio.run(overload(url, pools[cand_counts[0]][0][0], n))
             health = httpx.get(url + "/health", timeout=30)
@@ -223,10 +237,11 @@ def main() -> None:
             print(json.dumps(summary), flush=True)
         summary[f"{mode} exit code"] = stop_server(proc)
 
-    print(f"\nmachine: {machine()}; load average {os.getloadavg()[0]:.1f}; model SmolLM2-135M-Instruct fp32; "
+    print(f"\nmachine: {machine()}; server threads {args.threads}; load average {os.getloadavg()[0]:.1f}; "
+          "model SmolLM2-135M-Instruct fp32; "
           f"heads: swiglu + identity; logs in {work}")
     print(table(rows, ["server", "candidates", "tokens/request", "concurrency", "requests", "seconds", "req/s",
-                       "p50 s", "p99 s", "errors", "requests/pass", "max |Δ|"]))
+                       "p50 s", "p99 s", "errors", "requests/pass", "server cpu s/request", "max |Δ|"]))
     for k in cand_counts:
         for c in concs:
             lock = next((r for r in rows if r["server"] == "lock" and r["candidates"] == k and r["concurrency"] == c), None)

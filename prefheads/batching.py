@@ -28,11 +28,17 @@ from typing import Any
 
 from prefheads.scoring import encode_all, score_items
 
-# Defaults per device type, (max_batch_tokens, max_wait_ms). On CPU a pass of a few thousand
-# tokens already keeps the cores busy and costs seconds, so a larger pool only delays the
-# first answers; a GPU needs tens of thousands of tokens in flight and a pass takes
-# milliseconds, so the wait must be short next to it. See docs/serving.md.
-DEVICE_DEFAULTS: dict[str, tuple[int, float]] = {"cpu": (8192, 10.0), "cuda": (32768, 2.0)}
+# Defaults per device type. On CPU a pass of a few thousand tokens already keeps the cores busy
+# and costs seconds, so a larger pool only delays the first answers, and forwards of about a
+# thousand padded tokens keep requests of different lengths apart: with 4096-token forwards a
+# pool of HH-RLHF requests ran 2x the padded tokens of the same requests one by one, and took
+# 1.8x as long; with 1024 it was 1.2x faster than one by one (docs/benchmarks.md). A GPU needs
+# tens of thousands of tokens in flight and a pass takes milliseconds, so the wait must be short
+# next to it (GPU values not measured here). See docs/serving.md.
+DEVICE_DEFAULTS: dict[str, dict[str, float]] = {
+    "cpu": {"max_batch_tokens": 8192, "max_wait_ms": 10.0, "forward_tokens": 1024},
+    "cuda": {"max_batch_tokens": 32768, "max_wait_ms": 2.0, "forward_tokens": 8192},
+}
 
 OnPass = Callable[[int, int, int, float], None]  # (requests, candidates, tokens, seconds)
 
@@ -48,15 +54,20 @@ class BatchSettings:
         max_wait_ms: How long the worker waits for more requests once it holds one. ``None``:
             the device's default.
         max_queue: Most requests waiting for the worker; past it new ones are refused (503).
+        forward_tokens: Padded tokens per forward inside a pass (the engine's ``max_tokens``).
+            ``None``: the device's default.
     """
 
     max_batch_tokens: int | None = None
     max_wait_ms: float | None = None
     max_queue: int = 256
+    forward_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}")
+        for name in ("max_batch_tokens", "forward_tokens"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
         if self.max_wait_ms is not None and self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.max_queue < 1:
@@ -64,9 +75,10 @@ class BatchSettings:
 
     def resolved(self, device_type: str) -> "BatchSettings":
         """These settings with the defaults of ``device_type`` (``"cpu"``, ``"cuda"``...) filled in."""
-        tokens, wait = DEVICE_DEFAULTS.get(device_type, DEVICE_DEFAULTS["cuda"])
-        return BatchSettings(self.max_batch_tokens or tokens,
-                             wait if self.max_wait_ms is None else self.max_wait_ms, self.max_queue)
+        d = DEVICE_DEFAULTS.get(device_type, DEVICE_DEFAULTS["cuda"])
+        return BatchSettings(self.max_batch_tokens or int(d["max_batch_tokens"]),
+                             d["max_wait_ms"] if self.max_wait_ms is None else self.max_wait_ms, self.max_queue,
+                             self.forward_tokens or int(d["forward_tokens"]))
 
 
 class QueueFull(RuntimeError):
@@ -285,7 +297,8 @@ class Batcher:
             if not members:
                 continue
             items = [it for k in members for it in batch[k].items]
-            rewards = score_items(self.pm, items, heads=names, shared_prefix=self.shared_prefix)
+            rewards = score_items(self.pm, items, heads=names, shared_prefix=self.shared_prefix,
+                                  max_tokens=self.settings.forward_tokens)
             start = 0
             for k in members:
                 n = len(batch[k].items)

@@ -26,7 +26,7 @@ def encode_all(pm: Any, prompts: Sequence[str | Prompt], candidates: Sequence[st
 
 @torch.no_grad()
 def score_items(pm: Any, items: list[Encoded], *, heads: Sequence[str] | None = None,
-                shared_prefix: bool | str = "auto") -> dict[str, torch.Tensor]:
+                shared_prefix: bool | str = "auto", max_tokens: int | None = None) -> dict[str, torch.Tensor]:
     """Rewards ``{head: [N]}`` (fp32) of the heads of ``pm`` (default: every head) for encoded ``items``.
 
     Equal to ``pm.score_all_heads`` on the same prompts and candidates: one backbone pass per
@@ -38,6 +38,9 @@ def score_items(pm: Any, items: list[Encoded], *, heads: Sequence[str] | None = 
         items: Encoded candidates (:func:`encode_all`); prompts may differ between items.
         heads: The heads to score (default: all); only their groups' passes run.
         shared_prefix: ``True``, ``False`` or ``"auto"`` (see :func:`prefheads.engine.extract`).
+        max_tokens: Padded tokens per forward (default: ``pm.max_tokens``). The engine sorts the
+            items by length and fills each forward up to this budget, so a smaller one keeps
+            sequences of very different lengths apart (less padding).
     """
     if not pm.heads:
         raise ValueError("no head attached")
@@ -47,7 +50,8 @@ def score_items(pm: Any, items: list[Encoded], *, heads: Sequence[str] | None = 
     for adapter, names in pm.head_groups(heads):
         with pm.reading(adapter):
             feats = extract(pm.backbone, pm.profile, items, pm.layers_for(names), pad_id=pm.tokenizer.pad_token_id or 0,
-                            logprobs=pm.needs_logprobs(names), shared_prefix=shared_prefix, max_tokens=pm.max_tokens)
+                            logprobs=pm.needs_logprobs(names), shared_prefix=shared_prefix,
+                            max_tokens=max_tokens or pm.max_tokens)
         for name in names:
             head = pm.heads[name]
             was = head.training

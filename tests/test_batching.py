@@ -196,8 +196,21 @@ def test_async_interface_and_serial_give_the_same_results(pm):
 
 def test_settings_are_checked_and_take_device_defaults():
     cpu = BatchSettings().resolved("cpu")
-    assert (cpu.max_batch_tokens, cpu.max_wait_ms) == batching.DEVICE_DEFAULTS["cpu"]
-    assert BatchSettings(max_batch_tokens=100, max_wait_ms=0).resolved("cuda").max_wait_ms == 0
-    for bad in ({"max_batch_tokens": 0}, {"max_wait_ms": -1}, {"max_queue": 0}):
+    assert {k: getattr(cpu, k) for k in batching.DEVICE_DEFAULTS["cpu"]} == batching.DEVICE_DEFAULTS["cpu"]
+    gpu = BatchSettings(max_batch_tokens=100, max_wait_ms=0).resolved("cuda")
+    assert (gpu.max_batch_tokens, gpu.max_wait_ms, gpu.forward_tokens) == (100, 0, batching.DEVICE_DEFAULTS["cuda"]["forward_tokens"])
+    for bad in ({"max_batch_tokens": 0}, {"max_wait_ms": -1}, {"max_queue": 0}, {"forward_tokens": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             BatchSettings(**bad)
+
+
+def test_each_pass_uses_the_forward_budget(pm, monkeypatch):
+    seen = []
+    real = batching.score_items
+    monkeypatch.setattr(batching, "score_items", lambda pm_, items, **kw: seen.append(kw["max_tokens"]) or real(pm_, items, **kw))
+    b = Batcher(pm, BatchSettings(max_wait_ms=0, forward_tokens=64))
+    got = [b.submit([p] * len(c), c).result(30) for p, c in REQUESTS[:2]]
+    b.close()
+    assert seen == [64, 64]
+    for (p, c), g in zip(REQUESTS[:2], got):
+        assert_exact(pm, g, p, c)  # small forwards, same rewards

@@ -115,6 +115,8 @@ def serve_command(
     max_wait_ms: Annotated[Optional[float], typer.Option(help="How long the worker waits for more requests once it "
                                                               "holds one (default: 10 on CPU, 2 on GPU).")] = None,
     max_queue: Annotated[int, typer.Option(help="Most requests waiting for the model; past it: 503 with Retry-After.")] = 256,
+    forward_tokens: Annotated[Optional[int], typer.Option(help="Padded tokens per forward inside a pass (default: 1024 "
+                                                               "on CPU, 8192 on GPU).")] = None,
     served_model_name: Annotated[Optional[list[str]], typer.Option(help="A name clients may give as \"model\" for "
                                                                          "the active head (repeat the option).")] = None,
     base: BaseOpt = None,
@@ -129,7 +131,8 @@ def serve_command(
     except ImportError:
         raise typer.BadParameter(SERVE_HINT) from None
     try:
-        settings = BatchSettings(max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue)
+        settings = BatchSettings(max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                                 forward_tokens=forward_tokens)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     pm = _load(heads, base, allow_base_mismatch)
