@@ -141,22 +141,51 @@ def test_one_pass_per_backbone_state_and_none_for_heads_not_asked(folders, monke
     assert calls == [False]
 
 
-def test_scoring_leaves_the_backbone_as_it_was(folders):
+@pytest.mark.parametrize("use_peft_api", [False, True], ids=["switches", "peft-api"])
+def test_scoring_leaves_the_backbone_as_it_was(folders, use_peft_api, monkeypatch):
+    import prefheads.model as model
+    from prefheads.binding import reading
+
+    monkeypatch.setattr(model, "reading", lambda m, a: reading(m, a, use_peft_api=use_peft_api))
     pm = _pm()
-    pm.load_heads(folders / "l1")
-    pm.load_heads(folders / "l2")
+    for f in ("l1", "fz", "l2"):
+        pm.load_heads(folders / f)
     active = pm.backbone.active_adapter
     grads = {n: p.requires_grad for n, p in pm.backbone.named_parameters()}
+
+    def unchanged():
+        status = pm.backbone.get_model_status()  # what every LoRA layer says
+        assert status.enabled is True and status.active_adapters == [active] == [pm.backbone.active_adapter]
+        assert {n: p.requires_grad for n, p in pm.backbone.named_parameters()} == grads
+
     pm.score_all_heads(PROMPT, CANDS)
-    assert pm.backbone.active_adapter == active
-    assert {n: p.requires_grad for n, p in pm.backbone.named_parameters()} == grads
-    other = "l2" if active == "l1" else "l1"
-    with pytest.raises(RuntimeError, match="inside"):
-        with pm.reading(other):
-            assert pm.backbone.active_adapter == other
-            raise RuntimeError("inside")
-    assert pm.backbone.active_adapter == active
-    assert {n: p.requires_grad for n, p in pm.backbone.named_parameters()} == grads
+    unchanged()
+    for state in (None, "l2"):
+        with pytest.raises(RuntimeError, match="inside"):
+            with pm.reading(state):
+                raise RuntimeError("inside")
+        unchanged()
+
+
+def test_switching_layers_equals_peft_api(folders):
+    from prefheads.binding import reading
+
+    pm = _pm()
+    for f in ("l1", "l2"):
+        pm.load_heads(folders / f)
+    for state in (None, "l1", "l2"):
+        got = []
+        for api in (False, True):
+            with reading(pm.backbone, state, use_peft_api=api):
+                got.append(pm.features([PROMPT] * 3, CANDS, layers=[0, -1], logprobs=True))
+        fast, ref = got
+        assert all(torch.equal(fast.states[l], ref.states[l]) for l in (0, -1)), state
+        assert torch.equal(fast.logprob_sum, ref.logprob_sum), state
+    with reading(pm.backbone, "l1"):
+        a = pm.features([PROMPT] * 3, CANDS).states[-1]
+    with reading(pm.backbone, "l2"):
+        b = pm.features([PROMPT] * 3, CANDS).states[-1]
+    assert not torch.allclose(a, b)  # the two adapters differ: equality above is not vacuous
 
 
 def test_a_head_added_beside_adapters_reads_the_active_one_and_replaced_adapters_go(folders):
