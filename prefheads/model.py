@@ -254,6 +254,9 @@ class PreferenceModel(nn.Module):
                  grad: bool = False) -> Features:
         """Hidden states at each reward token (and optionally completion log-probs).
 
+        The backbone runs as it stands (its active adapter, if it carries adapters); inside
+        ``with pm.reading(adapter):`` it runs in that state (None: the base model).
+
         Args:
             prompts: One prompt per completion (repeat a prompt for several candidates).
             completions: Assistant texts.
@@ -381,9 +384,11 @@ class PreferenceModel(nn.Module):
         return load_heads(self, directory, names=names, allow_base_mismatch=allow_base_mismatch)
 
     def detach(self) -> nn.Module:
-        """Drop every head and return the backbone, untouched and hook-free."""
+        """Drop every head and return the backbone, untouched and hook-free (adapters stay loaded)."""
         self.heads = nn.ModuleDict()
         self.active = None
+        self.head_adapters.clear()
+        self.head_folders.clear()
         return self.backbone
 
 
