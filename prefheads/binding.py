@@ -4,9 +4,10 @@ A head trained on the frozen backbone reads the base model; a head trained with 
 base plus the adapter trained with it. One :class:`~prefheads.model.PreferenceModel` holds heads
 of both kinds at once: every adapter is loaded once into one ``peft.PeftModel``, under its own
 name (``load_adapter(path, adapter_name=...)``), and each backbone pass runs in exactly one
-state, switched for that pass only (:func:`reading`): ``set_adapter(name)`` for the heads of an
-adapter, ``disable_adapter()`` for the heads of the base. Scoring groups heads by state
-(:func:`head_groups`): one pass per group, never a head fed by another head's adapter.
+state, switched for that pass only (:func:`reading`): what ``set_adapter(name)`` gives for the
+heads of an adapter, what ``disable_adapter()`` gives for the heads of the base. Scoring groups
+heads by state (:func:`head_groups`): one pass per group, never a head fed by another head's
+adapter.
 
 A head is *bound* to its state (``pm.head_adapters``: head -> adapter name, or ``None`` for the
 base) when it is loaded from a folder, or attached while the backbone already carries adapters.
@@ -225,7 +226,7 @@ def load_adapter(pm: "PreferenceModel", path: Path, label: str) -> str:
 
         pm.backbone = PeftModel.from_pretrained(pm.backbone, str(path), adapter_name=name)
     pm.backbone.eval()
-    pm.adapter_folders[name] = str(path)
+    pm.adapter_folders[name] = str(path.resolve())
     pm.adapter_digests[name] = digest
     return name
 
