@@ -327,8 +327,6 @@ def test_a_lora_run_beside_a_loaded_frozen_folder(folders, alone, tmp_path):
     assert read_config(tmp_path / "run")["heads"]["run"]["adapter"] == "adapter"
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="LoraTrainable wraps a backbone that carries adapters in a second PeftModel")
 def test_a_lora_run_beside_a_loaded_lora_folder(folders, alone, tmp_path):
     pm = _pm()
     pm.load_heads(folders / "l1")

@@ -132,7 +132,8 @@ def _frozen_features(cfg: FitConfig, pm: Any, cands: Candidates, items: list[Any
     from prefheads.training.cache import FeatureCache, cached_features
 
     cache = FeatureCache(cfg.cache_dir, cfg.cache_dtype) if cfg.feature_cache else None
-    return cached_features(pm, cands.prompts, cands.completions, layers, cache, items=items, logprobs=logprobs)
+    with pm.reading(None):  # a frozen head reads the base model, whatever adapters are loaded
+        return cached_features(pm, cands.prompts, cands.completions, layers, cache, items=items, logprobs=logprobs)
 
 
 def _values(feats: Any, cands: Candidates, score: str | None) -> torch.Tensor | None:
@@ -347,11 +348,9 @@ def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[in
 
 
 def _save_backbone_changes(pm: Any, cfg: FitConfig, out: Path) -> None:
-    """LoRA: save the adapter beside the heads; full: save the fine-tuned backbone."""
-    if cfg.mode == "lora":
-        pm.backbone.save_pretrained(out / "adapter")
-        pm.adapter = "adapter"
-    elif cfg.mode == "full":
+    """Full: save the fine-tuned backbone beside the heads (a LoRA head's adapter is written by
+    ``save_heads`` with the head that reads it)."""
+    if cfg.mode == "full":
         pm.backbone.save_pretrained(out / "backbone")
         pm.tokenizer.save_pretrained(out / "backbone")
         pm.fine_tuned = "backbone"

@@ -41,6 +41,7 @@ class Trainable(nn.Module):
         # not a submodule: only what trains is registered (the head, and the backbone in lora/full)
         object.__setattr__(self, "pm", pm)
         self.cands, self.cfg = cands, cfg
+        self.head_name = head_name
         self.head = pm.heads[head_name]
         self.reads = self.head.config.reads
         self.ref_logp: torch.Tensor | None = None
@@ -164,15 +165,16 @@ class LoraTrainable(Trainable):
     """peft LoRA adapters on the profile's target modules, trained with the head."""
 
     def setup(self) -> None:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
 
         targets = list(self.cfg.lora_targets or self.pm.profile.lora_targets)
         if not targets:
             raise ValueError(f"no LoRA target modules known for {self.pm.profile.model_type}; pass --lora-targets")
         conf = LoraConfig(r=self.cfg.lora_r, lora_alpha=self.cfg.lora_alpha, lora_dropout=self.cfg.lora_dropout,
                           target_modules=targets, bias="none")
-        self.pm.backbone = get_peft_model(self.pm.backbone, conf)
-        self.backbone = self.pm.backbone  # registered: its adapters are trainable parameters
+        # an adapter of its own beside any the backbone carries: those, and the heads reading
+        # them, stay as they are; registered here, its weights are the trainable parameters
+        self.backbone = self.pm.new_adapter("default", conf, heads=[self.head_name])
         if self.cfg.dpo_weight:
             # the reference policy is the base model: adapters disabled, computed once, no copy
             with self.pm.backbone.disable_adapter():
