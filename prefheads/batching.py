@@ -30,9 +30,10 @@ from prefheads.scoring import encode_all, score_items
 
 # Defaults per device type. On CPU a pass of a few thousand tokens already keeps the cores busy
 # and costs seconds, so a larger pool only delays the first answers, and forwards of about a
-# thousand padded tokens keep requests of different lengths apart: with 4096-token forwards a
-# pool of HH-RLHF requests ran 2x the padded tokens of the same requests one by one, and took
-# 1.8x as long; with 1024 it was 1.2x faster than one by one (docs/benchmarks.md). A GPU needs
+# thousand padded tokens keep requests of different lengths apart: with the model's 4096-token
+# forwards, 8 pooled HH-RLHF requests ran 3728 padded tokens against 1942 one by one, and the
+# batching server answered 0.5-0.9x the requests/s of one request at a time; with 1024, 1.0-1.1x
+# for 2 candidates and 1.3-2.0x for 8 (bench/serve_load.py, docs/benchmarks.md). A GPU needs
 # tens of thousands of tokens in flight and a pass takes milliseconds, so the wait must be short
 # next to it (GPU values not measured here). See docs/serving.md.
 DEVICE_DEFAULTS: dict[str, dict[str, float]] = {
