@@ -138,3 +138,14 @@ def pytest_collection_modifyitems(config, items):
 def pytest_report_header(config):
     seed = config.getoption("--shuffle")
     return f"test order shuffled with seed {seed!r}" if seed is not None else None
+
+
+@pytest.fixture(scope="module")
+def two_head_pm():
+    """A tiny model with two heads: ``a`` (SwiGLU, active) and ``b`` (BERT pooler)."""
+    from test_evaluation import tiny_pm
+
+    pm = tiny_pm()
+    pm.add_head("a", "swiglu", init_std=0.5)
+    pm.add_head("b", "bert", init_std=0.5, activate=False)
+    return pm

@@ -11,7 +11,6 @@ import torch
 
 from prefheads import batching
 from prefheads.batching import BatchSettings, Batcher, Closed, QueueFull, Serial
-from test_evaluation import tiny_pm
 
 REQUESTS = [
     ("Question: what is the capital of France?", ["Paris", "London", "Rome"]),
@@ -24,11 +23,8 @@ REQUESTS = [
 
 
 @pytest.fixture(scope="module")
-def pm():
-    pm = tiny_pm()
-    pm.add_head("a", "swiglu", init_std=0.5)
-    pm.add_head("b", "bert", init_std=0.5, activate=False)
-    return pm
+def pm(two_head_pm):
+    return two_head_pm
 
 
 def offline(pm, prompt, cands):

@@ -16,7 +16,6 @@ from conftest import make_backbone, save_to_hub_cache
 from prefheads import PreferenceModel, bulk
 from prefheads.bulk import BulkOutputError, read_rows, score_file, score_records
 from prefheads.tasks.errors import DataError
-from test_evaluation import tiny_pm
 
 WORDS = "the quick brown fox jumps over lazy dog hello world yes no".split()
 
@@ -50,11 +49,8 @@ def read_jsonl(path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def pm():
-    pm = tiny_pm()
-    pm.add_head("a", "swiglu", init_std=0.5)
-    pm.add_head("b", "bert", init_std=0.5, activate=False)
-    return pm
+def pm(two_head_pm):
+    return two_head_pm
 
 
 def expected(pm, row: dict, index: int) -> dict:
