@@ -182,7 +182,7 @@ def test_launch_that_accelerate_did_not_distribute_is_refused():
     env = {"WORLD_SIZE": "2", "ACCELERATE_USE_FSDP": "true"}
     with pytest.raises(RuntimeError, match="FSDP needs CUDA GPUs"):
         check_launch(1, "NO", env)
-    with pytest.raises(RuntimeError, match="--cpu --num_processes"):
+    with pytest.raises(RuntimeError, match="torchrun --nproc-per-node N"):
         check_launch(1, "NO", {"WORLD_SIZE": "4"})
     check_launch(2, "MULTI_CPU", env)
     check_launch(1, "NO", {})

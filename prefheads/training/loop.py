@@ -97,7 +97,8 @@ def check_launch(num_processes: int, distributed_type: Any, env: Mapping[str, st
         raise RuntimeError(
             f"launched as {world} processes but accelerate set up {num_processes} ({distributed_type}): "
             + (f"{' and '.join(asked)} needs CUDA GPUs here; " if asked else "")
-            + "on CPU use plain data parallel: accelerate launch --cpu --num_processes N ...")
+            + "on CPU use plain data parallel: torchrun --nproc-per-node N, or accelerate launch --multi_gpu "
+            "--num_processes N ...")
 
 
 def train(
