@@ -9,7 +9,7 @@ are the special case of one dispreferred candidate.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -98,6 +98,14 @@ def split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]
     n_val = int(round(n * val_fraction)) if n > 1 else 0
     n_val = min(n_val, n - 1)
     return sorted(idx[n_val:]), sorted(idx[:n_val])
+
+
+def choice_share(score: Mapping[int, float] | Sequence[float], groups: Sequence[tuple[int, list[int]]]) -> float:
+    """Share of groups whose preferred row scores strictly above every other row (ties miss);
+    ``score`` maps a row to its score (a list indexed by row, or a dict). NaN without groups."""
+    if not groups:
+        return float("nan")
+    return sum(score[w] > max(score[r] for r in ls) for w, ls in groups) / len(groups)
 
 
 def sample_pairs(groups: Sequence[tuple[int, list[int]]], gen: torch.Generator) -> torch.Tensor:

@@ -136,6 +136,17 @@ def _frozen_features(cfg: FitConfig, pm: Any, cands: Candidates, items: list[Any
         return cached_features(pm, cands.prompts, cands.completions, layers, cache, items=items, logprobs=logprobs)
 
 
+def _backbone_pass(progress: bool, label: str, run: Any) -> Any:
+    """``run()`` under a progress line naming the backbone pass it makes."""
+    from prefheads.progress import bar
+
+    with bar(progress) as pb:
+        tid = pb.add_task(f"backbone pass ({label})", total=None)
+        out = run()
+        pb.update(tid, completed=1, total=1)
+    return out
+
+
 def _values(feats: Any, cands: Candidates, score: str | None) -> torch.Tensor | None:
     """``[M]`` the chosen LM score of every candidate (None without one)."""
     from prefheads.lmscores import lm_score
@@ -218,10 +229,8 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
         reads = (init.config.reads if init is not None else
                  parse_layers(cfg.layers, pm.num_layers) if cfg.pooler == "layermix" else [cfg.layer_index])
         wants = cfg.lm_score != "none" if init is None else init.uses_scores
-        with bar(progress) as pb:
-            tid = pb.add_task(f"backbone pass ({len(cands.completions)} candidates)", total=None)
-            feats, hit = _frozen_features(cfg, pm, cands, items, reads, wants)
-            pb.update(tid, completed=1, total=1)
+        feats, hit = _backbone_pass(progress, f"{len(items)} candidates",
+                                    lambda: _frozen_features(cfg, pm, cands, items, reads, wants))
         if wants and init is None:
             score, train_acc = choose_score(feats, cands.completions, trg, cfg.lm_score)
             selection = {"score": score, "train_accuracy": {k: round(v, 4) for k, v in train_acc.items()}}
@@ -235,12 +244,8 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
         pm.add_head(name, cfg.pooler, layer=cfg.layer_index, dropout=cfg.head_dropout, score_input=score, **head_kw)
     kw = {} if feats is None else {"states": feats.states, "scores": _values(feats, cands, score)}
     trainable = MODES.get(cfg.mode)(pm, name, cands, cfg, **kw)
-    trainable.items = items
-    if feats is None:
-        with bar(progress) as pb:
-            tid = pb.add_task(f"backbone pass ({len(cands.completions)} candidates)", total=None)
-            trainable.setup()
-            pb.update(tid, completed=1, total=1)
+    if feats is None:  # lora / full: the backbone runs in training; setup may run it for cDPO
+        _backbone_pass(progress, f"{len(items)} candidates", trainable.setup)
     else:
         trainable.setup()
         trainable.cache_hit = hit
@@ -280,7 +285,6 @@ def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[in
     Selection uses only the validation split carved from the training data, never eval data, by
     choice accuracy (the preferred candidate must beat every other one).
     """
-    from prefheads.progress import bar
     from prefheads.training.loop import train
     from prefheads.training.strategies import FrozenTrainable
 
@@ -288,10 +292,8 @@ def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[in
         raise ValueError("--layer auto chooses on a validation split: set val_fraction > 0")
     layers = parse_layers(cfg.layers, pm.num_layers)
     t0 = time.perf_counter()
-    with bar(progress) as pb:
-        tid = pb.add_task(f"backbone pass ({len(cands.completions)} candidates, {len(layers)} layers)", total=None)
-        feats, hit = _frozen_features(cfg, pm, cands, items, layers, cfg.lm_score != "none")
-        pb.update(tid, completed=1, total=1)
+    feats, hit = _backbone_pass(progress, f"{len(items)} candidates, {len(layers)} layers",
+                                lambda: _frozen_features(cfg, pm, cands, items, layers, cfg.lm_score != "none"))
     states = feats.states
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()

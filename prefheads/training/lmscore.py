@@ -16,16 +16,14 @@ import torch
 
 from prefheads.engine import Features
 from prefheads.lmscores import LM_SCORES, lm_score
+from prefheads.training.data import choice_share
 
 Groups = Sequence[tuple[int, list[int]]]
 
 
 def rule_accuracy(values: torch.Tensor, groups: Groups) -> float:
     """Share of groups whose preferred row scores strictly above every other row (ties miss)."""
-    if not groups:
-        return float("nan")
-    v = values.tolist()
-    return sum(v[w] > max(v[r] for r in ls) for w, ls in groups) / len(groups)
+    return choice_share(values.tolist(), groups)
 
 
 def choose_score(feats: Features, completions: Sequence[str], groups: Groups, wanted: str) -> tuple[str, dict[str, float]]:

@@ -22,7 +22,7 @@ from prefheads.losses import LISTWISE, cdpo_loss, get_loss, joint_loss
 from prefheads.optim import warmup_cosine_schedule
 from prefheads.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from prefheads.training.config import FitConfig
-from prefheads.training.data import sample_pairs
+from prefheads.training.data import choice_share, sample_pairs
 
 
 def _epoch_pairs(groups: list[tuple[int, list[int]]], seed: int, epoch: int) -> torch.Tensor:
@@ -51,11 +51,7 @@ def choice_accuracy(trainable: Any, groups: list[tuple[int, list[int]]], chunk: 
     rows = torch.tensor([r for w, ls in groups for r in [w, *ls]])
     r = torch.cat([trainable(rows[i: i + chunk])[0] for i in range(0, len(rows), chunk)]).tolist()
     trainable.train(was)
-    ok, i = 0, 0
-    for w, ls in groups:
-        ok += int(r[i] > max(r[i + 1: i + 1 + len(ls)]))
-        i += 1 + len(ls)
-    return ok / len(groups)
+    return choice_share(dict(zip(rows.tolist(), r)), groups)
 
 
 @torch.no_grad()
