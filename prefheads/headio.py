@@ -120,7 +120,7 @@ def heads_base(directory: str | os.PathLike) -> str | None:
     return None if base.get("model_id") == BUNDLED_NAME else base.get("model_id")
 
 
-def _listed_files(directory: Path) -> set[str]:
+def listed_files(directory: Path) -> set[str]:
     """Weight files named by ``directory``'s current heads.json (empty if none or unreadable)."""
     try:
         config = json.loads((directory / CONFIG).read_text())
@@ -162,7 +162,7 @@ def save_heads(pm: "PreferenceModel", directory: str | os.PathLike, names: Seque
               "base": base, "active": pm.active if pm.active in entries else names[0], "heads": entries}
     # only files the folder's previous heads.json listed (written here by prefheads) may go:
     # a file prefheads did not write is never deleted, whatever its name
-    previous = _listed_files(out)
+    previous = listed_files(out)
     _atomic_write(out / CONFIG, json.dumps(config, indent=2).encode())
     keep = {e["file"] for e in entries.values()}
     for fname in previous - keep:

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from prefheads.headio import listed_files
+
 # what fit (and the commands built on it: demo, layers, recipes) writes into an output folder
 OWN_FILES = frozenset({"heads.json", "README.md", "fit_config.json", "metrics.jsonl", "history.json",
                        "layer_scores.json", "results.json", "layers.json", "layers.png", "stage.json"})
@@ -25,18 +27,9 @@ class OutputDirError(ValueError):
     """An output folder that a run would damage (user files, another run's output)."""
 
 
-def _head_files(folder: Path) -> set[str]:
-    """Weight files the folder's own ``heads.json`` lists (content-addressed, written by prefheads)."""
-    try:
-        cfg = json.loads((folder / "heads.json").read_text())
-        return {str(e["file"]) for e in cfg.get("heads", {}).values() if isinstance(e, dict) and "file" in e}
-    except (OSError, ValueError, AttributeError, TypeError):
-        return set()
-
-
 def foreign_entries(folder: Path) -> list[str]:
     """Names in ``folder`` that prefheads did not write (sorted)."""
-    listed = _head_files(folder)
+    listed = listed_files(folder)  # written here by prefheads: its own heads.json names them
     out = []
     for p in folder.iterdir():
         if p.is_dir() and not p.is_symlink():
