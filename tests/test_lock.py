@@ -17,7 +17,7 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "lock.txt"
 PYPROJECT = ROOT / "pyproject.toml"
-LOCKED_EXTRAS = ("dev",)  # the extras scripts/lock.sh resolves along with the runtime deps
+LOCKED_EXTRAS = ("dev", "quant")  # the extras scripts/lock.sh resolves along with the runtime deps
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
 
 
