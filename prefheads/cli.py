@@ -44,8 +44,10 @@ def _run_fit(cfg) -> None:
     typer.echo(f"data: {d['rows']} rows ({d['candidates']} candidates); {d['skipped']} bad rows skipped, "
                f"{d['dropped']} dropped without a preference signal; {d['truncated']} candidates over the "
                f"{d['max_length']}-token context, cut ({d['truncation']})")
-    typer.echo(f"head {res.head_name!r} saved to {res.out} (mode {cfg.mode}; best epoch {res.best_epoch}: "
-               f"val pair accuracy {res.best['val_pair_accuracy']:.3f}; train {res.n_train}, val {res.n_val}; "
+    chosen = (f"solver ridge: {cfg.cv_folds}-fold cross-validated choice accuracy {res.best['val_accuracy']:.3f}"
+              if cfg.solver == "ridge" else
+              f"best epoch {res.best_epoch}: val pair accuracy {res.best['val_pair_accuracy']:.3f}")
+    typer.echo(f"head {res.head_name!r} saved to {res.out} (mode {cfg.mode}; {chosen}; train {res.n_train}, val {res.n_val}; "
                f"setup {res.setup_seconds:.1f}s{' (feature cache hit)' if res.cache_hit else ''}, "
                f"training {res.train_seconds:.1f}s)")
 

@@ -30,14 +30,16 @@ def print_summary(summary: dict[str, Any], title: str, choice_names: list[str] |
 
 def run_demo(out: Path = Path("runs/demo"), max_train: int | None = None, max_eval: int | None = None,
              epochs: int = 10, seed: int = 0, base: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Fit a SwiGLU head on the bundled OpenBookQA slice and evaluate DPH vs log-prob.
+    """Fit the default head on the bundled OpenBookQA slice and evaluate it against log-prob.
 
     Uses the bundled SmolLM2-135M-Instruct (or ``base``), 500 training and 200 test questions
-    of OpenBookQA (Apache-2.0) in the paper's template. Log-prob is scored under the paper's
-    template and as lm-evaluation-harness scores the same questions; the strongest of them is
-    the baseline the head is compared with, with a paired bootstrap interval of the margin and
-    McNemar's p (:func:`prefheads.margins.accuracy_margin`, seeded by ``seed``). Returns the
-    evaluation summary and writes it to ``out/results.json``.
+    of OpenBookQA (Apache-2.0), and ``fit``'s defaults (the template family, layer and LM score
+    chosen as ``prefheads fit`` chooses them). Log-prob is scored in the chat turn under both
+    template families (mean and summed over the answer's tokens) and as lm-evaluation-harness
+    scores the same questions; the strongest of them on these test questions is the baseline the
+    head is compared with, with a paired bootstrap interval of the margin and McNemar's p
+    (:func:`prefheads.margins.accuracy_margin`, seeded by ``seed``). Returns the evaluation
+    summary and writes it to ``out/results.json``.
     """
     from prefheads import tasks
     from prefheads.model import PreferenceModel
@@ -49,14 +51,25 @@ def run_demo(out: Path = Path("runs/demo"), max_train: int | None = None, max_ev
                     seed=seed, max_train=max_train)
     res = fit(cfg, pm=pm, progress=progress)
     best = res.history[res.best_epoch - 1]
-    print(f"trained head {res.head_name!r} on {res.n_train} questions (validation {res.n_val}): "
-          f"best epoch {res.best_epoch}, validation pair accuracy {best['val_pair_accuracy']:.3f}; "
-          f"backbone {res.setup_seconds:.0f}s{' (feature cache hit)' if res.cache_hit else ''}, head {res.train_seconds:.0f}s")
-    examples = tasks.load_examples("openbookqa", split="eval", data_dir="bundled", limit=max_eval)
+    hc = pm.heads[res.head_name].config
+    how = (f"{cfg.cv_folds}-fold cross-validated choice accuracy {best['val_accuracy']:.3f}" if cfg.solver == "ridge"
+           else f"best epoch {res.best_epoch}, validation pair accuracy {best['val_pair_accuracy']:.3f}")
+    print(f"trained head {res.head_name!r} on {res.n_train} questions (template {cfg.template}; layer {hc.layer}; "
+          f"LM score {hc.score_input or 'none'}): {how}; backbone {res.setup_seconds:.0f}s"
+          f"{' (feature cache hit)' if res.cache_hit else ''}, head {res.train_seconds:.0f}s")
+
+    def load(variant: str) -> list[Any]:
+        return list(tasks.load_examples("openbookqa", split="eval", data_dir="bundled", limit=max_eval, variant=variant))
+
+    examples = load(cfg.template)
     scores = score_examples(pm, examples)
-    # the same questions as lm-evaluation-harness scores them: the stronger log-prob baseline
-    harness = tasks.load_examples("openbookqa", split="eval", data_dir="bundled", limit=max_eval, variant="lm-eval")
-    scores.extra = score_lmeval(pm, harness).methods(prefix=LMEVAL_PREFIX)
+    scores.extra = {"logprob_sum": scores.logprob_sum}
+    for variant in ("paper", "lm-eval"):  # log-prob in the chat turn under each template family
+        if variant != cfg.template:
+            other = score_examples(pm, load(variant), heads=[])
+            scores.extra.update({f"{variant}:logprob": other.logprob, f"{variant}:logprob_sum": other.logprob_sum})
+    # the same questions as lm-evaluation-harness scores them
+    scores.extra.update(score_lmeval(pm, load("lm-eval")).methods(prefix=LMEVAL_PREFIX))
     summary = summarize(scores)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     print_summary(summary, f"OpenBookQA test ({summary['n']} questions), {pm.model_id}")

@@ -535,9 +535,20 @@ def expand_tasks(names: Sequence[str]) -> list[str]:
     return out
 
 
+def heads_template(pm: Any, heads: Sequence[str]) -> str:
+    """The template family the heads were trained on (their ``meta["template"]``), ``paper`` for
+    none. Heads trained on different families cannot share one evaluation: a ValueError says so."""
+    found = {h: pm.heads[h].config.meta.get("template") for h in heads}
+    families = sorted({t for t in found.values() if t})
+    if len(families) > 1:
+        raise ValueError(f"the heads were trained on different templates ({found}): evaluate them separately "
+                         "or choose one with --template")
+    return families[0] if families else "paper"
+
+
 def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike | None = None,
              max_eval: int | None = None, seed: int = 0, heads: Sequence[str] | None = None,
-             heads_dir: str | os.PathLike | None = None, variant: str = "paper", lm_eval_baseline: bool = True,
+             heads_dir: str | os.PathLike | None = None, variant: str | None = None, lm_eval_baseline: bool = True,
              subset: str = "random", skip_missing: bool = False, bootstrap: int = N_RESAMPLES,
              progress: bool = False, **feature_kw: Any) -> EvalRun:
     """Evaluate log-prob scoring and every head on tasks and groups.
@@ -554,7 +565,8 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
         heads_dir: The folder they came from (recorded, with each head's sha256).
         variant: Template family of the inputs: ``paper`` (PAPER.md section 6), ``paper_fixed``,
             ``reference``, or ``lm-eval`` (lm-evaluation-harness's prompts; heads read them in
-            the chat turn, the ``lm-eval:*`` methods score the raw harness requests).
+            the chat turn, the ``lm-eval:*`` methods score the raw harness requests). Default:
+            the template the heads were trained on (:func:`heads_template`), else ``paper``.
         lm_eval_baseline: Also score every task the harness defines exactly as
             lm-evaluation-harness does (``lm-eval:acc``, ``lm-eval:acc_norm``, ``lm-eval:mean``),
             on the same rows, so each head is compared with the stronger log-prob baseline.
@@ -572,6 +584,8 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
 
     if subset not in SUBSETS:
         raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
+    heads = list(pm.heads) if heads is None else list(heads)
+    variant = variant or heads_template(pm, heads)
     names = expand_tasks(task_names)
     unavailable: dict[str, str] = {}
     for name in names:  # every template is checked before any scoring starts
@@ -582,7 +596,6 @@ def evaluate(pm: Any, task_names: Sequence[str], *, data_dir: str | os.PathLike 
     if unavailable and not skip_missing:
         raise ValueError("; ".join(unavailable.values()) + " (pass skip_missing / --skip-missing to evaluate the rest)")
     names = [n for n in names if n not in unavailable]
-    heads = list(pm.heads) if heads is None else list(heads)
     lm_eval_baseline = lm_eval_baseline or variant == LM_EVAL_VARIANT
     pairs = any(tasks.get_task(n, variant).kind == "pairs" for n in names)
     methods = ([LOGPROB] + (list(LMEVAL_METHODS) if lm_eval_baseline else []) + ([LENGTH] if pairs else [])

@@ -10,6 +10,18 @@ import torch
 FINAL = -1
 
 
+AUTO_DEPTHS = (5 / 15, 7 / 15, 9 / 15, 10 / 15, 11 / 15, 12 / 15, 13 / 15)
+"""Relative depths ``--layer auto`` searches by default: from a third of the way up, denser in the
+upper-middle blocks, where frozen probes of small chat models score best (docs/benchmarks.md)."""
+
+
+def auto_layers(num_layers: int) -> list[int]:
+    """The candidate layers ``--layer auto`` searches by default: the blocks at :data:`AUTO_DEPTHS`
+    and the final norm (``[10, 14, 18, 20, 22, 24, 26, -1]`` for 30 blocks)."""
+    blocks = sorted({min(num_layers - 1, round(num_layers * f)) for f in AUTO_DEPTHS})
+    return blocks + [FINAL]
+
+
 def parse_layers(spec: str | Sequence[int] | None, num_layers: int) -> list[int]:
     """Expand a layer spec into a sorted list of hidden-state indices.
 

@@ -73,6 +73,12 @@ def _cfg(family: str, vocab: int):
     raise KeyError(family)
 
 
+PAPER_HEAD = {"pooler": "swiglu", "objective": "separable", "layer": "-1", "lm_score": "none", "template": "paper"}
+"""Fit options of the paper's head (SwiGLU pooler, last layer, separable DPH loss, AdamW epochs):
+for tests of the training loop itself, which ``fit``'s defaults (the ridge solver) do not run."""
+PAPER_ARGS = [a for k, v in PAPER_HEAD.items() for a in (f"--{k.replace('_', '-')}", v)]
+"""The same as ``prefheads fit`` options."""
+
 FAMILIES = ["llama", "qwen2", "mistral", "gemma3_text", "phi", "gpt2", "opt", "gpt_neox"]
 
 

@@ -469,7 +469,9 @@ def test_demo_reports_both_baselines_and_the_head(saved, tmp_path, capsys):
     for m in ("logprob", "lm-eval:acc", "dph:openbookqa"):
         assert sum(s[m]["predicted"].values()) == 6
     logp = [m for m in s if isinstance(s[m], dict) and "accuracy" in s[m] and not m.startswith("dph:")]
-    assert set(logp) == {"logprob", "lm-eval:acc", "lm-eval:acc_norm", "lm-eval:mean"}
+    # log-prob in the chat turn (mean and sum) under both template families, and the harness's scoring
+    assert set(logp) == {"logprob", "logprob_sum", "paper:logprob", "paper:logprob_sum", "lm-eval:acc",
+                         "lm-eval:acc_norm", "lm-eval:mean"}
     base = max(logp, key=lambda m: s[m]["accuracy"])
     assert s["baseline"] == {"method": base, "score": s[base]["accuracy"]}
     head = s["dph:openbookqa"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_backbone, save_to_hub_cache
+from conftest import PAPER_HEAD, make_backbone, save_to_hub_cache
 from prefheads import PreferenceModel
 from prefheads.training import FitConfig, fit
 
@@ -32,7 +32,7 @@ def test_fit_python_api_learns_and_is_reproducible(tmp_path):
     heads = []
     for run in ("a", "b"):
         pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
-        cfg = FitConfig(data=str(data), out=str(tmp_path / run), epochs=5, batch_size=8, lr=3e-3, seed=3)
+        cfg = FitConfig(data=str(data), out=str(tmp_path / run), epochs=5, batch_size=8, lr=3e-3, seed=3, **PAPER_HEAD)
         res = fit(cfg, pm=pm, progress=False)
         heads.append({k: v.clone() for k, v in pm.heads["default"].state_dict().items()})
     assert res.n_train == 54 and res.n_val == 6

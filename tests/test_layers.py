@@ -57,7 +57,8 @@ def test_layer_auto_chooses_on_validation_only_and_records_scores(tmp_path, monk
     bb, tok = make_backbone("llama")
     pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
     res = fit(FitConfig(data=str(_data(tmp_path)), out=str(tmp_path / "o"), layer="auto", layers="0,2,-1",
-                        pooler="identity", epochs=3, batch_size=8, lr=3e-3, cache_dir=str(tmp_path / "c")),
+                        pooler="identity", epochs=3, batch_size=8, lr=3e-3, cache_dir=str(tmp_path / "c"),
+                        solver="adamw"),
               pm=pm, progress=False)
     meta = pm.heads["default"].config.meta
     assert set(meta["layer_scores"]) == {"0", "2", "-1"}

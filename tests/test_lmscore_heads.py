@@ -77,12 +77,14 @@ def test_with_an_uninformative_state_the_head_chooses_as_its_lm_score(tmp_path, 
         assert head == _choices(sc.methods()["logprob"])  # = the paper's log-prob method
 
 
-def test_a_log_prob_aware_head_round_trips_and_scores_anywhere(tmp_path):
+@pytest.mark.parametrize("how", [{"solver": "adamw", "layer": "-1", "lm_score": "auto"}, {"lm_score": "logprob_sum"}],
+                         ids=["adamw", "ridge"])
+def test_a_log_prob_aware_head_round_trips_and_scores_anywhere(tmp_path, how):
     bb, tok = make_backbone("llama")
     pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
     data = _pairs_file(tmp_path / "pairs.jsonl", n=24)
-    fit(FitConfig(data=str(data), out=str(tmp_path / "h"), epochs=2, batch_size=8, lr=3e-3, lm_score="auto",
-                  cache_dir=str(tmp_path / "c")), pm=pm, progress=False)
+    fit(FitConfig(data=str(data), out=str(tmp_path / "h"), epochs=2, batch_size=8, lr=3e-3,
+                  cache_dir=str(tmp_path / "c"), **how), pm=pm, progress=False)
     cfg = json.loads((tmp_path / "h" / "heads.json").read_text())["heads"]["default"]["config"]
     assert cfg["score_input"] in ("logprob_sum", "logprob_mean", "logprob_char")
     assert cfg["meta"]["lm_score"]["kept"] in ("head", "score")
@@ -134,7 +136,8 @@ def test_layer_auto_with_lm_score_auto_chooses_layer_and_score_on_validation(tmp
     pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
     data = _pairs_file(tmp_path / "pairs.jsonl", n=40)
     res = fit(FitConfig(data=str(data), out=str(tmp_path / "h"), epochs=2, batch_size=8, lr=3e-3, layer="auto",
-                        layers="0,-1", lm_score="auto", pooler="identity", cache_dir=str(tmp_path / "c")),
+                        layers="0,-1", lm_score="auto", pooler="identity", cache_dir=str(tmp_path / "c"),
+                        solver="adamw"),
               pm=pm, progress=False)
     rep = json.loads((tmp_path / "h" / "layer_scores.json").read_text())
     by = rep["val_accuracy_by_lm_score"]

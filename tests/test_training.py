@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_backbone, save_to_hub_cache
+from conftest import PAPER_ARGS, make_backbone, save_to_hub_cache
 from prefheads import PreferenceModel
 from prefheads.training import FitConfig, fit
 from prefheads.training.fit import training_candidates
@@ -169,7 +169,8 @@ def test_two_process_accelerate_run(tmp_path):
     data = _pairs_file(tmp_path / "pairs.jsonl", n=40)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "prefheads.cli", "fit", "--base", "tiny/ddp",
-           "--data", str(data), "--out", str(tmp_path / "o"), "--epochs", "4", "--batch-size", "8", "--lr", "3e-3"]
+           "--data", str(data), "--out", str(tmp_path / "o"), "--epochs", "4", "--batch-size", "8", "--lr", "3e-3",
+           *PAPER_ARGS]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     cfg = json.loads((tmp_path / "o" / "heads.json").read_text())

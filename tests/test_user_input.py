@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_backbone, save_to_hub_cache
+from conftest import PAPER_HEAD, make_backbone, save_to_hub_cache
 from prefheads import PreferenceModel
 from prefheads.tasks import DataError
 from prefheads.training import FitConfig, fit
@@ -27,7 +27,7 @@ def _pm():
 def _fit(tmp_path, out, data=None, pm=None, **kw):
     data = data or _pairs_file(tmp_path / "pairs.jsonl", n=24)
     opts = {"epochs": 2, "batch_size": 8, "lr": 3e-3, "cache_dir": str(tmp_path / "cache"), **kw}
-    return fit(FitConfig(data=str(data), out=str(out), **opts), pm=pm or _pm(), progress=False)
+    return fit(FitConfig(data=str(data), out=str(out), **{**PAPER_HEAD, **opts}), pm=pm or _pm(), progress=False)
 
 
 def _head_sha(out: Path) -> str:

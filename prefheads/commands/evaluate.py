@@ -28,7 +28,7 @@ def eval_command(
     examples_out: Annotated[Optional[Path], typer.Option(help="Per-example JSONL path (default: beside --out).")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report with plots here.")] = None,
     head: Annotated[Optional[list[str]], typer.Option(help="Evaluate only these heads of the folder (repeat).")] = None,
-    variant: Annotated[str, typer.Option("--template", "--variant", help="Template family: paper (PAPER.md section 6), paper_fixed, reference, or lm-eval (lm-evaluation-harness prompts; the harness's own scoring is added as lm-eval:acc / acc_norm / mean).")] = "paper",
+    variant: Annotated[Optional[str], typer.Option("--template", "--variant", help="Template family: paper (PAPER.md section 6), paper_fixed, reference, or lm-eval (lm-evaluation-harness prompts; the harness's own scoring is added as lm-eval:acc / acc_norm / mean). Default: the one the heads were trained on, else paper.")] = None,
     lm_eval_baseline: Annotated[bool, typer.Option(help="Also score each task the harness defines exactly as lm-evaluation-harness does, on the same rows, so heads are compared with the stronger log-prob baseline.")] = True,
     bootstrap: Annotated[int, typer.Option(min=0, help="Resamples of the paired bootstrap behind each head's 95% interval of its margin over the baseline (0: no intervals).")] = 1000,
     skip_missing: Annotated[bool, typer.Option(help="Skip tasks whose data files are missing or that have no such template, e.g. STS-B under lm-eval (aggregates are then marked partial).")] = False,

@@ -51,8 +51,9 @@ def run_layers(task: str, base: str | None, data_dir: str | None, layers: str, p
     from prefheads.training.data import split
     from prefheads.training.fit import training_candidates
 
+    # one pure-DPH head per layer in the training loop, each scored on the same validation split
     cfg = FitConfig(base=base, task=task, data_dir=data_dir, layer="auto", layers=layers, pooler=pooler,
-                    max_train=max_train, epochs=epochs, out=str(out), seed=seed)
+                    max_train=max_train, epochs=epochs, out=str(out), seed=seed, solver="adamw", lm_score="none")
     pm = PreferenceModel.from_pretrained(base)
     cands = training_candidates(cfg)
     res = fit(cfg, pm=pm, cands=cands)

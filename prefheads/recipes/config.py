@@ -346,6 +346,8 @@ class HeadSpec:
         """The :class:`~prefheads.training.FitConfig` of one head."""
         from prefheads.training.config import FitConfig
 
+        kw.setdefault("lm_score", "none")  # the paper's pure DPH head
+
         return FitConfig(mode="frozen", pooler=self.pooler, objective=self.objective, dph_eps=self.dph_eps,
                          epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                          weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,

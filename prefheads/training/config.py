@@ -19,7 +19,8 @@ class FitConfig:
         data_dir: Folder of local dataset copies (default: $PREFHEADS_DATA, else the hub).
         template: Template family of the task's inputs: paper (PAPER.md section 6), paper_fixed,
             reference, or lm-eval (lm-evaluation-harness's prompt in the user turn and its
-            continuation as the assistant reply).
+            continuation as the assistant reply). Default: lm-eval where every task trained
+            has it, else paper.
         out: Output folder of the head set. It must be new, empty, or hold this same run's
             output (same options: a rerun or --resume); anything else needs --overwrite.
         overwrite: Write into an --out folder that holds other files or another run's output.
@@ -28,19 +29,33 @@ class FitConfig:
         init_head: Start from a saved head, FOLDER or FOLDER:NAME (e.g. a frozen probe before
             --mode lora or full: linear probing, then fine-tuning); its pooler, layer and input
             standardiser are kept, its dropout set as here.
-        pooler: Registered pooler (identity, bert, swiglu, ...).
+        pooler: Registered pooler (identity, bert, swiglu, ...). Default identity: a linear
+            head on the standardised state (the paper's head is swiglu).
         layer: Hidden state read: -1 = after the final norm, i = output of block i, or "auto":
             one head per candidate layer (see layers), the best on the validation split kept.
+            Default: auto in frozen mode, -1 in lora / full modes.
         layers: Candidate layers for --layer auto, or the layers a layermix pooler mixes:
-            "all", "0,5,10", "10:20" (Python slice; -1 is the final norm).
+            "all", "0,5,10", "10:20" (Python slice; -1 is the final norm). Default for auto:
+            eight layers from a third of the depth up and the final norm (layers.auto_layers).
         layermix_inner: Pooler applied to the layer mix (identity, bert, swiglu).
         lm_score: The LM's own score a frozen head adds to its reward (r = head(h) + w·s): none
             (the paper's pure DPH), auto (the best of logprob_sum, logprob_mean, logprob_char
-            on the training split), or a score name. The head starts from the score; if it does
-            not beat the score alone on validation it is saved as the score alone.
+            on the training split, each candidate head also trained without it and validation
+            deciding), or a score name. The head starts from the score; if it does not beat the
+            score alone on validation it is saved as the score alone. Default: auto in frozen
+            mode, none in lora / full modes.
         objective: DPH loss: separable or contrastive (a sampled wrong answer per question and
-            epoch), or listwise (a softmax over all of a question's candidates).
+            epoch), or listwise (a softmax over all of a question's candidates). Default:
+            listwise, or separable with the joint cDPO objective (dpo_weight > 0); none with the
+            ridge solver (its own least-squares objective).
         dph_eps: Label smoothing ε of the DPH loss.
+        solver: How a frozen head is fitted: ridge (a linear head, identity pooler: closed-form
+            least squares on question-centred standardised states, its layer, LM score and L2
+            strength chosen by cross-validation on the training data; objective, epochs, lr
+            and the validation split are not used) or adamw (the DPH objective in the training
+            loop, best epoch on the validation split). Default: ridge for a frozen identity
+            head with no objective, init head or cDPO asked for, else adamw.
+        cv_folds: Folds of the ridge solver's cross-validation (over questions).
         epochs: Passes over the training pairs.
         batch_size: Pairs per optimizer step.
         lr: Peak learning rate.
@@ -91,18 +106,20 @@ class FitConfig:
     task: str | None = None
     data: str | None = None
     data_dir: str | None = None
-    template: str = "paper"
+    template: str | None = None
     out: str = "runs/heads"
     overwrite: bool = False
     head_name: str | None = None
     init_head: str | None = None
-    pooler: str = "swiglu"
-    layer: str = "-1"
+    pooler: str = "identity"
+    layer: str | None = None
     layers: str | None = None
     layermix_inner: str = "identity"
-    lm_score: str = "none"
-    objective: str = "separable"
+    lm_score: str | None = None
+    objective: str | None = None
     dph_eps: float = 0.1
+    solver: str | None = None
+    cv_folds: int = 5
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
@@ -146,6 +163,7 @@ class FitConfig:
             self.task, self.data = None, self.task[len("pairs:"):]
         if self.task is None and self.data is None:
             raise ValueError("give a task (--task) or a preference file (--data)")
+        self._resolve_defaults()
         if self.init_head and str(self.layer) == "auto":
             raise ValueError("init_head starts one head; it cannot be combined with layer=auto")
         if self.mode not in ("frozen", "lora", "full"):
@@ -162,7 +180,7 @@ class FitConfig:
             raise ValueError(f"dpo_eps must be in [0, 0.5], got {self.dpo_eps}")
         from prefheads.losses import LOSSES
 
-        if self.objective not in LOSSES:
+        if self.objective is not None and self.objective not in LOSSES:
             raise ValueError(f"objective must be one of {LOSSES.names()}, got {self.objective!r}")
         if self.objective == "listwise" and self.dpo_weight:
             raise ValueError("the joint cDPO objective trains on pairs: use separable or contrastive with --dpo-weight")
@@ -190,6 +208,29 @@ class FitConfig:
             raise ValueError(f"truncation must be left, right or error, got {self.truncation!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    def _resolve_defaults(self) -> None:
+        """Fill the options left None with the defaults of this mode and task (recorded resolved)."""
+        frozen = self.mode == "frozen"
+        if self.layer is None:
+            self.layer = "auto" if frozen and not self.init_head and self.pooler != "layermix" else "-1"
+        if self.lm_score is None:
+            self.lm_score = "auto" if frozen and not self.init_head else "none"
+        linear = self.mode == "frozen" and self.pooler == "identity" and not self.init_head and not self.dpo_weight
+        if self.solver is None:
+            self.solver = "ridge" if linear and self.objective is None else "adamw"
+        if self.solver not in ("ridge", "adamw"):
+            raise ValueError(f"solver must be ridge or adamw, got {self.solver!r}")
+        if self.solver == "ridge" and not (linear and self.objective is None):
+            raise ValueError("the ridge solver fits a linear head on a frozen backbone in closed form: it needs "
+                             "--mode frozen, --pooler identity and no --objective, --init-head or --dpo-weight "
+                             "(or use --solver adamw)")
+        if self.objective is None and self.solver == "adamw":
+            self.objective = "separable" if self.dpo_weight else "listwise"
+        if self.template is None:
+            self.template = default_template(self.task)
+        if self.cv_folds < 2:
+            raise ValueError(f"cv_folds must be >= 2, got {self.cv_folds}")
 
     @property
     def layer_index(self) -> int | None:
@@ -219,3 +260,18 @@ class FitConfig:
         if unknown:
             raise ValueError(f"unknown fit option(s) {unknown}; known: {sorted(names)}")
         return cls(**d)
+
+
+def default_template(task: str | None) -> str:
+    """``lm-eval`` when every task ``task`` trains on has lm-evaluation-harness's template, else ``paper``."""
+    if not task:
+        return "paper"
+    from prefheads import tasks
+    from prefheads.tasks.harness import LM_EVAL_VARIANT
+
+    try:
+        names = tasks.expand(task, train=True)
+        ok = all(tasks.get_task(n).lm_eval is not None for n in names)
+    except KeyError:  # an unknown task name is reported where the data are loaded
+        return "paper"
+    return LM_EVAL_VARIANT if ok else "paper"

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from prefheads.layers import parse_layers
+from prefheads.layers import auto_layers, parse_layers
 from prefheads.training.config import FitConfig
 from prefheads.training.lmscore import choose_score, settle
 from prefheads.training.loop import choice_accuracy
@@ -221,6 +221,8 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
     # conversion, data loading) must not change the head a seed gives
     torch.manual_seed(cfg.seed)
     trg, vag = [cands.groups[g] for g in tr], [cands.groups[g] for g in va]
+    if cfg.solver == "ridge":
+        return _fit_probe(cfg, pm, name, cands, out, items, data, progress)
     if cfg.layer == "auto":
         return _fit_auto(cfg, pm, name, cands, tr, va, out, items, data, progress)
     t0 = time.perf_counter()
@@ -290,7 +292,7 @@ def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[in
 
     if not va:
         raise ValueError("--layer auto chooses on a validation split: set val_fraction > 0")
-    layers = parse_layers(cfg.layers, pm.num_layers)
+    layers = parse_layers(cfg.layers, pm.num_layers) if cfg.layers else auto_layers(pm.num_layers)
     t0 = time.perf_counter()
     feats, hit = _backbone_pass(progress, f"{len(items)} candidates, {len(layers)} layers",
                                 lambda: _frozen_features(cfg, pm, cands, items, layers, cfg.lm_score != "none"))
@@ -347,6 +349,70 @@ def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[in
          "val_pair_accuracy": pair_scores, "n_val": len(va), "lm_score": head.config.score_input,
          "val_accuracy_by_lm_score": by_variant}, indent=2))
     return FitResult(out, name, history, best_epoch, len(tr), len(va), setup_s, time.perf_counter() - t1, hit, data)
+
+
+def _fit_probe(cfg: FitConfig, pm: Any, name: str, cands: Candidates, out: Path, items: list[Any],
+               data: dict[str, Any], progress: bool = False) -> FitResult:
+    """``--solver ridge``: a linear head in closed form; layer (with ``--layer auto``), LM
+    score (with ``--lm-score auto``) and L2 strength chosen by K-fold cross-validation on the
+    training data (:mod:`prefheads.training.probe`), then refitted on all of it."""
+    from prefheads.training import probe
+
+    layers = ([cfg.layer_index] if cfg.layer != "auto" else
+              parse_layers(cfg.layers, pm.num_layers) if cfg.layers else auto_layers(pm.num_layers))
+    t0 = time.perf_counter()
+    feats, hit = _backbone_pass(progress, f"{len(items)} candidates, {len(layers)} layer(s)",
+                                lambda: _frozen_features(cfg, pm, cands, items, layers, cfg.lm_score != "none"))
+    setup_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    groups = list(cands.groups)
+    score, selection = None, {}
+    if cfg.lm_score != "none":
+        score, train_acc = choose_score(feats, cands.completions, groups, cfg.lm_score)
+        selection = {"score": score, "train_accuracy": {k: round(v, 4) for k, v in train_acc.items()}}
+    values = _values(feats, cands, score)
+    stacked = torch.stack([feats.states[l].float() for l in layers])
+    cands_cv = probe.cross_validate(stacked, values, groups, layers, folds=cfg.cv_folds, seed=cfg.seed)
+    if score is not None and cfg.lm_score != "auto":  # a named score is always used
+        cands_cv = [c for c in cands_cv if c.score]
+    choice = probe.best(cands_cv)
+    head = probe.build_head(pm, name, feats.states, values, score, groups, choice)
+    by_layer: dict[str, dict[str, float]] = {}
+    for c in cands_cv:
+        if c.layer is not None:
+            key = score if c.score else "none"
+            row = by_layer.setdefault(str(c.layer), {})
+            row[key] = max(row.get(key, 0.0), round(c.cv_accuracy, 4))
+    best_by_layer = {str(l): max(v.values()) for l, v in by_layer.items()}
+    kept = "score" if choice.layer is None else "head" if choice.score else "none"
+    if score is not None:
+        head.config.meta["lm_score"] = {**selection, "kept": kept, "cv_accuracy_score": round(cands_cv[0].cv_accuracy, 4)}
+    chosen = head.config.layer if choice.layer is not None else None
+    head.config.meta.update({"task": cfg.task or Path(cfg.data).name, "template": cfg.template,
+                             "objective": "least squares (ridge)", "mode": "frozen", "solver": "ridge",
+                             "n_train": len(groups), "n_val": 0, "seed": cfg.seed, "chosen_layer": chosen,
+                             "l2": choice.l2, "cv_folds": cfg.cv_folds,
+                             "val_accuracy": round(choice.cv_accuracy, 4), "layer_scores": best_by_layer,
+                             "data": data})
+    pm.save_heads(out)
+    (out / "layer_scores.json").write_text(json.dumps(
+        {"chosen": chosen, "choice": choice.to_dict(), "metric": f"{cfg.cv_folds}-fold cross-validated choice accuracy",
+         "val_accuracy": best_by_layer,
+         "lm_score": score, "l2_grid": list(probe.L2_GRID), "val_accuracy_by_lm_score": by_layer,
+         "candidates": [c.to_dict() for c in cands_cv]}, indent=2))
+    train_acc = choice_accuracy_of(head, feats, values, groups)
+    history = [{"epoch": 1, "val_accuracy": choice.cv_accuracy, "val_pair_accuracy": choice.cv_accuracy,
+                "train_accuracy": train_acc}]
+    return FitResult(out, name, history, 1, len(groups), 0, setup_s, time.perf_counter() - t1, hit, data)
+
+
+def choice_accuracy_of(head: Any, feats: Any, values: torch.Tensor | None, groups: list[Any]) -> float:
+    """Training choice accuracy of a frozen ``head`` on cached ``feats``."""
+    from prefheads.training.data import choice_share
+
+    with torch.no_grad():
+        r = head(head.select(feats.states), values if head.uses_scores else None)
+    return choice_share(r.tolist(), groups)
 
 
 def _save_backbone_changes(pm: Any, cfg: FitConfig, out: Path) -> None:
