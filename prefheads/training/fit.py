@@ -285,9 +285,12 @@ def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[in
     """``--layer auto``: one head per candidate layer on ONE backbone pass; keep the best on validation.
 
     Selection uses only the validation split carved from the training data, never eval data, by
-    choice accuracy (the preferred candidate must beat every other one).
+    choice accuracy (the preferred candidate must beat every other one). The candidate heads train
+    at once as one stacked module (:mod:`prefheads.training.stacked`) unless an option needs the
+    one-head loop.
     """
     from prefheads.training.loop import train
+    from prefheads.training.stacked import train_layer_heads
     from prefheads.training.strategies import FrozenTrainable
 
     if not va:
@@ -311,14 +314,22 @@ def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[in
     pair_scores: dict[int, float] = {}
     by_variant: dict[str, dict[str, float]] = {}
     best: tuple[float, str, int, list, int] | None = None
+    runs = [(f"{name}@{layer}" + (f"+{variant}" if variant else ""), layer, variant)
+            for layer in layers for variant in variants]
+    # every candidate head at once where the stack trains what separate runs would; else one by one
+    stacked = train_layer_heads(pm, cfg, runs, states, values, trg, vag, out)
     for layer in layers:
         for variant in variants:
-            torch.manual_seed(cfg.seed)  # every candidate head starts from the same draw
             tmp = f"{name}@{layer}" + (f"+{variant}" if variant else "")
-            pm.add_head(tmp, cfg.pooler, layer=layer, dropout=cfg.head_dropout, activate=False, score_input=variant)
+            if tmp not in stacked:
+                torch.manual_seed(cfg.seed)  # every candidate head starts from the same draw
+                pm.add_head(tmp, cfg.pooler, layer=layer, dropout=cfg.head_dropout, activate=False, score_input=variant)
             trainable = FrozenTrainable(pm, tmp, cands, cfg, states=states, scores=values if variant else None)
             trainable.setup()
-            history, best_epoch = train(trainable, trg, vag, cfg, out / "layers" / tmp.rpartition("@")[2])
+            if tmp in stacked:
+                history, best_epoch = stacked[tmp]
+            else:
+                history, best_epoch = train(trainable, trg, vag, cfg, out / "layers" / tmp.rpartition("@")[2])
             if variant is not None:
                 pm.heads[tmp].config.meta["lm_score"] = {**selection, **settle(trainable, values, vag)}
             acc = choice_accuracy(trainable, vag)
