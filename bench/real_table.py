@@ -1,16 +1,21 @@
-"""The real-data result table: frozen probes on SmolLM2 (or another base) vs log-prob scoring.
+"""The real-data result table: frozen heads on SmolLM2 (or another base) vs log-prob scoring.
 
-For each task, on the same seeded train/eval splits of the real copies in ../shared/data:
-log-prob accuracy (paper template, mean over tokens), a DPH head at the last layer, a DPH head at
+For each task, on the same seeded train/eval splits of the real copies in ../shared/data, in the
+template family ``prefheads fit`` uses by default for the task (lm-eval where the task has it):
+``default`` is the head ``prefheads fit`` trains with its defaults (nothing set but the task and
+the seed), with the paired 95 % bootstrap interval of its margin over the strongest log-prob rule
+and McNemar's p. Optional columns (``--heads``): a paper-style SwiGLU DPH head at the last layer, at
 the layer chosen on a validation split carved from the training data (``--layer auto``), a
 layer-mix head over every layer, and a scikit-learn logistic-regression probe on the same cached
 last-layer features. Every method's predicted-answer distribution is printed, since a method
 that always answers "yes" can look fine by accuracy alone. One backbone pass per split serves
 every head (all layers captured at once).
 
-Log-prob is reported under both template families: the paper's (mean over the assistant tokens)
-and lm-evaluation-harness's own prompt scored exactly as the harness does (``acc``, ``acc_norm``,
-``mean``; tasks the harness defines), on the same rows. ``baseline`` is the strongest of them:
+Log-prob is reported in the chat turn under both template families (mean and sum over the answer
+tokens: ``logprob``/``logprob_sum`` in the table's template, ``paper:*`` in the paper's) and with
+lm-evaluation-harness's own prompt scored exactly as the harness does (``acc``, ``acc_norm``,
+``mean``; tasks the harness defines), on the same rows. ``baseline`` is the strongest of them on
+the eval rows themselves (a bar set after the fact, so higher than any rule chosen beforehand):
 the number a head has to beat. ``--baselines-only`` skips the heads (log-prob columns only).
 """
 
@@ -33,14 +38,15 @@ TASKS = ["glue/sst2", "glue/rte", "glue/mrpc", "glue/cola", "boolq", "arc_easy",
 NO_LOCAL_TRAIN = {"boolq"}  # its train split is hub-only here: carve train/eval from the dev file
 
 
-def splits(task: str, n_train: int, n_eval: int, seed: int):
+def splits(task: str, n_train: int, n_eval: int, seed: int, variant: str = "paper"):
     from prefheads import tasks
 
+    kw = {"data_dir": DATA, "shuffle": True, "seed": seed, "variant": variant}
     if task in NO_LOCAL_TRAIN:
-        ex = tasks.load_examples(task, split="eval", data_dir=DATA, shuffle=True, seed=seed)
+        ex = tasks.load_examples(task, split="eval", **kw)
         return list(ex[n_eval: n_eval + n_train]), list(ex[:n_eval]), "dev (carved)"
-    tr = tasks.load_examples(task, split="train", data_dir=DATA, limit=n_train, shuffle=True, seed=seed)
-    ev = tasks.load_examples(task, split="eval", data_dir=DATA, limit=n_eval, shuffle=True, seed=seed)
+    tr = tasks.load_examples(task, split="train", limit=n_train, **kw)
+    ev = tasks.load_examples(task, split="eval", limit=n_eval, **kw)
     return list(tr), list(ev), "train / eval"
 
 
@@ -55,8 +61,9 @@ def dist(preds: list[int], k: int) -> str:
     return "/".join(str(int(x)) for x in c)
 
 
-BASELINES = ["logprob", "lmeval_acc", "lmeval_acc_norm", "lmeval_mean"]
-HEADS = ["dph_last", "dph_auto", "dph_mix", "logreg"]
+BASELINES = ["logprob", "logprob_sum", "paper:logprob", "paper:logprob_sum", "lmeval_acc", "lmeval_acc_norm",
+             "lmeval_mean"]
+HEADS = ["default", "dph_last", "dph_auto", "dph_mix", "logreg"]
 
 
 def lmeval_columns(pm, task: str, ev: list, labels: list[int], k: int) -> dict:
@@ -81,79 +88,109 @@ def run_task(pm, task: str, args) -> dict:
     from sklearn.preprocessing import StandardScaler
 
     from prefheads.layers import parse_layers
+    from prefheads.lmscores import lm_score
+    from prefheads.margins import accuracy_margin
     from prefheads.metrics import accuracy
     from prefheads.training import FitConfig, fit
     from prefheads.training.cache import FeatureCache, cached_features
+    from prefheads.training.config import default_template
     from prefheads.training.data import from_examples
 
     t0 = time.perf_counter()
-    tr, ev, how = splits(task, args.n_train, args.n_eval, args.seed)
+    template = default_template(task)
+    tr, ev, how = splits(task, args.n_train, args.n_eval, args.seed, template)
     k = max(len(e.choices) for e in ev)  # ARC has a few 3- and 5-choice questions
-    cands = from_examples(tr)
-    layers = parse_layers("all", pm.num_layers)
+    cands, ecands = from_examples(tr), from_examples(ev)
+    heads = [] if args.baselines_only else args.heads.split(",")
     cache = FeatureCache(args.cache)
-    if args.baselines_only:
-        train_states, layers = None, [-1]
-    else:
-        train_states = cached_features(pm, cands.prompts, cands.completions, layers, cache)[0].states
-    t_feat = time.perf_counter() - t0
-    prompts = [e.prompt for e in ev for _ in e.choices]
-    comps = [c for e in ev for c in e.choices]
-    t1 = time.perf_counter()
-    ev_feats = pm.features(prompts, comps, layers=layers, logprobs=True)
-    t_eval_feat = time.perf_counter() - t1
     labels = [e.label for e in ev]
-
     offsets = np.cumsum([0] + [len(e.choices) for e in ev]).tolist()
 
     def per_example(flat: list[float]) -> list[list[float]]:
         return [flat[offsets[i]:offsets[i + 1]] for i in range(len(ev))]
 
-    out = {"task": task, "splits": how, "n_train": len(tr), "n_eval": len(ev), "choices": k}
-    mean_lp = (ev_feats.logprob_sum / ev_feats.n_tokens.clamp_min(1)).tolist()
-    p = predict(per_example(mean_lp))
-    out["logprob"], out["logprob_pred"] = accuracy(p, labels), dist(p, k)
-    out.update(lmeval_columns(pm, task, ev, labels, k))
+    out = {"task": task, "template": template, "splits": how, "n_train": len(tr), "n_eval": len(ev), "choices": k}
+    tables: dict[str, list[list[float]]] = {}
+
+    def column(key: str, table_: list[list[float]]) -> None:
+        p = predict(table_)
+        tables[key], out[key], out[key + "_pred"] = table_, accuracy(p, labels), dist(p, k)
+
+    # the default head: prefheads fit with its defaults, on these training rows
+    feats_layers = [-1]
+    if "default" in heads:
+        t2 = time.perf_counter()
+        cfg = FitConfig(task=task, out=str(Path(args.tmp) / task / "default"), seed=args.seed, cache_dir=args.cache,
+                        head_name="default")
+        res = fit(cfg, pm=pm, progress=False, cands=cands)
+        h = pm.heads["default"]
+        feats_layers = sorted({h.config.layer, -1})
+        out["default_fit_s"], out["default_layer"] = round(time.perf_counter() - t2, 1), h.config.meta.get("chosen_layer")
+        out["default_lm_score"] = h.config.score_input
+        out["default_cv"] = round(res.best["val_accuracy"], 4)
+    fev, _ = cached_features(pm, ecands.prompts, ecands.completions, feats_layers, cache, logprobs=True)
+    column("logprob", per_example((fev.logprob_sum / fev.n_tokens.clamp_min(1)).tolist()))
+    column("logprob_sum", per_example(fev.logprob_sum.tolist()))
+    if template != "paper":  # the same rows in the paper's template, in the chat turn
+        _, pev, _ = splits(task, args.n_train, args.n_eval, args.seed, "paper")
+        assert [e.id for e in pev] == [e.id for e in ev]
+        pc = from_examples(pev)
+        pf = pm.features(pc.prompts, pc.completions, layers=[-1], logprobs=True)
+        column("paper:logprob", per_example((pf.logprob_sum / pf.n_tokens.clamp_min(1)).tolist()))
+        column("paper:logprob_sum", per_example(pf.logprob_sum.tolist()))
+    from prefheads.evaluation import LMEVAL_PREFIX, lmeval_tables
+
+    lm_tables, info = lmeval_tables(pm, task, ev, variant=template, data_dir=DATA)
+    if info["available"]:
+        for m, t in lm_tables.items():
+            column(m.replace(LMEVAL_PREFIX, "lmeval_"), t)
     out["baseline"] = max(out[m] for m in BASELINES if m in out)
     out["baseline_method"] = max((m for m in BASELINES if m in out), key=lambda m: out[m])
-    if args.baselines_only:
-        out["gold"], out["wall_s"] = dist(labels, k), time.perf_counter() - t0
+    if "default" in heads:
+        h = pm.heads["default"]
+        with torch.no_grad():
+            h.eval()
+            s = lm_score(h.config.score_input, fev.logprob_sum, fev.n_tokens, ecands.completions) if h.uses_scores else None
+            column("default", per_example(h(h.select(fev.states), s).tolist()))
+        m = accuracy_margin(tables["default"], tables[out["baseline_method"]], labels, seed=args.seed)
+        out["default_vs_baseline"], out["default_ci"], out["default_p"] = m["vs_baseline"], m["vs_baseline_ci"], m["vs_baseline_p"]
+        pm.remove_head("default")
+    out["gold"], out["wall_s"] = dist(labels, k), round(time.perf_counter() - t0, 1)
+    others = [x for x in heads if x != "default"]
+    if not others:
         return out
 
-    base = dict(task=task, data_dir=str(DATA), epochs=args.epochs, batch_size=16, seed=args.seed, cache_dir=args.cache)
-    heads = {
-        "dph_last": FitConfig(out=str(Path(args.tmp) / task / "last"), pooler="swiglu", **base),
-        "dph_auto": FitConfig(out=str(Path(args.tmp) / task / "auto"), pooler="swiglu", layer="auto", layers="all", **base),
-        "dph_mix": FitConfig(out=str(Path(args.tmp) / task / "mix"), pooler="layermix", layers="all",
-                             layermix_inner="swiglu", **base),
+    # the paper-style heads, on all layers of the same training rows
+    layers = parse_layers("all", pm.num_layers)
+    train_states = cached_features(pm, cands.prompts, cands.completions, layers, cache)[0].states
+    ev_states = pm.features(ecands.prompts, ecands.completions, layers=layers).states
+    base = dict(task=task, data_dir=str(DATA), epochs=args.epochs, batch_size=16, seed=args.seed, cache_dir=args.cache,
+                lm_score="none", objective="separable", template=template)
+    cfgs = {
+        "dph_last": dict(pooler="swiglu", layer="-1"),
+        "dph_auto": dict(pooler="swiglu", layer="auto", layers="all"),
+        "dph_mix": dict(pooler="layermix", layers="all", layermix_inner="swiglu"),
     }
-    for key, cfg in heads.items():
+    for key in [x for x in others if x in cfgs]:
         t2 = time.perf_counter()
-        cfg.head_name = key
-        fit(cfg, pm=pm, progress=False, cands=cands)
+        fit(FitConfig(out=str(Path(args.tmp) / task / key), head_name=key, **base, **cfgs[key]), pm=pm,
+            progress=False, cands=cands)
         with torch.no_grad():
             pm.heads[key].eval()
-            r = pm(ev_feats.states, key).tolist()
-        p = predict(per_example(r))
-        out[key], out[key + "_pred"], out[key + "_s"] = accuracy(p, labels), dist(p, k), time.perf_counter() - t2
+            column(key, per_example(pm(ev_states, key).tolist()))
+        out[key + "_s"] = time.perf_counter() - t2
         if key == "dph_auto":
             out["auto_layer"] = pm.heads[key].config.layer
         pm.remove_head(key)
-
-    # logistic regression on the same cached last-layer features: P(candidate is correct)
-    t3 = time.perf_counter()
-    X = train_states[-1].numpy()
-    y = np.zeros(len(X))
-    for w, _ in cands.groups:
-        y[w] = 1
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
-    clf.fit(X, y)
-    prob = clf.predict_proba(ev_feats.states[-1].numpy())[:, 1].tolist()
-    p = predict(per_example(prob))
-    out["logreg"], out["logreg_pred"], out["logreg_s"] = accuracy(p, labels), dist(p, k), time.perf_counter() - t3
-    out["gold"] = dist(labels, k)
-    out["features_s"], out["eval_features_s"] = t_feat, t_eval_feat
-    out["wall_s"] = time.perf_counter() - t0
+    if "logreg" in others:  # logistic regression on the cached last-layer features: P(candidate is correct)
+        X = train_states[-1].numpy()
+        y = np.zeros(len(X))
+        for w, _ in cands.groups:
+            y[w] = 1
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+        clf.fit(X, y)
+        column("logreg", per_example(clf.predict_proba(ev_states[-1].numpy())[:, 1].tolist()))
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
     return out
 
 
@@ -169,6 +206,7 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="feature cache folder (default: $PREFHEADS_CACHE/features)")
     ap.add_argument("--json", default=None, help="also write the rows here")
     ap.add_argument("--baselines-only", action="store_true", help="log-prob columns only (no heads)")
+    ap.add_argument("--heads", default="default", help=f"head columns, comma-separated, of {HEADS}")
     args = ap.parse_args()
     args.tmp = tempfile.mkdtemp()
 
@@ -180,14 +218,18 @@ def main() -> None:
         rows.append(run_task(pm, task, args))
         print(json.dumps(rows[-1]), flush=True)
     print(machine(), pm.model_id)
-    heads = [] if args.baselines_only else HEADS
+    heads = [] if args.baselines_only else args.heads.split(",")
     for r in rows:
         if heads:
             r["best_head_vs_baseline"] = max(r[h] for h in heads) - r["baseline"]
-    pct = [{**r, **{k: 100 * r[k] for k in BASELINES + heads + ["baseline", "best_head_vs_baseline"] if k in r}}
+        if "default_ci" in r:
+            lo, hi = r["default_ci"]
+            r["default_margin"] = f"{100 * r['default_vs_baseline']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    pct = [{**r, **{k: round(100 * r[k], 1) for k in BASELINES + heads + ["baseline", "best_head_vs_baseline"] if k in r}}
            for r in rows]
-    print(table(pct, ["task", "splits", "n_train", "n_eval", *BASELINES, "baseline_method", *heads,
-                      *(["auto_layer", "best_head_vs_baseline"] if heads else []), "wall_s"]))
+    print(table(pct, ["task", "template", "splits", "n_train", "n_eval", *BASELINES, "baseline_method", *heads,
+                      *(["default_margin", "default_layer", "default_lm_score", "default_fit_s"] if "default" in heads else []),
+                      *(["auto_layer"] if "dph_auto" in heads else []), "wall_s"]))
     print(table(rows, ["task", "gold", *[m + "_pred" for m in BASELINES + heads]]))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
