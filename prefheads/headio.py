@@ -83,9 +83,12 @@ def base_record(pm: "PreferenceModel") -> dict[str, Any]:
 
     ``weights_digest`` fingerprints the base weights (adapters left out; for a full fine-tune,
     the tuned weights saved beside the heads), so the same weights match whatever path or hub
-    id they were loaded from.
+    id they were loaded from. ``quantization`` names a 4/8-bit load (``bnb-4bit-nf4``,
+    ``bnb-8bit``; None for plain weights): a head reads the features of the backbone it was
+    trained on, quantisation included.
     """
     from prefheads.families import unwrap
+    from prefheads.loading import quantization_of
 
     cfg = unwrap(pm.backbone).config
     return {
@@ -97,6 +100,7 @@ def base_record(pm: "PreferenceModel") -> dict[str, Any]:
         "vocab_size": getattr(cfg, "vocab_size", None),
         "weights_digest": pm.base_fingerprint(),
         "weights_dtype": str(getattr(unwrap(pm.backbone), "dtype", "")).removeprefix("torch.") or None,
+        "quantization": quantization_of(pm.backbone),
         "chat_mode": pm.chat.mode,
         "reward_token": pm.chat.reward_token,
         "reward_token_id": pm.chat.reward_token_id,
@@ -118,6 +122,11 @@ def heads_base(directory: str | os.PathLike) -> str | None:
     if base.get("fine_tuned"):
         return str(Path(directory) / base["fine_tuned"])
     return None if base.get("model_id") == BUNDLED_NAME else base.get("model_id")
+
+
+def heads_quantization(directory: str | os.PathLike) -> str | None:
+    """The quantisation of the backbone a head folder's heads were trained on (None: plain)."""
+    return read_config(directory)["base"].get("quantization")
 
 
 def listed_files(directory: Path) -> set[str]:
@@ -195,14 +204,20 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
 
 # what must agree between a head folder's base and the backbone it is loaded onto
 SAME_BASE = ("model_type", "hidden_size", "num_layers", "vocab_size", "template_fingerprint", "reward_token",
-             "weights_digest")
-# heads saved without a weights digest (or a backbone that has none, or a float16 copy) are matched by name
-SAME_BASE_BY_NAME = ("model_id", "num_layers", "template_fingerprint", "reward_token")
+             "weights_digest", "quantization")
+# heads saved without a weights digest (or a backbone that has none: quantized, or a float16 copy)
+# are matched by name; a record without a quantisation (older prefheads) was a plain backbone
+SAME_BASE_BY_NAME = ("model_id", "num_layers", "template_fingerprint", "reward_token", "quantization")
+QUANT_FLAGS = {"bnb-4bit-nf4": "--load-in-4bit", "bnb-8bit": "--load-in-8bit"}
 
 
 def _differs(key: str, theirs: Any, mine: Any) -> str:
     if key == "weights_digest":
         return f"weights differ: digest {theirs!r} vs {mine!r}"
+    if key == "quantization":
+        how = f"load it with {QUANT_FLAGS[theirs]}" if theirs in QUANT_FLAGS else "load it unquantized"
+        return (f"quantization: trained on a {theirs or 'plain (unquantized)'} backbone, this one is "
+                f"{mine or 'plain (unquantized)'}; {how}")
     return f"{key}: {theirs!r} vs {mine!r}"
 
 

@@ -133,12 +133,33 @@ def resolve_base(base: str | os.PathLike | None) -> tuple[str, str]:
     return str(base), str(base)
 
 
+def quantization_of(model: torch.nn.Module) -> str | None:
+    """How ``model``'s weights are quantized: ``bnb-4bit-<type>`` (``bnb-4bit-nf4`` for prefheads'
+    loads), ``bnb-8bit``, another quantizer's name, or None for plain weights (peft and accelerate
+    wrappers are looked through). Head folders and feature cache keys record it."""
+    from prefheads.families import unwrap
+
+    qc = getattr(getattr(unwrap(model), "config", None), "quantization_config", None)
+    if qc is None:
+        return None
+    get = qc.get if isinstance(qc, dict) else lambda k, d=None: getattr(qc, k, d)
+    if get("load_in_4bit"):
+        return f"bnb-4bit-{get('bnb_4bit_quant_type', 'fp4')}"
+    if get("load_in_8bit"):
+        return "bnb-8bit"
+    return str(get("quant_method", "quantized"))
+
+
 def quantization_config(load_in_4bit: bool = False, load_in_8bit: bool = False) -> Any:
-    """A bitsandbytes config for 4/8-bit loading, or None; clear errors where unsupported."""
+    """A bitsandbytes config for 4/8-bit loading, or None.
+
+    4-bit is NF4 with its matmuls in bfloat16 on a CUDA GPU and in float32 on CPU (bf16 is 3-4x
+    slower than fp32 on most CPUs). bitsandbytes >= 0.50 runs both kinds of layer on CPU.
+    """
     if not (load_in_4bit or load_in_8bit):
         return None
-    if not torch.cuda.is_available():
-        raise RuntimeError("4/8-bit backbones (bitsandbytes) need a CUDA GPU; none is available here")
+    if load_in_4bit and load_in_8bit:
+        raise ValueError("choose one of load_in_4bit and load_in_8bit")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as e:
@@ -146,8 +167,46 @@ def quantization_config(load_in_4bit: bool = False, load_in_8bit: bool = False) 
     from transformers import BitsAndBytesConfig
 
     if load_in_4bit:
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4")
+        compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute, bnb_4bit_quant_type="nf4")
     return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def quantization_kwargs(load_in_4bit: bool = False, load_in_8bit: bool = False) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments of a 4/8-bit load (empty for none): the bitsandbytes
+    config and a device map (the GPU if there is one, else the CPU)."""
+    quant = quantization_config(load_in_4bit, load_in_8bit)
+    if quant is None:
+        return {}
+    if load_in_8bit:
+        _quiet_int8_cast()
+    return {"quantization_config": quant, "device_map": "auto" if torch.cuda.is_available() else "cpu"}
+
+
+def _drop_int8_cast_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+def _quiet_int8_cast() -> None:
+    """The int8 matmul casts its float32 inputs to float16 (its design, CPU and GPU alike) and
+    bitsandbytes logs that at every call: silence that one notice."""
+    bnb_log = logging.getLogger("bitsandbytes.autograd._functions")
+    if _drop_int8_cast_notice not in bnb_log.filters:
+        bnb_log.addFilter(_drop_int8_cast_notice)
+
+
+def backbone_quantization(load_in_4bit: bool | None, load_in_8bit: bool | None,
+                          recorded: str | None = None) -> tuple[bool, bool]:
+    """``(load_in_4bit, load_in_8bit)`` for a command that loads heads onto a backbone.
+
+    Flags given on the command line win; with neither, the backbone is loaded as the heads'
+    folder records (``recorded``, e.g. ``bnb-4bit-nf4``), so a head trained on a 4-bit base is
+    served on the same 4-bit base. ``--no-load-in-4bit`` loads the plain base instead (and the
+    head folder then refuses it unless told: ``--allow-base-mismatch``).
+    """
+    if load_in_4bit is None and load_in_8bit is None:
+        return recorded is not None and recorded.startswith("bnb-4bit"), recorded == "bnb-8bit"
+    return bool(load_in_4bit), bool(load_in_8bit)
 
 
 def load_backbone(

@@ -33,6 +33,8 @@ def eval_command(
     bootstrap: Annotated[int, typer.Option(min=0, help="Resamples of the paired bootstrap behind each head's 95% interval of its margin over the baseline (0: no intervals).")] = 1000,
     skip_missing: Annotated[bool, typer.Option(help="Skip tasks whose data files are missing or that have no such template, e.g. STS-B under lm-eval (aggregates are then marked partial).")] = False,
     allow_base_mismatch: Annotated[bool, typer.Option(help="Load heads trained on another base.")] = False,
+    load_in_4bit: Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="Load the backbone 4-bit NF4 quantized (bitsandbytes; CPU or CUDA). Default: as the heads' base was when they were trained, else not.")] = None,
+    load_in_8bit: Annotated[Optional[bool], typer.Option("--load-in-8bit/--no-load-in-8bit", help="Load the backbone 8-bit quantized (bitsandbytes; CPU or CUDA). Default: as the heads' base was when they were trained, else not.")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="Compare results files given as arguments instead of evaluating.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -55,17 +57,13 @@ def eval_command(
     if not task:
         raise typer.BadParameter("--task is required (e.g. --task glue, --task glue/rte,boolq)")
     _quiet()
-    from prefheads.model import PreferenceModel
+    from prefheads.commands.infer import load_base
 
+    if heads is None and head:
+        raise typer.BadParameter("--head needs --heads")
+    pm = load_base(base, heads, load_in_4bit, load_in_8bit)
     if heads is not None:
-        from prefheads.headio import heads_base
-
-        pm = PreferenceModel.from_pretrained(base if base is not None else heads_base(heads))
         pm.load_heads(heads, names=head, allow_base_mismatch=allow_base_mismatch)
-    else:
-        if head:
-            raise typer.BadParameter("--head needs --heads")
-        pm = PreferenceModel.from_pretrained(base)
     try:
         run = evaluate(pm, task, data_dir=data_dir, max_eval=max_eval, seed=seed, heads=head, heads_dir=heads,
                        variant=variant, lm_eval_baseline=lm_eval_baseline, subset=subset, skip_missing=skip_missing,

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from prefheads.commands.infer import BaseOpt, HeadOpt, HeadsDir, Mismatch, _load
+from prefheads.commands.infer import BaseOpt, HeadOpt, HeadsDir, Load4, Load8, Mismatch, _load
 
 
 MULTI_CPU_HINT = ("on CPU, start N processes with `accelerate launch --multi_gpu --num_processes N -m prefheads.cli "
@@ -67,6 +67,8 @@ def score_command(
     head: HeadOpt = None,
     base: BaseOpt = None,
     allow_base_mismatch: Mismatch = False,
+    load_in_4bit: Load4 = None,
+    load_in_8bit: Load8 = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (--prompt form).")] = False,
 ) -> None:
     """Print each candidate's reward, best first; or score a JSONL file of rows with every head (--input, --out).
@@ -80,7 +82,7 @@ def score_command(
         raise typer.BadParameter("--prompt needs at least one --candidate")
     if input is not None and out is None:
         raise typer.BadParameter("--input needs --out")
-    pm = _load(heads, base, allow_base_mismatch)
+    pm = _load(heads, base, allow_base_mismatch, load_in_4bit, load_in_8bit)
     if input is not None:
         _bulk(pm, input, out, resume, overwrite, batch_rows, progress)
         return

@@ -2,8 +2,9 @@
 
 A frozen backbone's reward-token hidden states depend only on the weights, the layer, and the
 token ids (which already encode the data and the template). The key hashes the weights, the
-token ids and the storage dtype; one file holds every layer (and the completion log-probs) ever
-computed for those rows, so a run that reads one layer is served by an earlier all-layer run,
+token ids, the storage dtype and the backbone's quantisation (an 8-bit cache never serves a
+4-bit run); one file holds every layer (and the completion log-probs) ever computed for those
+rows, so a run that reads one layer is served by an earlier all-layer run,
 and a run that asks for more adds what is missing to the same file. Later epochs, later runs and
 every other head trained on the same data reuse one backbone pass.
 Root: ``$PREFHEADS_CACHE/features`` (default ``~/.cache/prefheads``).
@@ -26,17 +27,22 @@ from prefheads.chat import Encoded
 from prefheads.engine import Features
 from prefheads.families import unwrap
 from prefheads.fingerprint import weights_digest
-from prefheads.loading import cache_root
+from prefheads.loading import cache_root, quantization_of
 
 
 def feature_key(model: torch.nn.Module, items: Sequence[Encoded], dtype: str,
                 extra: dict[str, Any] | None = None) -> str:
-    """Cache key of the features of ``items`` (every layer), stored as ``dtype``."""
+    """Cache key of the features of ``items`` (every layer), stored as ``dtype``.
+
+    A quantized backbone adds its quantisation (``bnb-4bit-nf4``, ``bnb-8bit``) to the key; plain
+    backbones keep the key they always had, so existing caches stay valid.
+    """
     h = hashlib.sha256()
     cfg = unwrap(model).config
+    quant = quantization_of(model)
     h.update(json.dumps({"model": getattr(cfg, "_name_or_path", ""), "type": getattr(cfg, "model_type", ""),
                          "weights": weights_digest(model), "dtype": dtype, "v": 2,
-                         **(extra or {})}, sort_keys=True).encode())
+                         **({"quantization": quant} if quant else {}), **(extra or {})}, sort_keys=True).encode())
     for it in items:
         h.update(len(it.ids).to_bytes(4, "little"))
         h.update(torch.tensor(it.ids, dtype=torch.int32).numpy().tobytes())

@@ -96,8 +96,12 @@ class FitConfig:
         mixed_precision: no | fp16 | bf16 (through accelerate).
         save_every: Checkpoint every N optimizer steps (0: at epoch ends only).
         resume: Continue from the checkpoint in ``out/checkpoint`` if there is one.
-        load_in_4bit: Load the backbone 4-bit quantized (bitsandbytes, CUDA; frozen and lora modes).
-        load_in_8bit: Load the backbone 8-bit quantized (bitsandbytes, CUDA; frozen and lora modes).
+        fsdp: Shard parameters, gradients and optimizer state over the processes of a torchrun
+            launch with torch FSDP2 (lora and full modes; gloo on CPU). Without it several
+            processes run plain data parallel; in one process it changes nothing.
+        load_in_4bit: Load the backbone 4-bit NF4 quantized (bitsandbytes, CPU or CUDA; frozen mode,
+            and lora mode: QLoRA).
+        load_in_8bit: Load the backbone 8-bit quantized (bitsandbytes, CPU or CUDA; frozen and lora modes).
         log_with: Also log metrics to tensorboard or wandb (through accelerate); off unless asked.
     """
 
@@ -154,6 +158,7 @@ class FitConfig:
     mixed_precision: str = "no"
     save_every: int = 0
     resume: bool = False
+    fsdp: bool = False
     load_in_4bit: bool = False
     load_in_8bit: bool = False
     log_with: str | None = None
@@ -174,6 +179,10 @@ class FitConfig:
             raise ValueError("quantized backbones train in frozen or lora mode only, not full")
         if self.load_in_4bit and self.load_in_8bit:
             raise ValueError("choose one of load_in_4bit and load_in_8bit")
+        if self.fsdp and self.mode == "frozen":
+            raise ValueError("fsdp shards a trained backbone: lora or full mode (frozen mode trains the head alone)")
+        if self.fsdp and (self.load_in_4bit or self.load_in_8bit):
+            raise ValueError("fsdp shards float weights: not with load_in_4bit / load_in_8bit")
         if self.log_with not in (None, "tensorboard", "wandb"):
             raise ValueError(f"log_with must be tensorboard or wandb, got {self.log_with!r}")
         if not 0.0 <= self.dpo_eps <= 0.5:

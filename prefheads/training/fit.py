@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,10 +186,9 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
     from prefheads.training.strategies import MODES
 
     if pm is None:
-        from prefheads.loading import quantization_config
+        from prefheads.loading import quantization_kwargs
 
-        quant = quantization_config(cfg.load_in_4bit, cfg.load_in_8bit)
-        kw = {"quantization_config": quant, "device_map": "auto"} if quant is not None else {}
+        kw = quantization_kwargs(cfg.load_in_4bit, cfg.load_in_8bit)
         pm = PreferenceModel.from_pretrained(cfg.base, revision=cfg.revision, **kw)
     pm.shared_prefix = cfg.shared_prefix
     pm.truncation = cfg.truncation
@@ -253,7 +253,10 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
         trainable.cache_hit = hit
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    with bar(progress) as pb, open(out / "metrics.jsonl", "a" if cfg.resume else "w") as mf:
+    from prefheads.training.sharding import is_main_process
+
+    main = is_main_process()  # of several processes, one writes (the others would truncate its files)
+    with bar(progress and main) as pb, open(out / "metrics.jsonl" if main else os.devnull, "a" if cfg.resume else "w") as mf:
         steps = cfg.epochs * -(-len(tr) // cfg.batch_size)
         tid = pb.add_task(f"training ({cfg.mode})", total=steps)
 
@@ -274,8 +277,9 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
                              "n_train": len(tr), "n_val": len(va), "seed": cfg.seed,
                              "val_pair_accuracy": round(history[best_epoch - 1]["val_pair_accuracy"], 4),
                              "data": data})
-    _save_backbone_changes(pm, cfg, out)
-    pm.save_heads(out)
+    if main:
+        _save_backbone_changes(pm, cfg, out)
+        pm.save_heads(out)
     return FitResult(out, name, history, best_epoch, len(tr), len(va), setup_s, train_s,
                      getattr(trainable, "cache_hit", False), data)
 

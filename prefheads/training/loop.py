@@ -2,7 +2,9 @@
 
 Pairs are re-drawn each epoch from a generator seeded by (seed, epoch), so the data order is a
 pure function of the position: a resumed run replays exactly what an uninterrupted run does.
-Devices, DDP, mixed precision and gradient accumulation come from accelerate.
+Devices, DDP, mixed precision and gradient accumulation come from accelerate; sharded training
+(``fsdp``) from torch's FSDP2 (:mod:`prefheads.training.sharding`), which accelerate drives on
+GPUs only.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from prefheads.optim import warmup_cosine_schedule
 from prefheads.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from prefheads.training.config import FitConfig
 from prefheads.training.data import choice_share, sample_pairs
+from prefheads.training.sharding import gather
 
 
 def _epoch_pairs(groups: list[tuple[int, list[int]]], seed: int, epoch: int) -> torch.Tensor:
@@ -79,22 +82,28 @@ def _loss(cfg: FitConfig, r: torch.Tensor, lp: torch.Tensor | None, ref: torch.T
 
 
 def check_launch(num_processes: int, distributed_type: Any, env: Mapping[str, str] | None = None) -> None:
-    """Refuse a launch that accelerate did not turn into one distributed run.
+    """Refuse a launch that accelerate did not turn into the distributed run asked for.
 
-    ``accelerate launch --use_fsdp`` / ``--use_deepspeed`` on a machine without GPUs starts
-    ``WORLD_SIZE`` processes that each train alone (accelerate falls back to no distribution),
-    all writing the same output folder. That is an error here, not a silent fallback.
+    ``accelerate launch --use_fsdp`` / ``--use_deepspeed`` on a machine without GPUs either
+    starts ``WORLD_SIZE`` processes that each train alone (accelerate falls back to no
+    distribution), all writing the same output folder, or plain data parallel instead of the
+    sharding asked for. Both are errors here, not silent fallbacks. Sharded training on CPU is
+    ``torchrun ... fit --fsdp`` (torch FSDP2, :mod:`prefheads.training.sharding`). DeepSpeed is not
+    part of what prefheads validates (see docs/distributed.md).
     """
     env = os.environ if env is None else env
     world = int(env.get("WORLD_SIZE", "1") or 1)
-    if world > num_processes:
-        asked = [name for key, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"))
-                 if str(env.get(key, "")).lower() in ("1", "true")]
+    kind = str(getattr(distributed_type, "value", distributed_type))
+    asked = [name for key, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"))
+             if str(env.get(key, "")).lower() in ("1", "true")]
+    unmet = [name for name in asked if name.upper() != kind.upper()]
+    if world > num_processes or unmet:
         raise RuntimeError(
-            f"launched as {world} processes but accelerate set up {num_processes} ({distributed_type}): "
-            + (f"{' and '.join(asked)} needs CUDA GPUs here; " if asked else "")
-            + "on CPU use plain data parallel: torchrun --nproc-per-node N, or accelerate launch --multi_gpu "
-            "--num_processes N ...")
+            (f"launched as {world} processes but accelerate set up {num_processes} ({kind})" if world > num_processes
+             else f"accelerate set up {kind}, not the {' and '.join(unmet)} asked for") + ": "
+            + (f"accelerate's {' and '.join(unmet)} needs CUDA GPUs here; " if unmet else "")
+            + "on CPU use torchrun --nproc-per-node N (fit: add --fsdp to shard a lora or full run with torch "
+            "FSDP2), or accelerate launch --multi_gpu --num_processes N for plain data parallel")
 
 
 def train(
@@ -107,13 +116,20 @@ def train(
 ) -> tuple[list[dict[str, float]], int]:
     """Train ``trainable`` (already set up); keep its best-validation state.
 
+    With ``cfg.fsdp`` on several processes the backbone and head train sharded (FSDP2) and are
+    handed back whole at the end, on every process, as plain modules (the trainable's and its
+    preference model's ``backbone`` and head are replaced by them).
+
     Returns:
         ``(history, best_epoch)``, one history record per epoch.
     """
     from accelerate import Accelerator
 
+    # without a GPU, processes started by torchrun are CPU data parallel (gloo) only when accelerate
+    # is told it runs on CPU; otherwise it sets up no distribution at all
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
-                      log_with=cfg.log_with, project_dir=str(out) if cfg.log_with else None)
+                      log_with=cfg.log_with, project_dir=str(out) if cfg.log_with else None,
+                      cpu=not torch.cuda.is_available())
     check_launch(acc.num_processes, acc.distributed_type)
     if cfg.log_with:
         acc.init_trackers("prefheads", config={k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))})
@@ -124,6 +140,12 @@ def train(
         trainable.head.fit_standardizer(std)
     if not cfg.init_head:
         trainable.fit_score_standardizer(rows)
+    shard = None
+    if cfg.fsdp and acc.num_processes > 1:
+        from prefheads.training.sharding import Sharding
+
+        trainable.to(acc.device)  # what acc.prepare would do; sharding keeps the device it finds
+        shard = Sharding(trainable)  # before the optimizer: parameters become their shards
     params = [p for p in trainable.parameters() if p.requires_grad]
     head_ids = {id(p) for p in trainable.head.parameters()}
     groups = [{"params": [p for p in params if id(p) in head_ids], "lr": cfg.head_lr or cfg.lr},
@@ -133,8 +155,15 @@ def train(
     batches_per_epoch = math.ceil(len(train_groups) / cfg.batch_size)
     total = max(1, cfg.epochs * batches_per_epoch // cfg.grad_accum)
     sched = warmup_cosine_schedule(opt, int(cfg.warmup_ratio * total), total, cfg.final_lr_ratio)
-    model, opt = acc.prepare(trainable, opt)
-    inner = acc.unwrap_model(model)
+    if shard is not None:  # the root's hooks gather weights; accelerate would wrap it in DDP
+        model, opt = shard.root, acc.prepare(opt)
+        inner = trainable
+    else:
+        model, opt = acc.prepare(trainable, opt)
+        inner = acc.unwrap_model(model)
+    # what validation scores through: under FSDP the root, whose forward gathers the weights
+    scorer = model if shard is not None else inner
+    state = shard.state if shard is not None else inner.trainable_state
     listwise = cfg.objective in LISTWISE
     val_pairs = sample_pairs(val_groups, torch.Generator().manual_seed(cfg.seed + 1)) if val_groups else None
     history: list[dict[str, float]] = []
@@ -143,14 +172,20 @@ def train(
     ckpt_dir = out / "checkpoint"
     found = find_checkpoint(ckpt_dir) if cfg.resume else None
     if found is not None:
-        weights, best_state, info = load_checkpoint(found, opt.optimizer if hasattr(opt, "optimizer") else opt, sched)
+        raw_opt = opt.optimizer if hasattr(opt, "optimizer") else opt
+        weights, best_state, info = load_checkpoint(found, shard.optimizer_loader(opt) if shard else raw_opt, sched)
+        if shard is not None:  # full tensors on file: keep this process's shards
+            weights, best_state = shard.scatter(weights), shard.scatter(best_state)
         inner.load_trainable_state(weights)
         history, best_score, best_epoch = info["history"], info["best_score"], info["best_epoch"]
         start_epoch, start_batch, step = info["epoch"], info["batch"], info["step"]
 
     def checkpoint(epoch: int, batch: int) -> None:
+        weights, best, optim = state(), best_state, opt
+        if shard is not None:  # every process gathers; the main one writes the one-process layout
+            weights, best, optim = gather(weights), gather(best), shard.full_optimizer(opt)
         if acc.is_main_process:
-            save_checkpoint(ckpt_dir, weights=inner.trainable_state(), best=best_state, optimizer=opt, scheduler=sched,
+            save_checkpoint(ckpt_dir, weights=weights, best=best, optimizer=optim, scheduler=sched,
                             info={"epoch": epoch, "batch": batch, "step": step, "history": history,
                                   "best_score": best_score, "best_epoch": best_epoch})
         acc.wait_for_everyone()
@@ -165,8 +200,9 @@ def train(
         for b in range(start_batch if epoch == start_epoch else 0, batches_per_epoch):
             full = pairs[b * cfg.batch_size: (b + 1) * cfg.batch_size]
             batch = full[rank::world]
-            # a rank left without pairs still joins the collective backward, with zero weight
-            weight = 1.0 if len(batch) else 0.0
+            # gradients are averaged over processes: weigh each share by its size, so the step is
+            # the full batch's mean (a rank left without pairs joins the backward with weight 0)
+            weight = len(batch) * world / len(full)
             batch = batch if len(batch) else full[:1]
             width = batch.shape[1]
             mask = batch >= 0 if listwise else None
@@ -201,18 +237,22 @@ def train(
             if cfg.save_every and step % cfg.save_every == 0 and acc.sync_gradients and b + 1 < batches_per_epoch:
                 checkpoint(epoch, b + 1)
         rec = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in tot.items()}, "seconds": time.perf_counter() - t0}
-        rec["val_pair_accuracy"] = pair_accuracy(inner, val_pairs) if val_pairs is not None else float("nan")
-        rec["val_accuracy"] = choice_accuracy(inner, val_groups)
+        rec["val_pair_accuracy"] = pair_accuracy(scorer, val_pairs) if val_pairs is not None else float("nan")
+        rec["val_accuracy"] = choice_accuracy(scorer, val_groups)
         history.append(rec)
         # the best epoch by validation choice accuracy (the preferred answer above every other),
         # pair accuracy breaking ties; without validation the last epoch is kept
         score = rec["val_accuracy"] + 1e-3 * rec["val_pair_accuracy"] if val_groups else float(epoch)
         if score > best_score:
             best_score, best_epoch = score, epoch
-            best_state = {k: v.detach().clone() for k, v in inner.trainable_state().items()}
+            best_state = {k: v.detach().clone() for k, v in state().items()}
         checkpoint(epoch + 1, 0)
     if best_state is not None:
+        if shard is not None:
+            shard.reshard()
         inner.load_trainable_state(best_state)
+    if shard is not None:
+        shard.finish()
     inner.eval()
     if cfg.log_with:
         acc.end_training()

@@ -19,8 +19,10 @@ from prefheads.headio import listed_files
 OWN_FILES = frozenset({"heads.json", "README.md", "fit_config.json", "metrics.jsonl", "history.json",
                        "layer_scores.json", "results.json", "layers.json", "layers.png", "stage.json"})
 OWN_DIRS = frozenset({"adapter", "backbone", "checkpoint", "layers"})
-# options that change how a run executes, not what it produces
-EXECUTION_ONLY = frozenset({"out", "overwrite", "resume", "save_every", "log_with", "cache_dir", "feature_cache"})
+# options that change how a run executes, not what it produces (fsdp: the same result within float
+# tolerance, so a sharded run may resume in one process and the other way round)
+EXECUTION_ONLY = frozenset({"out", "overwrite", "resume", "save_every", "log_with", "cache_dir", "feature_cache",
+                            "fsdp"})
 
 
 class OutputDirError(ValueError):

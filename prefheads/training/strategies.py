@@ -162,11 +162,24 @@ class FrozenTrainable(Trainable):
 
 @MODES.register("lora")
 class LoraTrainable(Trainable):
-    """peft LoRA adapters on the profile's target modules, trained with the head."""
+    """peft LoRA adapters on the profile's target modules, trained with the head.
+
+    On a 4/8-bit backbone this is QLoRA: peft's ``prepare_model_for_kbit_training`` first freezes
+    the quantized base and casts its half-precision norms and embeddings to float32 (a no-op for a
+    float32 load, as on CPU). Gradient checkpointing stays off: it trades a second forward for
+    activation memory, which pays off only on backbones far larger than those validated here.
+    """
 
     def setup(self) -> None:
         from peft import LoraConfig
 
+        from prefheads.families import unwrap
+        from prefheads.loading import quantization_of
+
+        if quantization_of(self.pm.backbone):
+            from peft import prepare_model_for_kbit_training
+
+            prepare_model_for_kbit_training(unwrap(self.pm.backbone), use_gradient_checkpointing=False)
         targets = list(self.cfg.lora_targets or self.pm.profile.lora_targets)
         if not targets:
             raise ValueError(f"no LoRA target modules known for {self.pm.profile.model_type}; pass --lora-targets")
@@ -193,7 +206,7 @@ class FullTrainable(Trainable):
             p.requires_grad_(True)
         if self.cfg.dpo_weight:
             self.ref_logp = self._reference_logprobs()  # before any update: the starting policy
-        excl = tuple(self.cfg.prior_exclude)
+        excl = tuple(self.cfg.prior_exclude or ())  # the CLI gives None for an unset list
         named = [(f"backbone.{n}", p) for n, p in self.backbone.named_parameters()
                  if not any(e in n for e in excl)]
         if self.cfg.prior > 0:
