@@ -24,7 +24,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from prefheads import PreferenceModel, tasks
-    from prefheads.layers import layer_features
+    from prefheads.training.cache import layer_features
 
     pm = PreferenceModel.from_pretrained()
     ex = tasks.load_examples("glue/sst2", split="eval", data_dir=DATA, limit=args.n)

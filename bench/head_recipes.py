@@ -56,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from prefheads import PreferenceModel
-    from prefheads.layers import parse_layers
+    from prefheads.hooks import parse_layers
     from prefheads.lmscores import all_lm_scores, lm_score
     from prefheads.metrics import accuracy, choose
     from prefheads.training import FitConfig, fit

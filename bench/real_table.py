@@ -87,7 +87,7 @@ def run_task(pm, task: str, args) -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from prefheads.layers import parse_layers
+    from prefheads.hooks import parse_layers
     from prefheads.lmscores import lm_score
     from prefheads.margins import accuracy_margin
     from prefheads.metrics import accuracy

@@ -1,21 +1,16 @@
-"""Which backbone state each head reads: the base model, or the base with one named peft adapter.
+"""Backbone states: the base model, or the base with one named peft adapter; switched per pass.
 
 A head trained on the frozen backbone reads the base model; a head trained with LoRA reads the
 base plus the adapter trained with it. One :class:`~prefheads.model.PreferenceModel` holds heads
 of both kinds at once: every adapter is loaded once into one ``peft.PeftModel``, under its own
-name (``load_adapter(path, adapter_name=...)``), and each backbone pass runs in exactly one
-state, switched for that pass only (:func:`reading`): what ``set_adapter(name)`` gives for the
-heads of an adapter, what ``disable_adapter()`` gives for the heads of the base. Scoring groups
-heads by state (:func:`head_groups`): one pass per group, never a head fed by another head's
-adapter.
+name, and each backbone pass runs in exactly one state, switched for that pass only
+(:func:`reading`): what ``set_adapter(name)`` gives for the heads of an adapter, what
+``disable_adapter()`` gives for the heads of the base. The model keeps which head reads which
+state and groups heads by state for scoring (``PreferenceModel.head_groups``): one pass per
+group, never a head fed by another head's adapter.
 
-A head is *bound* to its state (``pm.head_adapters``: head -> adapter name, or ``None`` for the
-base) when it is loaded from a folder, or attached while the backbone already carries adapters.
-A head attached to a plain backbone stays unbound and reads the backbone as it stands (its
-active adapter, if one is added later): that is how a LoRA run's head follows the adapter the
-run wraps around the backbone after adding the head. Before a folder adds an adapter, every
-unbound head is bound to what it reads at that moment (:func:`pin`), so nothing already
-attached changes what it reads.
+This module works on the backbone alone: whether it carries adapters, which one is active,
+switching for a pass, an adapter folder's digest, a free adapter name, saving one adapter.
 """
 
 from __future__ import annotations
@@ -26,15 +21,13 @@ import re
 import secrets
 import shutil
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-if TYPE_CHECKING:
-    from prefheads.model import PreferenceModel
+from prefheads.headio import atomic_write
 
 
 def is_peft(model: nn.Module) -> bool:
@@ -148,28 +141,6 @@ def reading(model: nn.Module, adapter: str | None, *, use_peft_api: bool = False
             m.__dict__["_disable_adapters"], m.__dict__["_active_adapter"] = off, active
 
 
-def head_groups(pm: "PreferenceModel", heads: Sequence[str]) -> list[tuple[str | None, list[str]]]:
-    """``heads`` grouped by the state they read, in order of first appearance: ``[(adapter, names)]``."""
-    groups: dict[str | None, list[str]] = {}
-    for name in heads:
-        groups.setdefault(pm.adapter_of(name), []).append(name)
-    return list(groups.items())
-
-
-def pin(pm: "PreferenceModel") -> None:
-    """Bind every unbound head to the state it reads now (before the backbone's adapters change)."""
-    now = active_adapter(pm.backbone)
-    for name in pm.heads:
-        pm.head_adapters.setdefault(name, now)
-
-
-def recorded_adapter(config: dict[str, Any], name: str) -> str | None:
-    """The adapter folder (relative) head ``name`` of a folder's config reads; None: the base model."""
-    entry = config["heads"][name]
-    # folders written before heads recorded their own adapter name one for all, in base
-    return entry["adapter"] if isinstance(entry, dict) and "adapter" in entry else config["base"].get("adapter")
-
-
 def _label(text: str) -> str:
     # peft names adapters by module-dict keys: no dots; and a name inside the "lora_" prefix
     # would be mistaken for it when weights are loaded
@@ -177,10 +148,10 @@ def _label(text: str) -> str:
     return f"{name}_adapter" if name in "lora_" else name
 
 
-def unique_name(pm: "PreferenceModel", text: str) -> str:
-    """An adapter name from ``text`` (a folder or head name) not yet used on ``pm``'s backbone."""
+def unique_name(backbone: nn.Module, text: str) -> str:
+    """An adapter name from ``text`` (a folder or head name) not yet used on ``backbone``."""
     base = _label(text)
-    taken = set(pm.backbone.peft_config) if is_peft(pm.backbone) else set()
+    taken = set(backbone.peft_config) if is_peft(backbone) else set()
     name, k = base, 2
     while name in taken:
         name, k = f"{base}-{k}", k + 1
@@ -208,82 +179,17 @@ def adapter_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_adapter(pm: "PreferenceModel", path: Path, label: str) -> str:
-    """Load the peft adapter saved in ``path`` onto ``pm``'s backbone; returns its name.
-
-    An adapter whose files are identical to one loaded already is not loaded again: its name is
-    returned. Bind unbound heads first (:func:`pin`): a plain backbone becomes a ``PeftModel``.
-    """
-    digest = adapter_digest(path)
-    for name, d in pm.adapter_digests.items():
-        if d == digest and is_peft(pm.backbone) and name in pm.backbone.peft_config:
-            return name
-    name = unique_name(pm, label)
-    if is_peft(pm.backbone):
-        pm.backbone.load_adapter(str(path), adapter_name=name)
-    else:
-        from peft import PeftModel
-
-        pm.backbone = PeftModel.from_pretrained(pm.backbone, str(path), adapter_name=name)
-    pm.backbone.eval()
-    pm.adapter_folders[name] = str(path.resolve())
-    pm.adapter_digests[name] = digest
-    return name
-
-
-def new_adapter(pm: "PreferenceModel", name: str, config: Any, heads: Sequence[str]) -> nn.Module:
-    """Add a fresh trainable adapter (a peft config) bound to ``heads``; returns the ``PeftModel``.
-
-    The new adapter becomes active and the only trainable one; adapters loaded before stay as
-    they are, and so do the heads that read them.
-    """
-    for h in heads:
-        pm._get(h)
-    pin(pm)
-    adapter = unique_name(pm, name)
-    if is_peft(pm.backbone):
-        pm.backbone.add_adapter(adapter, config)
-    else:
-        from peft import get_peft_model
-
-        pm.backbone = get_peft_model(pm.backbone, config, adapter_name=adapter)
-    pm.backbone.set_adapter(adapter)  # active, and trainable; every other adapter frozen
-    for h in heads:
-        pm.head_adapters[h] = adapter
-    return pm.backbone
-
-
-def prune(pm: "PreferenceModel") -> None:
-    """Drop adapters loaded from folders that no attached head reads any more (frees their weights)."""
-    if not is_peft(pm.backbone):
-        return
-    used = {pm.adapter_of(h) for h in pm.heads}
-    unused = [a for a in pm.adapter_folders if a not in used]
-    if not unused:
-        return
-    if not used - {None} and set(pm.backbone.peft_config) <= set(unused):
-        pm.backbone = pm.backbone.unload()  # no adapter left to read: back to the plain model
-    else:
-        for a in unused:
-            pm.backbone.delete_adapter(a)
-    for a in unused:
-        pm.adapter_folders.pop(a, None)
-        pm.adapter_digests.pop(a, None)
-
-
-def save_adapter(pm: "PreferenceModel", adapter: str, dest: Path) -> None:
-    """Write adapter ``adapter`` as a peft adapter folder at ``dest`` (``adapter_config.json`` +
-    ``adapter_model.safetensors``), replacing each file in one ``os.replace``."""
-    from prefheads.headio import _atomic_write
-
+def save_adapter(backbone: nn.Module, adapter: str, dest: Path) -> None:
+    """Write adapter ``adapter`` of ``backbone`` as a peft adapter folder at ``dest``
+    (``adapter_config.json`` + ``adapter_model.safetensors``), replacing each file in one ``os.replace``."""
     dest.mkdir(parents=True, exist_ok=True)
     tmp = dest / f".{secrets.token_hex(6)}.tmp"
     try:
-        pm.backbone.save_pretrained(str(tmp), selected_adapters=[adapter])
+        backbone.save_pretrained(str(tmp), selected_adapters=[adapter])
         # peft writes an adapter not named "default" into a sub-folder of that name
         src = tmp if adapter == "default" else tmp / adapter
         for f in src.iterdir():
             if f.is_file():  # rewritten rather than moved: head folder files take the umask's mode
-                _atomic_write(dest / f.name, f.read_bytes())
+                atomic_write(dest / f.name, f.read_bytes())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from prefheads.binding import recorded_adapter
 
+def render_card(config: dict[str, Any], adapters: Mapping[str, str | None]) -> str:
+    """A human-readable model card (README.md) for a head folder.
 
-def render_card(config: dict[str, Any]) -> str:
-    """A human-readable model card (README.md) for a head folder."""
+    Args:
+        config: The folder's ``heads.json``.
+        adapters: Head -> the adapter folder it reads (None: the base model).
+    """
     base = config["base"]
     lines = [
         "---", "library_name: prefheads", f"base_model: {base.get('model_id')}",
@@ -23,7 +27,7 @@ def render_card(config: dict[str, Any]) -> str:
         c = e["config"]
         details = ", ".join(f"{k}={v}" for k, v in sorted(c.get("meta", {}).items()) if not isinstance(v, (dict, list)))
         layer = c.get("layers") or c["layer"]
-        adapter = recorded_adapter(config, name)
+        adapter = adapters.get(name)
         reads = (f"fine-tuned backbone `{base['fine_tuned']}/`" if base.get("fine_tuned")
                  else f"LoRA adapter `{adapter}/`" if adapter else "base model")
         lines.append(f"| {name} | {reads} | {c['pooler']} | {layer} | {e['num_parameters']:,} | {details} |")

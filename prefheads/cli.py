@@ -1,86 +1,41 @@
-"""The ``prefheads`` command line: a thin typer layer over functions a notebook can call."""
+"""The ``prefheads`` command line: the typer app and its commands (each in :mod:`prefheads.commands`).
+
+A thin layer over functions a notebook can call: every command module defines ``register(app)``.
+"""
 
 from __future__ import annotations
 
-import logging
+import importlib
 import os
 import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from prefheads.commands import demo, evaluate, fit, infer, layers, recipes, score, zoo
+
 DEBUG_ENV = "PREFHEADS_DEBUG"
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Direct Preference Heads for any Hugging Face causal LM.")
 
 
 @app.callback()
-def _options(debug: Annotated[bool, typer.Option("--debug", help=f"Show the full traceback of an error "
-                                                 f"(or set {DEBUG_ENV}=1).")] = False) -> None:
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help=f"Show the full traceback of an error "
+                                        f"(or set {DEBUG_ENV}=1).")] = False,
+    plugin: Annotated[Optional[list[str]], typer.Option(
+        "--plugin", metavar="MODULE", help="Import MODULE first: the poolers, losses or training modes it "
+                                           "registers become available (repeat for several).")] = None,
+) -> None:
     if debug:
         os.environ[DEBUG_ENV] = "1"
+    for module in plugin or []:
+        importlib.import_module(module)
 
 
-def _quiet() -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-
-
-def _run_fit(cfg) -> None:
-    """Train a reward head (frozen backbone, LoRA, or full fine-tuning) and save it."""
-    _quiet()
-    from prefheads.training import fit as run_fit
-
-    res = run_fit(cfg)
-    d = res.data
-    typer.echo(f"data: {d['rows']} rows ({d['candidates']} candidates); {d['skipped']} bad rows skipped, "
-               f"{d['dropped']} dropped without a preference signal; {d['truncated']} candidates over the "
-               f"{d['max_length']}-token context, cut ({d['truncation']})")
-    chosen = (f"solver ridge: {cfg.cv_folds}-fold cross-validated choice accuracy {res.best['val_accuracy']:.3f}"
-              if cfg.solver == "ridge" else
-              f"best epoch {res.best_epoch}: val pair accuracy {res.best['val_pair_accuracy']:.3f}")
-    typer.echo(f"head {res.head_name!r} saved to {res.out} (mode {cfg.mode}; {chosen}; train {res.n_train}, val {res.n_val}; "
-               f"setup {res.setup_seconds:.1f}s{' (feature cache hit)' if res.cache_hit else ''}, "
-               f"training {res.train_seconds:.1f}s)")
-
-
-def _register_fit() -> None:
-    from prefheads.cliargs import command_from_dataclass
-    from prefheads.training.config import FitConfig
-
-    app.command(name="fit", help="Train a reward head (frozen backbone, LoRA, or full fine-tuning) and save it.")(
-        command_from_dataclass(FitConfig, _run_fit))
-
-
-_register_fit()
-
-
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option(help="Where the demo head is saved.")] = Path("runs/demo"),
-    max_train: Annotated[Optional[int], typer.Option(help="Training questions (default: all 500 bundled).")] = None,
-    max_eval: Annotated[Optional[int], typer.Option(help="Test questions (default: all 200 bundled).")] = None,
-    epochs: Annotated[int, typer.Option(help="Head epochs.")] = 10,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-) -> None:
-    """Fit a head on bundled OpenBookQA with bundled SmolLM2 and compare it with log-prob scoring."""
-    _quiet()
-    from prefheads.demo import run_demo
-
-    run_demo(out=out, max_train=max_train, max_eval=max_eval, epochs=epochs, seed=seed)
-
-
-from prefheads.commands import register_all  # noqa: E402 - after the core commands
-
-register_all(app)
+for _module in (fit, demo, layers, evaluate, infer, score, recipes, zoo):
+    _module.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
 
 # errors whose message already says everything; others are prefixed with their type
 _PLAIN_ERRORS = {"DataError", "HeadFileError", "OutputDirError", "PromptError", "TooLongError", "ValueError",
-                 "FileNotFoundError", "RewardTokenError", "SpecError", "KeyError"}
+                 "FileNotFoundError", "RewardTokenError", "SpecError", "KeyError", "LayerError"}
 
 
 if __name__ == "__main__":  # pragma: no cover

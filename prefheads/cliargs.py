@@ -2,7 +2,8 @@
 
 Each field becomes ``--field-name`` with its type, default, and the help text from the
 dataclass docstring's ``Attributes:`` section, so the CLI, the Python API and recipe files can
-never drift apart.
+never drift apart. ``--help`` shows each field's first sentence (readable in 80 columns); the
+whole text is kept as the command's ``option_docs`` for ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+import types
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -33,8 +35,30 @@ def field_docs(cls: type) -> dict[str, str]:
     return out
 
 
+def first_sentence(text: str) -> str:
+    """The first sentence of a help text (``e.g.`` and ``i.e.`` do not end one)."""
+    m = re.search(r"(?<!e\.g)(?<!i\.e)\.\s", text + " ")
+    return text[: m.start() + 1] if m else text
+
+
+def _option_type(tp: Any) -> Any:
+    """What typer parses a field of type ``tp`` as; the dataclass converts and checks the value."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list or any(typing.get_origin(a) is list for a in args):
+        return typing.Optional[list[str]]
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) > 1 or typing.get_origin(rest[0]) is typing.Literal:  # int | "auto": one string
+            return typing.Optional[str] if type(None) in args else str
+    return tp
+
+
 def command_from_dataclass(cls: type, run: Callable[[Any], None], skip: tuple[str, ...] = ()) -> Callable[..., None]:
-    """A function whose signature holds one typer option per field of ``cls``; calls ``run(cls(**kw))``."""
+    """A function whose signature holds one typer option per field of ``cls``; calls ``run(cls(**kw))``.
+
+    Its ``option_docs`` maps each option to the field's whole help text (``--help`` shows the
+    first sentence).
+    """
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     params = []
@@ -43,10 +67,10 @@ def command_from_dataclass(cls: type, run: Callable[[Any], None], skip: tuple[st
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
-        tp = hints[f.name]
-        if typing.get_origin(tp) in (list,) or (typing.get_args(tp) and list in [typing.get_origin(a) for a in typing.get_args(tp)]):
-            tp, default = typing.Optional[list[str]], (default or None)
-        ann = Annotated[tp, typer.Option(help=docs.get(f.name, ""))]
+        tp = _option_type(hints[f.name])
+        if typing.get_origin(tp) is not list and list in [typing.get_origin(a) for a in typing.get_args(tp)]:
+            default = default or None
+        ann = Annotated[tp, typer.Option(help=first_sentence(docs.get(f.name, "")))]
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann))
 
     def command(**kwargs: Any) -> None:
@@ -55,4 +79,5 @@ def command_from_dataclass(cls: type, run: Callable[[Any], None], skip: tuple[st
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__doc__ = run.__doc__
+    command.option_docs = {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}  # type: ignore[attr-defined]
     return command

@@ -1,4 +1,8 @@
-"""Generate docs/cli.md from the typer app: ``python -m prefheads.docgen > docs/cli.md``."""
+"""Generate docs/cli.md from the typer app: ``python -m prefheads.docgen > docs/cli.md``.
+
+Options built from a config dataclass show only their first sentence in ``--help``; the
+reference gives each one's whole text (the command's ``option_docs``).
+"""
 
 from __future__ import annotations
 
@@ -20,13 +24,16 @@ def cli_markdown() -> str:
     lines = ["# CLI reference", "", "Generated from the app by `python -m prefheads.docgen`; "
              "`prefheads <command> --help` prints the same.", ""]
     ctx = click.Context(group, info_name="prefheads")
-    for p in group.params:  # options of prefheads itself, before the command
+    lines += ["Options of `prefheads` itself, given before the command:", ""]
+    for p in group.params:
         if getattr(p, "param_type_name", "") == "option" and p.name != "help":
-            lines += [f"`prefheads {' / '.join(p.opts)} <command> ...`: {(p.help or '').strip()} An error otherwise "
-                      "prints one line, `error: ...`, and exits with status 1.", ""]
+            metavar = f" {p.metavar}" if getattr(p, "metavar", None) else ""
+            lines.append(f"- `prefheads {' / '.join(p.opts)}{metavar} <command> ...`: {(p.help or '').strip()}")
+    lines += ["", "Without `--debug` an error prints one line, `error: ...`, and exits with status 1.", ""]
     for name in group.list_commands(ctx):
         cmd = group.get_command(ctx, name)
         sub = click.Context(cmd, info_name=name, parent=ctx)
+        full = getattr(cmd.callback, "option_docs", {})
         lines += [f"## `prefheads {name}`", "", (cmd.help or "").strip(), "",
                   "| option | type | default | help |", "|---|---|---|---|"]
         for p in cmd.params:
@@ -36,7 +43,7 @@ def cli_markdown() -> str:
             default = "" if p.default in (None, ()) or p.required else repr(p.default)
             kind = "flag" if getattr(p, "is_flag", False) else _type_name(p, sub)
             lines.append(f"| `{opts}` | {kind} | {'required' if p.required else default} | "
-                         f"{(p.help or '').replace('|', '/')} |")
+                         f"{(full.get(p.name) or p.help or '').replace('|', '/')} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -16,6 +16,10 @@ Weight files are content-addressed (the name carries the first 12 hex digits of 
 so a save writes new files first, then swaps ``heads.json`` in one ``os.replace``: a crash at any
 point leaves a folder that loads either the old or the new set, never a mix. Files the new
 config no longer references are deleted last. Each weight file's sha256 is checked on load.
+
+This module is file I/O only: it writes and reads ``{name: RewardHead}`` plus the record of the
+backbone they read, and compares records. Putting heads onto a model (adapters, the backbone
+each head reads) is :meth:`prefheads.model.PreferenceModel.load_heads`.
 """
 
 from __future__ import annotations
@@ -25,20 +29,16 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from prefheads.binding import load_adapter, pin, prune, recorded_adapter, save_adapter
 from prefheads.card import render_card
 from prefheads.heads import HeadConfig, RewardHead
-
-if TYPE_CHECKING:
-    from prefheads.model import PreferenceModel
 
 CONFIG = "heads.json"
 FORMAT = "prefheads-heads"
@@ -58,7 +58,8 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` in one ``os.replace`` (fsynced; the mode a plain open() gives)."""
     # not tempfile.mkstemp: its files are 0600, while a head folder should read like any other
     # output, with the mode a plain open() gives under the process umask
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
@@ -76,39 +77,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name.replace("/", "__"))
-
-
-def base_record(pm: "PreferenceModel") -> dict[str, Any]:
-    """What identifies the backbone a head was trained on.
-
-    ``weights_digest`` fingerprints the base weights (adapters left out; for a full fine-tune,
-    the tuned weights saved beside the heads), so the same weights match whatever path or hub
-    id they were loaded from. ``quantization`` names a 4/8-bit load (``bnb-4bit-nf4``,
-    ``bnb-8bit``; None for plain weights): a head reads the features of the backbone it was
-    trained on, quantisation included.
-    """
-    from prefheads.families import unwrap
-    from prefheads.loading import quantization_of
-
-    cfg = unwrap(pm.backbone).config
-    return {
-        "model_id": pm.model_id,
-        "revision": pm.revision,
-        "model_type": getattr(cfg, "model_type", None),
-        "hidden_size": pm.hidden_size,
-        "num_layers": pm.num_layers,
-        "vocab_size": getattr(cfg, "vocab_size", None),
-        "weights_digest": pm.base_fingerprint(),
-        "weights_dtype": str(getattr(unwrap(pm.backbone), "dtype", "")).removeprefix("torch.") or None,
-        "quantization": quantization_of(pm.backbone),
-        "chat_mode": pm.chat.mode,
-        "reward_token": pm.chat.reward_token,
-        "reward_token_id": pm.chat.reward_token_id,
-        "template_fingerprint": pm.chat.fingerprint,
-        # LoRA runs save their adapter, full runs their backbone, beside the heads (relative paths)
-        "adapter": getattr(pm, "adapter", None),
-        "fine_tuned": getattr(pm, "fine_tuned", None),
-    }
 
 
 def heads_base(directory: str | os.PathLike) -> str | None:
@@ -138,22 +106,38 @@ def listed_files(directory: Path) -> set[str]:
         return set()
 
 
-def save_heads(pm: "PreferenceModel", directory: str | os.PathLike, names: Sequence[str] | None = None) -> Path:
-    """Save heads of ``pm`` (all by default) into ``directory``; returns the folder."""
-    names = list(names) if names is not None else pm.head_names
+def recorded_adapter(config: dict[str, Any], name: str) -> str | None:
+    """The adapter folder (relative) head ``name`` of a folder's config reads; None: the base model."""
+    entry = config["heads"][name]
+    # folders written before heads recorded their own adapter name one for all, in base
+    return entry["adapter"] if isinstance(entry, dict) and "adapter" in entry else config["base"].get("adapter")
+
+
+def adapter_dirs(adapters: Sequence[str]) -> dict[str, str]:
+    """Where each adapter is saved inside a head folder: ``adapter/``, or ``adapter/<name>/`` for several."""
+    used = list(dict.fromkeys(adapters))
+    return {a: "adapter" if len(used) == 1 else f"adapter/{_safe(a)}" for a in used}
+
+
+def write_heads(directory: str | os.PathLike, heads: Mapping[str, RewardHead], *, base: dict[str, Any],
+                active: str | None, adapters: Mapping[str, str | None]) -> Path:
+    """Write ``heads`` into ``directory`` (weights, ``heads.json``, README card); returns the folder.
+
+    Args:
+        directory: The head folder (created if needed).
+        heads: Name -> head, in the order they are listed.
+        base: The record of the backbone they read (``PreferenceModel.base_record``).
+        active: The default head (the first one when it is not among ``heads``).
+        adapters: Name -> the adapter folder (relative, already written there) the head reads,
+            or None for the base model.
+    """
+    names = list(heads)
     if not names:
         raise ValueError("no heads to save")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    # each head's adapter is saved beside it, before heads.json names it
-    reads = {name: pm.adapter_of(name) for name in names}
-    used = list(dict.fromkeys(a for a in reads.values() if a is not None))
-    dirs = {a: "adapter" if len(used) == 1 else f"adapter/{_safe(a)}" for a in used}
-    for a, rel in dirs.items():
-        save_adapter(pm, a, out / rel)
     entries: dict[str, Any] = {}
-    for name in names:
-        head = pm._get(name)
+    for name, head in heads.items():
         tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
         # one metadata key only: safetensors orders several keys arbitrarily, which would make the
         # bytes (and so the content address) of identical weights differ between saves
@@ -161,24 +145,25 @@ def save_heads(pm: "PreferenceModel", directory: str | os.PathLike, names: Seque
         digest = hashlib.sha256(blob).hexdigest()
         fname = f"{_safe(name)}.{digest[:12]}.safetensors"
         if not (out / fname).is_file():
-            _atomic_write(out / fname, blob)
+            atomic_write(out / fname, blob)
         entries[name] = {"config": head.config.to_dict(), "file": fname, "sha256": digest,
-                         "num_parameters": head.num_parameters(), "adapter": dirs.get(reads[name])}
-    mixed = len(set(reads.values())) > 1
+                         "num_parameters": head.num_parameters(), "adapter": adapters.get(name)}
+    reads = {adapters.get(n) for n in names}
+    mixed = len(reads) > 1
     # base.adapter: what prefheads before per-head adapters reads (applied to every head)
-    base = dict(base_record(pm), adapter=None if mixed or not used else "adapter")
+    base = dict(base, adapter=None if mixed or reads == {None} else "adapter")
     config = {"format": FORMAT, "format_version": 2 if mixed else 1, "library_version": _version(),
-              "base": base, "active": pm.active if pm.active in entries else names[0], "heads": entries}
+              "base": base, "active": active if active in entries else names[0], "heads": entries}
     # only files the folder's previous heads.json listed (written here by prefheads) may go:
     # a file prefheads did not write is never deleted, whatever its name
     previous = listed_files(out)
-    _atomic_write(out / CONFIG, json.dumps(config, indent=2).encode())
+    atomic_write(out / CONFIG, json.dumps(config, indent=2).encode())
     keep = {e["file"] for e in entries.values()}
     for fname in previous - keep:
         f = out / fname
         if f.parent == out and re.fullmatch(r".+\.[0-9a-f]{12}\.safetensors", f.name):
             f.unlink(missing_ok=True)
-    _atomic_write(out / "README.md", render_card(config).encode())
+    atomic_write(out / "README.md", render_card(config, {n: recorded_adapter(config, n) for n in names}).encode())
     return out
 
 
@@ -230,7 +215,7 @@ def _digests_comparable(base: dict[str, Any], mine: dict[str, Any]) -> bool:
     return len(dtypes) == 1 or dtypes <= {"float32", "bfloat16"}
 
 
-def check_base(pm: "PreferenceModel", base: dict[str, Any], where: str, allow_mismatch: bool,
+def check_base(mine: dict[str, Any], base: dict[str, Any], where: str, allow_mismatch: bool,
                directory: Path | None = None) -> None:
     """Refuse heads trained on another backbone (width mismatches are never allowed).
 
@@ -238,8 +223,14 @@ def check_base(pm: "PreferenceModel", base: dict[str, Any], where: str, allow_mi
     weights digest agree with the record, however its ``model_id`` is spelt. Records without a
     digest (saved by older prefheads), quantized backbones and float16 copies of a float32 or
     bfloat16 base fall back to comparing ``model_id``.
+
+    Args:
+        mine: The record of the backbone the heads are loaded onto (``PreferenceModel.base_record``).
+        base: The folder's record (``heads.json``'s ``base``).
+        where: File named in errors.
+        allow_mismatch: Accept another base of the same width.
+        directory: The head folder (a full fine-tune's backbone is saved in it).
     """
-    mine = base_record(pm)
     name = base.get("model_id")
     if base.get("fine_tuned") and directory is not None:
         # heads of a full fine-tune belong to the backbone saved beside them
@@ -252,8 +243,8 @@ def check_base(pm: "PreferenceModel", base: dict[str, Any], where: str, allow_mi
         keys = SAME_BASE
     else:
         keys = SAME_BASE_BY_NAME
-        if base.get("fine_tuned") and Path(str(pm.model_id)).resolve() == Path(name).resolve():
-            theirs["model_id"] = pm.model_id
+        if base.get("fine_tuned") and Path(str(mine["model_id"])).resolve() == Path(name).resolve():
+            theirs["model_id"] = mine["model_id"]
     diffs = [k for k in keys if theirs.get(k) != mine[k]]
     if diffs and not allow_mismatch:
         detail = ", ".join(_differs(k, theirs.get(k), mine[k]) for k in diffs)
@@ -319,14 +310,7 @@ def _load_entry(directory: Path, name: str, entry: dict[str, Any]) -> RewardHead
     return head
 
 
-def _check_depth(pm: "PreferenceModel", head: RewardHead, name: str, where: str, base: dict[str, Any]) -> None:
-    # a layer mix is tied to its backbone's depth: never loadable elsewhere, override or not
-    if head.config.layers and head.config.num_base_layers not in (None, pm.num_layers):
-        raise HeadFileError(f"{where}: head {name!r} mixes layers of a {head.config.num_base_layers}-block "
-                            f"base ({base.get('model_id')!r}); {pm.model_id!r} has {pm.num_layers} blocks")
-
-
-def _adapter_path(directory: Path, rel: Any, where: str) -> Path:
+def adapter_path(directory: Path, rel: Any, where: str) -> Path:
     """A head's adapter folder, which must lie inside the head folder and hold a peft adapter."""
     path = directory / str(rel)
     if not isinstance(rel, str) or Path(rel).is_absolute() or not path.resolve().is_relative_to(directory.resolve()):
@@ -336,75 +320,26 @@ def _adapter_path(directory: Path, rel: Any, where: str) -> Path:
     return path
 
 
-def _check_one_backbone(pm: "PreferenceModel", directory: Path, config: dict[str, Any]) -> None:
-    """Heads of a full fine-tune read their own backbone: never beside heads of another folder."""
-    here = str(directory.resolve())
-    others = sorted({f for f in pm.head_folders.values() if f != here})
-    if config["base"].get("fine_tuned") and others:
-        raise HeadFileError(f"{directory}: its heads were trained with --mode full and read the fine-tuned backbone "
-                            f"saved in it, not the backbone the heads of {others[0]} read; load each folder into its "
-                            "own PreferenceModel")
-    full = pm.backbone_folder
-    if full is not None and full != here and full in others:
-        raise HeadFileError(f"{directory}: cannot be loaded beside the heads of {full}, which were trained with "
-                            f"--mode full and read the fine-tuned backbone saved there; load each folder into its "
-                            "own PreferenceModel")
+def read_heads(directory: str | os.PathLike, config: dict[str, Any],
+               names: Sequence[str] | None = None) -> dict[str, RewardHead]:
+    """The heads ``names`` (default: all) of a folder whose ``heads.json`` is ``config``, all or nothing.
 
-
-def load_heads(pm: "PreferenceModel", directory: str | os.PathLike, *, names: Sequence[str] | None = None,
-               allow_base_mismatch: bool = False) -> list[str]:
-    """Load heads from ``directory`` onto ``pm``; returns the names loaded (replacing same names).
-
-    Heads trained with LoRA are bound to their folder's adapter, loaded once under a name of its
-    own beside the adapters already loaded; heads of the frozen backbone read the base model.
-    Heads of a full fine-tune are refused beside heads of any other folder.
+    Each weights file must lie in the folder, match its sha256 and fit its head's config.
     """
     directory = Path(directory)
-    config = read_config(directory)
-    where = str(directory / CONFIG)
-    _check_one_backbone(pm, directory, config)
-    check_base(pm, config["base"], where, allow_base_mismatch, directory)
     wanted = list(names) if names is not None else list(config["heads"])
     unknown = [n for n in wanted if n not in config["heads"]]
     if unknown:
         raise HeadFileError(f"{directory / CONFIG}: no head named {unknown}; heads: {list(config['heads'])}")
-    loaded = {n: _load_entry(directory, n, config["heads"][n]) for n in wanted}  # all or nothing
-    for n, head in loaded.items():
-        _check_depth(pm, head, n, where, config["base"])
-    reads = {n: recorded_adapter(config, n) for n in wanted}
-    paths = {rel: _adapter_path(directory, rel, where) for rel in dict.fromkeys(reads.values()) if rel}
-    if paths:
-        pin(pm)  # heads attached already keep reading what they read now
-    label = directory.resolve().name
-    try:
-        bound = {rel: load_adapter(pm, p, label if rel == "adapter" else f"{label}-{p.name}")
-                 for rel, p in paths.items()}
-    except Exception:
-        prune(pm)  # all or nothing: no adapter stays loaded for heads that did not load
-        raise
-    here = str(directory.resolve())
-    for n, head in loaded.items():
-        pm.attach_head(n, head, activate=False)  # replaces a head of the same name
-        pm.head_adapters[n] = bound.get(reads[n])
-        pm.head_folders[n] = here
-    if config["base"].get("fine_tuned"):
-        pm.backbone_folder = here
-    prune(pm)  # adapters only the replaced heads read
-    active = config.get("active")
-    pm.active = active if active in loaded else (pm.active or wanted[0])
-    return wanted
+    return {n: _load_entry(directory, n, config["heads"][n]) for n in wanted}
 
 
-def read_head(pm: "PreferenceModel", directory: str | os.PathLike, name: str | None = None, *,
-              allow_base_mismatch: bool = False) -> RewardHead:
-    """One head of ``directory`` as a detached :class:`RewardHead` (nothing attached, backbone untouched).
+def single_head(config: dict[str, Any], name: str | None, where: str) -> str:
+    """The one head of a folder a bare head is taken from: ``name``, or the folder's only head.
 
-    ``name`` may be omitted when the folder holds one head. Heads of a LoRA or full fine-tuning
-    run are refused: they read features of a changed backbone, which a bare head cannot bring.
+    Heads of a LoRA or full fine-tuning run are refused: they read features of a changed
+    backbone, which a bare head cannot bring.
     """
-    directory = Path(directory)
-    config = read_config(directory)
-    where = str(directory / CONFIG)
     names = list(config["heads"])
     if name is None:
         if len(names) != 1:
@@ -415,13 +350,4 @@ def read_head(pm: "PreferenceModel", directory: str | os.PathLike, name: str | N
     if recorded_adapter(config, name) or config["base"].get("fine_tuned"):
         raise HeadFileError(f"{where}: head {name!r} was trained with a changed backbone (LoRA adapter or full "
                             "fine-tune); start from a head trained on the frozen backbone")
-    check_base(pm, config["base"], where, allow_base_mismatch, directory)
-    head = _load_entry(directory, name, config["heads"][name])
-    _check_depth(pm, head, name, where, config["base"])
-    return head
-
-
-def load_head(pm: "PreferenceModel", directory: str | os.PathLike, name: str, **kw: Any) -> RewardHead:
-    """Load the single head ``name`` from ``directory`` onto ``pm`` and return it."""
-    load_heads(pm, directory, names=[name], **kw)
-    return pm.heads[name]
+    return name

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prefheads.poolers import POOLERS, build_pooler
+from prefheads.poolers import POOLERS, build_pooler, is_multi_layer
 
 
 @dataclass
@@ -26,8 +26,8 @@ class HeadConfig:
         hidden_size: Width d of the hidden state read from the backbone.
         layer: Which hidden state the head reads (-1: last layer after the final norm;
             i >= 0: output of decoder block i).
-        layers: For multi-layer poolers (``layermix``): the hidden states read, in order;
-            ``layer`` is then ignored.
+        layers: For multi-layer poolers (``layermix``, any with ``multi_layer``): the hidden
+            states read, in order; ``layer`` is then ignored.
         num_base_layers: Block count of the backbone the head was built for (multi-layer heads
             refuse any other).
         dropout: Dropout on the pooler output (paper: 0.1; 0 for frozen backbones).
@@ -79,8 +79,8 @@ class HeadConfig:
             self.layers = [_integer("layers", l) for l in self.layers]
             if not self.layers or len(set(self.layers)) != len(self.layers):
                 raise ValueError(f"layers must be distinct and non-empty, got {self.layers}")
-        if self.pooler == "layermix" and not self.layers:
-            raise ValueError("the layermix pooler needs layers=[...]")
+        if is_multi_layer(self.pooler) and not self.layers:
+            raise ValueError(f"the {self.pooler} pooler needs layers=[...]")
         if self.score_input is not None:
             from prefheads.lmscores import LM_SCORES
 
@@ -130,7 +130,7 @@ class RewardHead(nn.Module):
         self.register_buffer("input_mean", torch.zeros(shape))
         self.register_buffer("input_std", torch.ones(shape))
         kw = dict(config.pooler_kwargs)
-        if config.pooler == "layermix":
+        if is_multi_layer(config.pooler):
             kw["num_mixed"] = len(config.layers)
         self.pooler = build_pooler(config.pooler, d, **kw)
         self.dropout = nn.Dropout(config.dropout)

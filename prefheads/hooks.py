@@ -9,6 +9,7 @@ exit): later blocks, the final norm and the vocab projection are never computed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -17,6 +18,68 @@ from torch import nn
 from prefheads.families import FamilyProfile, get_module, unwrap
 
 FINAL = -1
+"""The hidden state after the final norm; ``i >= 0`` is the output of decoder block ``i``."""
+
+
+class LayerError(ValueError, IndexError):
+    """A layer the backbone does not have, or a malformed layer spec (a ValueError and an IndexError)."""
+
+
+def check_layer(layer: int, num_layers: int) -> int:
+    """Return ``layer`` if a backbone of ``num_layers`` blocks has it (-1: final norm, i: block i).
+
+    Raises:
+        LayerError: Naming the layer and the range.
+    """
+    if layer != FINAL and not 0 <= layer < num_layers:
+        raise LayerError(f"layer {layer} out of range: the backbone has {num_layers} blocks "
+                         f"(0..{num_layers - 1}, -1 = final norm)")
+    return layer
+
+
+AUTO_DEPTHS = (5 / 15, 7 / 15, 9 / 15, 10 / 15, 11 / 15, 12 / 15, 13 / 15)
+"""Relative depths ``--layer auto`` searches by default: from a third of the way up, denser in the
+upper-middle blocks, where frozen probes of small chat models score best (docs/benchmarks.md)."""
+
+
+def auto_layers(num_layers: int) -> list[int]:
+    """The candidate layers ``--layer auto`` searches by default: the blocks at :data:`AUTO_DEPTHS`
+    and the final norm (``[10, 14, 18, 20, 22, 24, 26, -1]`` for 30 blocks)."""
+    blocks = sorted({min(num_layers - 1, round(num_layers * f)) for f in AUTO_DEPTHS})
+    return blocks + [FINAL]
+
+
+def parse_layers(spec: str | Sequence[int] | None, num_layers: int) -> list[int]:
+    """Expand a layer spec into a sorted list of hidden-state indices.
+
+    Args:
+        spec: ``"all"`` (every block and the final norm), ``"0,5,10"``, a slice ``"10:20"``
+            (``"10:"`` to the last block), a list of ints, or None (= ``"all"``). ``-1`` is the
+            final norm.
+        num_layers: Block count of the backbone.
+
+    Raises:
+        LayerError: for a malformed spec or an index out of range (names the bad part).
+    """
+    if spec is None or spec == "all":
+        return list(range(num_layers)) + [FINAL]
+    if isinstance(spec, str):
+        out: list[int] = []
+        for part in spec.split(","):
+            part = part.strip()
+            try:
+                if ":" in part:
+                    a, _, b = part.partition(":")
+                    out += list(range(int(a or 0), int(b) if b else num_layers))
+                else:
+                    out.append(int(part))
+            except ValueError:
+                raise LayerError(f"bad layer spec part {part!r} in {spec!r}: use all, 0,5,10 or 10:20") from None
+    else:
+        out = [int(x) for x in spec]
+    for l in out:
+        check_layer(l, num_layers)
+    return sorted(set(out), key=lambda l: num_layers if l == FINAL else l)
 
 
 class _StopForward(Exception):
@@ -29,9 +92,7 @@ def hook_module(model: nn.Module, profile: FamilyProfile, layer: int) -> nn.Modu
     if layer == FINAL:
         return get_module(inner, profile.final_norm)
     blocks = get_module(inner, profile.layers)
-    if not 0 <= layer < len(blocks):
-        raise IndexError(f"layer {layer} out of range: the model has {len(blocks)} blocks (use -1 for the final norm)")
-    return blocks[layer]
+    return blocks[check_layer(layer, len(blocks))]
 
 
 def num_layers(model: nn.Module, profile: FamilyProfile) -> int:

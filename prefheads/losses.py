@@ -34,8 +34,13 @@ Metrics = dict[str, float]
 LossOutput = tuple[Tensor, Metrics]
 DPHLoss = Callable[..., LossOutput]
 
-LOSSES: Registry[DPHLoss] = Registry("dph loss")
-"""DPH objectives by name: ``"separable"``, ``"contrastive"`` (pairs) and ``"listwise"`` (all candidates)."""
+LOSSES: Registry[DPHLoss] = Registry("dph loss", plugins="prefheads.losses")
+"""DPH objectives by name: ``"separable"``, ``"contrastive"`` (pairs) and ``"listwise"`` (all candidates).
+
+A pair loss is ``fn(r_w, r_l, eps) -> (loss, metrics)``; a loss that sees every candidate of a
+question sets ``fn.listwise = True`` and is ``fn(r, mask, eps)`` (see :func:`listwise_dph_loss`).
+Losses of installed packages register through the ``prefheads.losses`` entry-point group.
+"""
 
 
 def get_loss(name: str) -> DPHLoss:
@@ -172,8 +177,12 @@ def listwise_dph_loss(r: Tensor, mask: Tensor, eps: float = PAPER_DPH_EPS) -> Lo
     return loss, metrics
 
 
-LISTWISE = frozenset({"listwise"})
-"""Objectives that see every candidate of a question (``(r, mask)``) rather than sampled pairs."""
+listwise_dph_loss.listwise = True  # type: ignore[attr-defined]
+
+
+def is_listwise(name: str) -> bool:
+    """Whether DPH loss ``name`` sees every candidate of a question (``(r, mask)``) rather than pairs."""
+    return bool(getattr(LOSSES.get(name), "listwise", False))
 
 
 def _implicit_rewards(

@@ -9,9 +9,22 @@ Every pooler is an ``nn.Module`` constructed as ``cls(hidden_size, **kwargs)`` t
     class MyPooler(torch.nn.Module):
         def __init__(self, hidden_size: int, **kwargs): ...
         def forward(self, h: torch.Tensor) -> torch.Tensor: ...
+
+Two optional class attributes widen what a pooler may be, with no change elsewhere:
+
+* ``multi_layer = True``: it mixes several hidden states. Its head reads the layers of
+  ``HeadConfig.layers`` (``--layers`` on the command line), the input is ``[..., L, d]``, and it
+  is built with ``num_mixed=L`` and ``inner`` (the pooler applied after mixing, ``--layermix-inner``).
+* ``defaults(hidden_size, backbone_config, **kwargs) -> dict``: keyword arguments taken from the
+  backbone where the head's ``pooler_kwargs`` leave them out (``swiglu``: the backbone's FFN width).
+
+Poolers of installed packages register through the ``prefheads.poolers`` entry-point group
+(see ``docs/extending.md``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +32,13 @@ from torch import nn
 
 from prefheads.registry import Registry
 
-POOLERS: Registry[type[nn.Module]] = Registry("pooler")
+POOLERS: Registry[type[nn.Module]] = Registry("pooler", plugins="prefheads.poolers")
+
+
+def ffn_width(config: Any, hidden_size: int) -> int:
+    """The feed-forward width of a backbone config (4·d when it names none)."""
+    return int(getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None)
+               or getattr(config, "n_inner", None) or 4 * hidden_size)
 
 
 @POOLERS.register("identity")
@@ -57,6 +76,11 @@ class SwiGLUPooler(nn.Module):
         ffn_dim: Inner width d_ffn (``W1: d -> 2·d_ffn``, ``W2: d_ffn -> d``).
     """
 
+    @classmethod
+    def defaults(cls, hidden_size: int, backbone_config: Any, **_: object) -> dict[str, Any]:
+        """``ffn_dim``: the backbone's own feed-forward width."""
+        return {"ffn_dim": ffn_width(backbone_config, hidden_size)}
+
     def __init__(self, hidden_size: int, ffn_dim: int | None = None, **_: object) -> None:
         super().__init__()
         ffn_dim = int(ffn_dim or 4 * hidden_size)
@@ -84,6 +108,13 @@ class LayerMixPooler(nn.Module):
         **inner_kwargs: Passed to the inner pooler (``ffn_dim``...).
     """
 
+    multi_layer = True
+
+    @classmethod
+    def defaults(cls, hidden_size: int, backbone_config: Any, inner: str = "identity", **_: object) -> dict[str, Any]:
+        """The inner pooler's defaults."""
+        return pooler_defaults(inner, hidden_size, backbone_config)
+
     def __init__(self, hidden_size: int, num_mixed: int = 1, inner: str = "identity", **inner_kwargs: object) -> None:
         super().__init__()
         if inner == "layermix":
@@ -104,3 +135,14 @@ class LayerMixPooler(nn.Module):
 def build_pooler(name: str, hidden_size: int, **kwargs: object) -> nn.Module:
     """Instantiate the pooler registered as ``name``."""
     return POOLERS.get(name)(hidden_size, **kwargs)
+
+
+def is_multi_layer(name: str) -> bool:
+    """Whether the pooler registered as ``name`` mixes several hidden states (``multi_layer``)."""
+    return bool(getattr(POOLERS.get(name), "multi_layer", False))
+
+
+def pooler_defaults(name: str, hidden_size: int, backbone_config: Any, **kwargs: Any) -> dict[str, Any]:
+    """Keyword arguments pooler ``name`` takes from the backbone (its ``defaults``; none without one)."""
+    fn = getattr(POOLERS.get(name), "defaults", None)
+    return dict(fn(hidden_size, backbone_config, **kwargs)) if fn is not None else {}

@@ -5,6 +5,10 @@ component is looked up by the name written in a config file, and adding a compon
 decorated definition. A duplicate name is an error rather than a silent override, so two files
 can never fight over the same name.
 
+A registry may name an entry-point group (``plugins=``): installed packages then add components
+without being imported by hand. Each entry point of the group registers its object under the
+entry point's name, the first time a lookup misses or the names are listed.
+
 Example:
     >>> LOSSES = Registry("loss")
     >>> @LOSSES.register("separable")
@@ -16,6 +20,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -33,11 +38,39 @@ class Registry(Generic[T]):
 
     Args:
         kind: What is registered ("loss", "pooler"...); used in error messages only.
+        plugins: Entry-point group whose entry points register here (``prefheads.poolers``...),
+            or None.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plugins: str | None = None) -> None:
         self.kind = kind
+        self.plugins = plugins
         self._items: dict[str, T] = {}
+        self._scanned = False
+        self._entry_points: set[tuple[str, str]] = set()  # (name, value) of those registered
+
+    def load_plugins(self) -> list[str]:
+        """Register the entry points of the ``plugins`` group not registered yet; returns their names.
+
+        An entry point names a component and the object to register (``mine = my_pkg.poolers:Mine``).
+        An object that registered itself under that name on import is kept as it is.
+
+        Raises:
+            ValueError: If an entry point reuses the name of another component.
+        """
+        if self.plugins is None:
+            return []
+        self._scanned = True
+        added = []
+        for ep in entry_points(group=self.plugins):
+            if (ep.name, ep.value) in self._entry_points:
+                continue
+            obj = ep.load()
+            if self._items.get(ep.name) is not obj:  # importing it may have registered it already
+                self.add(ep.name, obj)
+            self._entry_points.add((ep.name, ep.value))
+            added.append(ep.name)
+        return added
 
     def register(self, name: str) -> Callable[[T], T]:
         """Return a decorator that registers its argument under ``name`` and returns it unchanged.
@@ -77,6 +110,8 @@ class Registry(Generic[T]):
             UnknownNameError: (a ``KeyError``) If ``name`` is unknown; the message lists the
                 known names.
         """
+        if name not in self._items:
+            self.load_plugins()
         try:
             return self._items[name]
         except KeyError:
@@ -86,17 +121,21 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
-        """Return the registered names, sorted."""
+        """Return the registered names (plugins included), sorted."""
+        if not self._scanned:
+            self.load_plugins()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._items and isinstance(name, str):
+            self.load_plugins()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.names())
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, names={self.names()})"

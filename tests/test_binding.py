@@ -12,7 +12,7 @@ import torch
 
 from conftest import make_backbone
 from prefheads import PreferenceModel
-from prefheads.headio import HeadFileError, read_config, read_head
+from prefheads.headio import HeadFileError, read_config
 from prefheads.training import FitConfig, fit
 from test_fit_cli import _pairs_file
 
@@ -119,7 +119,7 @@ def test_heads_trained_together_share_one_adapter_loaded_once(folders, alone):
 
 
 def test_one_pass_per_backbone_state_and_none_for_heads_not_asked(folders, monkeypatch):
-    import prefheads.model as model
+    import prefheads.model.core as model
 
     calls = []
     real = model.extract
@@ -143,7 +143,7 @@ def test_one_pass_per_backbone_state_and_none_for_heads_not_asked(folders, monke
 
 @pytest.mark.parametrize("use_peft_api", [False, True], ids=["switches", "peft-api"])
 def test_scoring_leaves_the_backbone_as_it_was(folders, use_peft_api, monkeypatch):
-    import prefheads.model as model
+    import prefheads.model.states as model
     from prefheads.binding import reading
 
     monkeypatch.setattr(model, "reading", lambda m, a: reading(m, a, use_peft_api=use_peft_api))
@@ -254,9 +254,9 @@ def test_heads_of_several_folders_save_into_one_folder_with_each_adapter(folders
     fresh.load_heads(tmp_path)
     for name in ("l1", "fz", "l2"):
         assert _close(fresh.score(PROMPT, CANDS, head=name), alone[name]), name
-    assert read_head(_pm(), tmp_path, "fz").config.score_input == "logprob_mean"
+    assert _pm().read_head(tmp_path, "fz").config.score_input == "logprob_mean"
     with pytest.raises(HeadFileError, match="changed backbone"):
-        read_head(_pm(), tmp_path, "l1")
+        _pm().read_head(tmp_path, "l1")
     one = read_config(folders / "l1")  # a single LoRA run: format 1, as prefheads before read it
     assert one["format_version"] == 1 and one["base"]["adapter"] == one["heads"]["l1"]["adapter"] == "adapter"
     assert "| l1 | LoRA adapter `adapter/` |" in (folders / "l1" / "README.md").read_text()

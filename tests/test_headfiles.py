@@ -136,7 +136,6 @@ def test_lora_heads_reload_on_a_fresh_base_under_another_name(tmp_path):
     pm.add_head("h", "swiglu")
     want = pm.score(Q, CANDS)
     pm.backbone.save_pretrained(tmp_path / "adapter")
-    pm.adapter = "adapter"
     pm.save_heads(tmp_path)
     assert read_config(tmp_path)["base"]["weights_digest"] == base_weights_digest(make_backbone("llama")[0])
     fresh = PreferenceModel.from_backbone(*make_backbone("llama"), model_id="/somewhere/tiny-llama")

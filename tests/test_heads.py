@@ -96,9 +96,7 @@ def test_save_load_round_trip(tmp_path):
         assert torch.equal(got[k], want[k])
     # a single head
     pm3 = PreferenceModel.from_backbone(pm.backbone, pm.tokenizer, model_id="tiny/llama")
-    from prefheads.headio import load_head
-
-    load_head(pm3, tmp_path, "arc")
+    pm3.load_heads(tmp_path, names=["arc"])
     assert pm3.head_names == ["arc"]
 
 

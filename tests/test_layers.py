@@ -10,7 +10,8 @@ import torch
 from conftest import make_backbone
 from prefheads import PreferenceModel
 from prefheads.headio import HeadFileError
-from prefheads.layers import layer_features, parse_layers
+from prefheads.hooks import parse_layers
+from prefheads.training.cache import layer_features
 from prefheads.training import FitConfig, fit
 from test_fit_cli import _pairs_file
 

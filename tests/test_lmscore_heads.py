@@ -33,7 +33,7 @@ def _examples(n: int, offset: int = 0) -> list[Example]:
 def zero_states(monkeypatch):
     """An uninformative hidden state: every state the engine returns is zero (log-probs are real)."""
     import prefheads.engine as engine
-    import prefheads.model as model
+    import prefheads.model.core as model
 
     real = engine.extract
 

@@ -7,20 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-
-def _console():
-    from rich.console import Console
-
-    c = Console()
-    return c if c.is_terminal else Console(width=200)
+from prefheads.commands._common import Base, DataDir, Load4, Load8, Mismatch, console, load_base, load_heads
 
 
 def eval_command(
     files: Annotated[Optional[list[Path]], typer.Argument(help="With --compare: results files to show side by side.")] = None,
     heads: Annotated[Optional[Path], typer.Option(help="Head folder (every head in it is evaluated). Without it: log-prob only.")] = None,
     task: Annotated[Optional[list[str]], typer.Option(help="Task or group (glue, gpt4all, race, glue/rte, pairs:<file>...); repeat or comma-separate.")] = None,
-    base: Annotated[Optional[str], typer.Option(help="Hub id, local folder or GGUF file (default: the heads' base, else bundled SmolLM2-135M-Instruct).")] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="Data folder laid out like shared/data, or 'bundled' (default: $PREFHEADS_DATA, else the hub).")] = None,
+    base: Base = None,
+    data_dir: DataDir = None,
     max_eval: Annotated[Optional[int], typer.Option(help="Evaluate at most N examples per split (see --subset).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the --max-eval subset and of the bootstrap resamples.")] = 0,
     subset: Annotated[str, typer.Option(help="Which --max-eval examples: random (seeded subset) or first (the first rows, as lm-eval's --limit).")] = "random",
@@ -32,14 +27,13 @@ def eval_command(
     lm_eval_baseline: Annotated[bool, typer.Option(help="Also score each task the harness defines exactly as lm-evaluation-harness does, on the same rows, so heads are compared with the stronger log-prob baseline.")] = True,
     bootstrap: Annotated[int, typer.Option(min=0, help="Resamples of the paired bootstrap behind each head's 95% interval of its margin over the baseline (0: no intervals).")] = 1000,
     skip_missing: Annotated[bool, typer.Option(help="Skip tasks whose data files are missing or that have no such template, e.g. STS-B under lm-eval (aggregates are then marked partial).")] = False,
-    allow_base_mismatch: Annotated[bool, typer.Option(help="Load heads trained on another base.")] = False,
-    load_in_4bit: Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="Load the backbone 4-bit NF4 quantized (bitsandbytes; CPU or CUDA). Default: as the heads' base was when they were trained, else not.")] = None,
-    load_in_8bit: Annotated[Optional[bool], typer.Option("--load-in-8bit/--no-load-in-8bit", help="Load the backbone 8-bit quantized (bitsandbytes; CPU or CUDA). Default: as the heads' base was when they were trained, else not.")] = None,
+    allow_base_mismatch: Mismatch = False,
+    load_in_4bit: Load4 = None,
+    load_in_8bit: Load8 = None,
     compare: Annotated[bool, typer.Option("--compare", help="Compare results files given as arguments instead of evaluating.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Evaluate log-prob scoring and DPH heads on tasks (one backbone pass per task), or --compare results."""
-    from prefheads.cli import _quiet
     from prefheads.evaluation import evaluate
     from prefheads.report import comparison_table, load_results, margin_note, run_labels, save_run, write_report
 
@@ -50,20 +44,19 @@ def eval_command(
             results = [load_results(f) for f in files]
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
-        _console().print(comparison_table(results, run_labels(files), title="prefheads eval --compare"))
+        console().print(comparison_table(results, run_labels(files), title="prefheads eval --compare"))
         return
     if files:
         raise typer.BadParameter(f"unexpected arguments {[str(f) for f in files]} (did you mean --compare?)")
     if not task:
         raise typer.BadParameter("--task is required (e.g. --task glue, --task glue/rte,boolq)")
-    _quiet()
-    from prefheads.commands.infer import load_base
-
-    if heads is None and head:
-        raise typer.BadParameter("--head needs --heads")
-    pm = load_base(base, heads, load_in_4bit, load_in_8bit)
     if heads is not None:
-        pm.load_heads(heads, names=head, allow_base_mismatch=allow_base_mismatch)
+        pm = load_heads(heads, base, allow_base_mismatch, names=head, load_in_4bit=load_in_4bit,
+                        load_in_8bit=load_in_8bit)
+    else:
+        if head:
+            raise typer.BadParameter("--head needs --heads")
+        pm = load_base(base, load_in_4bit, load_in_8bit)
     try:
         run = evaluate(pm, task, data_dir=data_dir, max_eval=max_eval, seed=seed, heads=head, heads_dir=heads,
                        variant=variant, lm_eval_baseline=lm_eval_baseline, subset=subset, skip_missing=skip_missing,
@@ -75,7 +68,7 @@ def eval_command(
         typer.echo(f"error: {str(e).strip(chr(34) + chr(39))}", err=True)
         raise typer.Exit(2) from None
     res = run.results
-    _console().print(comparison_table([res], title=f"{res['model']['id']}: {', '.join(res['tasks'])}"))
+    console().print(comparison_table([res], title=f"{res['model']['id']}: {', '.join(res['tasks'])}"))
     if res["tasks"]:
         typer.echo(margin_note(res))
     for name, t in res["tasks"].items():

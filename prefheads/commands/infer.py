@@ -9,53 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-HeadsDir = Annotated[Path, typer.Option(help="Head folder.")]
-BaseOpt = Annotated[Optional[str], typer.Option(help="Hub id, local folder or GGUF file (default: the heads' base).")]
-HeadOpt = Annotated[Optional[str], typer.Option(help="Head to score with (default: the folder's active head).")]
-Mismatch = Annotated[bool, typer.Option(help="Load heads trained on another base.")]
-Load4 = Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help=(
-    "Load the backbone 4-bit NF4 quantized (bitsandbytes; CPU or CUDA). Default: as the heads' base was "
-    "when they were trained."))]
-Load8 = Annotated[Optional[bool], typer.Option("--load-in-8bit/--no-load-in-8bit", help=(
-    "Load the backbone 8-bit quantized (bitsandbytes; CPU or CUDA). Default: as the heads' base was when "
-    "they were trained."))]
-
-
-def load_base(base: Optional[str], heads: Optional[Path], load_in_4bit: Optional[bool] = None,
-              load_in_8bit: Optional[bool] = None):
-    """The backbone for ``heads`` (its recorded base unless ``base`` is given), quantized as the
-    flags say or, with neither flag, as the heads' base was when they were trained."""
-    from prefheads.headio import heads_base, heads_quantization
-    from prefheads.loading import backbone_quantization, quantization_kwargs
-    from prefheads.model import PreferenceModel
-
-    recorded = heads_quantization(heads) if heads is not None else None
-    q4, q8 = backbone_quantization(load_in_4bit, load_in_8bit, recorded)
-    if heads is not None and base is None:
-        base = heads_base(heads)
-    return PreferenceModel.from_pretrained(base, **quantization_kwargs(q4, q8))
-
-
-def _load(heads: Path | list[Path], base: Optional[str], allow_base_mismatch: bool,
-          load_in_4bit: Optional[bool] = None, load_in_8bit: Optional[bool] = None):
-    """The base of the (first) head folder with every folder's heads loaded onto it."""
-    from prefheads.cli import _quiet
-    from prefheads.headio import read_config
-
-    folders = [heads] if isinstance(heads, Path) else list(heads)
-    seen: dict[str, Path] = {}
-    for folder in folders:  # a head of one folder must not silently replace another's
-        for name in read_config(folder)["heads"]:
-            if name in seen and seen[name].resolve() != folder.resolve():
-                raise typer.BadParameter(f"head {name!r} is in both {seen[name]} and {folder}; serve folders "
-                                         "whose head names differ")
-            seen[name] = folder
-    _quiet()
-    pm = load_base(base, folders[0], load_in_4bit, load_in_8bit)
-    for folder in folders:
-        pm.load_heads(folder, allow_base_mismatch=allow_base_mismatch)
-    pm.set_head(read_config(folders[0]).get("active") or pm.head_names[0])  # the first folder's default
-    return pm
+from prefheads.commands._common import Base, HeadOpt, HeadsDir, Load4, Load8, Mismatch, load_heads
 
 
 def rerank_command(
@@ -70,7 +24,7 @@ def rerank_command(
     top_k: Annotated[int, typer.Option(help="Top-k sampling (0: off).")] = 50,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     head: HeadOpt = None,
-    base: BaseOpt = None,
+    base: Base = None,
     allow_base_mismatch: Mismatch = False,
     load_in_4bit: Load4 = None,
     load_in_8bit: Load8 = None,
@@ -86,7 +40,7 @@ def rerank_command(
                                       top_k=top_k, seed=seed)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    pm = _load(heads, base, allow_base_mismatch, load_in_4bit, load_in_8bit)
+    pm = load_heads(heads, base, allow_base_mismatch, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
     head = head or pm.active
     if head not in pm.heads:
         raise typer.BadParameter(f"no head named {head!r}; heads: {pm.head_names}")
@@ -142,7 +96,7 @@ def serve_command(
                                                                "on CPU, 8192 on GPU).")] = None,
     served_model_name: Annotated[Optional[list[str]], typer.Option(help="A name clients may give as \"model\" for "
                                                                          "the active head (repeat the option).")] = None,
-    base: BaseOpt = None,
+    base: Base = None,
     allow_base_mismatch: Mismatch = False,
     load_in_4bit: Load4 = None,
     load_in_8bit: Load8 = None,
@@ -160,7 +114,7 @@ def serve_command(
                                  forward_tokens=forward_tokens)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    pm = _load(heads, base, allow_base_mismatch, load_in_4bit, load_in_8bit)
+    pm = load_heads(heads, base, allow_base_mismatch, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
     app = create_app(pm, max_candidates=max_candidates, max_chars=max_chars, max_new_tokens=max_new_tokens,
                      batching=batching, batch=settings, served_model_names=served_model_name or ())
     uvicorn.run(app, host=host, port=port, log_level="info")

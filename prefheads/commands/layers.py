@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from prefheads.commands._common import DataDir
 
-def logprob_accuracy(pm: Any, cands: Any) -> float:
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
+    from prefheads.training.data import Candidates
+
+
+def logprob_accuracy(pm: PreferenceModel, cands: Candidates) -> float:
     """Choice accuracy of mean log-prob scoring over candidate groups (ties count wrong)."""
     f = pm.features(cands.prompts, cands.completions, logprobs=True)
     mean = (f.logprob_sum / f.n_tokens.clamp_min(1)).tolist()
@@ -75,7 +81,7 @@ def register(app: typer.Typer) -> None:
     def layers(
         task: Annotated[str, typer.Option(help="Task, e.g. glue/sst2.")],
         base: Annotated[Optional[str], typer.Option(help="Hub id, folder or GGUF (default: bundled SmolLM2).")] = None,
-        data_dir: Annotated[Optional[str], typer.Option(help="Local dataset copies.")] = None,
+        data_dir: DataDir = None,
         layer_spec: Annotated[str, typer.Option("--layers", help="all | 0,5,10 | 10:20 (-1 = final norm).")] = "all",
         pooler: Annotated[str, typer.Option(help="Pooler of the per-layer heads.")] = "identity",
         max_train: Annotated[Optional[int], typer.Option(help="Cap on training examples (seeded).")] = None,

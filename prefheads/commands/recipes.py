@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from prefheads.commands._common import quiet
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``run`` command to ``app``."""
@@ -23,10 +25,9 @@ def register(app: typer.Typer) -> None:
 
         The resolved config (CLI > file > defaults) is saved as <out>/resolved_config.yaml.
         """
-        from prefheads.cli import _quiet
         from prefheads.recipes import ConfigError, dump_yaml, load_config, run
 
-        _quiet()
+        quiet()
         try:
             cfg = load_config(config, overrides or [])
         except ConfigError as e:

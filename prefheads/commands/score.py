@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from prefheads.commands.infer import BaseOpt, HeadOpt, HeadsDir, Load4, Load8, Mismatch, _load
+from prefheads.commands._common import Base, HeadOpt, HeadsDir, Load4, Load8, Mismatch, load_heads
 
 
 MULTI_CPU_HINT = ("on CPU, start N processes with `accelerate launch --multi_gpu --num_processes N -m prefheads.cli "
@@ -65,7 +65,7 @@ def score_command(
     batch_rows: Annotated[int, typer.Option(help="Bulk: rows scored together, then written and fsynced.")] = 256,
     progress: Annotated[bool, typer.Option(help="Bulk: show a progress bar.")] = True,
     head: HeadOpt = None,
-    base: BaseOpt = None,
+    base: Base = None,
     allow_base_mismatch: Mismatch = False,
     load_in_4bit: Load4 = None,
     load_in_8bit: Load8 = None,
@@ -82,7 +82,7 @@ def score_command(
         raise typer.BadParameter("--prompt needs at least one --candidate")
     if input is not None and out is None:
         raise typer.BadParameter("--input needs --out")
-    pm = _load(heads, base, allow_base_mismatch, load_in_4bit, load_in_8bit)
+    pm = load_heads(heads, base, allow_base_mismatch, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
     if input is not None:
         _bulk(pm, input, out, resume, overwrite, batch_rows, progress)
         return

@@ -15,8 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-DataDir = Annotated[Optional[str], typer.Option(
-    help="Folder of local dataset copies, or 'bundled' (default: $PREFHEADS_DATA).")]
+from prefheads.commands._common import DataDir
 
 
 def _console() -> Any:

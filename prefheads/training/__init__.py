@@ -1,6 +1,8 @@
-"""Training: one loop, with frozen / LoRA / full strategies."""
+"""Training: one loop, with frozen / LoRA / full strategies (the modes of :data:`MODES`)."""
 
 from prefheads.training.config import FitConfig
 from prefheads.training.fit import FitResult, fit
+from prefheads.training.modes import MODES
+from prefheads.training.strategies import Trainable  # registers the shipped modes
 
-__all__ = ["FitConfig", "FitResult", "fit"]
+__all__ = ["MODES", "FitConfig", "FitResult", "Trainable", "fit"]

@@ -6,7 +6,8 @@ token ids, the storage dtype and the backbone's quantisation (an 8-bit cache nev
 4-bit run); one file holds every layer (and the completion log-probs) ever computed for those
 rows, so a run that reads one layer is served by an earlier all-layer run,
 and a run that asks for more adds what is missing to the same file. Later epochs, later runs and
-every other head trained on the same data reuse one backbone pass.
+every other head trained on the same data reuse one backbone pass. :func:`layer_features` reads
+any set of layers this way.
 Root: ``$PREFHEADS_CACHE/features`` (default ``~/.cache/prefheads``).
 """
 
@@ -18,7 +19,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -27,7 +28,11 @@ from prefheads.chat import Encoded
 from prefheads.engine import Features
 from prefheads.families import unwrap
 from prefheads.fingerprint import weights_digest
+from prefheads.hooks import parse_layers
 from prefheads.loading import cache_root, quantization_of
+
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
 
 
 def feature_key(model: torch.nn.Module, items: Sequence[Encoded], dtype: str,
@@ -100,13 +105,13 @@ class FeatureCache:
         return self.path(key)
 
 
-def cached_features(pm: Any, prompts: Sequence, completions: Sequence[str], layers: Sequence[int],
+def cached_features(pm: PreferenceModel, prompts: Sequence, completions: Sequence[str], layers: Sequence[int],
                     cache: FeatureCache | None, items: Sequence[Encoded] | None = None,
                     logprobs: bool = False) -> tuple[Features, bool]:
     """Features of (prompts, completions) at ``layers`` through ``cache``; returns (features, hit).
 
     Args:
-        pm: The :class:`~prefheads.model.PreferenceModel` (frozen backbone).
+        pm: The model (frozen backbone).
         prompts: One prompt per completion.
         completions: The candidates.
         layers: Hidden states to return.
@@ -145,3 +150,20 @@ def cached_features(pm: Any, prompts: Sequence, completions: Sequence[str], laye
                      got["logprob_sum"] if logprobs else None,
                      got["n_tokens"] if logprobs else got.get("n_tokens", torch.zeros(len(items), dtype=torch.long)))
     return feats, hit
+
+
+def layer_features(pm: PreferenceModel, prompts: Sequence, completions: Sequence[str],
+                   layers: str | Sequence[int] | None = "all", cache: FeatureCache | None = None) -> dict[int, torch.Tensor]:
+    """Reward-token hidden states of every requested layer from ONE backbone pass.
+
+    Args:
+        pm: The model (its backbone runs as it stands).
+        prompts: One prompt per completion.
+        completions: Assistant texts.
+        layers: Layer spec (see :func:`prefheads.hooks.parse_layers`).
+        cache: The feature cache to read and write, or None.
+
+    Returns:
+        ``{layer: [N, d]}`` fp32.
+    """
+    return cached_features(pm, prompts, completions, parse_layers(layers, pm.num_layers), cache)[0].states

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
+
+from prefheads.lmscores import LM_SCORES
+from prefheads.losses import LOSSES, is_listwise
+from prefheads.poolers import POOLERS, is_multi_layer
+from prefheads.training.modes import MODES, choices, frozen_modes, quantized_modes
 
 
 @dataclass
@@ -17,7 +22,7 @@ class FitConfig:
         task: Task or group name (``glue/rte``, ``openbookqa``...), or None with ``data``.
         data: A JSONL file of ``{"prompt", "chosen", "rejected"}`` preference pairs.
         data_dir: Folder of local dataset copies (default: $PREFHEADS_DATA, else the hub).
-        template: Template family of the task's inputs: paper (PAPER.md section 6), paper_fixed,
+        template: Template family of the task's inputs. paper (PAPER.md section 6), paper_fixed,
             reference, or lm-eval (lm-evaluation-harness's prompt in the user turn and its
             continuation as the assistant reply). Default: lm-eval where every task trained
             has it, else paper.
@@ -26,28 +31,28 @@ class FitConfig:
         overwrite: Write into an --out folder that holds other files or another run's output.
             Files prefheads did not write there are never deleted.
         head_name: Name of the trained head (default: the task name, or "default").
-        init_head: Start from a saved head, FOLDER or FOLDER:NAME (e.g. a frozen probe before
-            --mode lora or full: linear probing, then fine-tuning); its pooler, layer and input
-            standardiser are kept, its dropout set as here.
+        init_head: Start from a saved head, FOLDER or FOLDER:NAME. For example a frozen probe
+            before --mode lora or full (linear probing, then fine-tuning); its pooler, layer and
+            input standardiser are kept, its dropout set as here.
         pooler: Registered pooler (identity, bert, swiglu, ...). Default identity: a linear
             head on the standardised state (the paper's head is swiglu).
-        layer: Hidden state read: -1 = after the final norm, i = output of block i, or "auto":
-            one head per candidate layer (see layers), the best on the validation split kept.
-            Default: auto in frozen mode, -1 in lora / full modes.
-        layers: Candidate layers for --layer auto, or the layers a layermix pooler mixes:
+        layer: Hidden state read: -1, a block index, or auto. -1 = after the final norm, i =
+            output of block i, "auto": one head per candidate layer (see layers), the best on the
+            validation split kept. Default: auto in frozen mode, -1 in lora / full modes.
+        layers: Candidate layers of --layer auto, or the layers a multi-layer pooler mixes.
             "all", "0,5,10", "10:20" (Python slice; -1 is the final norm). Default for auto:
-            eight layers from a third of the depth up and the final norm (layers.auto_layers).
+            eight layers from a third of the depth up and the final norm (hooks.auto_layers).
         layermix_inner: Pooler applied to the layer mix (identity, bert, swiglu).
-        lm_score: The LM's own score a frozen head adds to its reward (r = head(h) + w·s): none
+        lm_score: The LM's own score a frozen head adds to its reward. r = head(h) + w·s: none
             (the paper's pure DPH), auto (the best of logprob_sum, logprob_mean, logprob_char
             on the training split, each candidate head also trained without it and validation
             deciding), or a score name. The head starts from the score; if it does not beat the
             score alone on validation it is saved as the score alone. Default: auto in frozen
             mode, none in lora / full modes.
-        objective: DPH loss: separable or contrastive (a sampled wrong answer per question and
-            epoch), or listwise (a softmax over all of a question's candidates). Default:
-            listwise, or separable with the joint cDPO objective (dpo_weight > 0); none with the
-            ridge solver (its own least-squares objective).
+        objective: DPH loss (any registered loss). separable or contrastive (a sampled wrong
+            answer per question and epoch), or listwise (a softmax over all of a question's
+            candidates). Default: listwise, or separable with the joint cDPO objective
+            (dpo_weight > 0); none with the ridge solver (its own least-squares objective).
         dph_eps: Label smoothing ε of the DPH loss.
         solver: How a frozen head is fitted: ridge (a linear head, identity pooler: closed-form
             least squares on question-centred standardised states, its layer, LM score and L2
@@ -68,16 +73,17 @@ class FitConfig:
         seed: Seed of sampling, initialisation and shuffling.
         max_train: Cap on training examples (seeded subset). Without it a frozen run takes all the
             training data its backbone pass can cover within time_budget.
-        time_budget: Minutes the backbone pass of a frozen run may take when max_train is not
-            set: the pass is priced before it runs (padded tokens over a timed sample) and the
+        time_budget: Minutes a frozen run's backbone pass may take without max_train. The pass
+            is priced before it runs (padded tokens over a timed sample) and the
             data capped to a seeded subset that fits, with the count printed and recorded (pass
             --max-train with that count to rerun it exactly). 0: no cap.
         max_eval: Cap on evaluation examples (seeded subset).
-        truncation: What a sequence longer than the model's context loses: left (the oldest
+        truncation: What a sequence longer than the model's context loses. left (the oldest
             prompt tokens), right (the end of the answer; the reward token stays last) or error
             (refuse the run). Truncated rows are counted in the output and the head's metadata.
         val_fraction: Share of training examples carved out for validation (best epoch kept).
-        mode: frozen (head only, cached features) | lora (peft adapters + head) | full (all, prior-regularized).
+        mode: Training mode (any registered mode). frozen (head only, cached features) | lora
+            (peft adapters + head) | full (all, prior-regularized).
         shared_prefix: Encode each prompt once for all its candidates.
         feature_cache: Cache frozen-backbone features on disk.
         cache_dir: Feature cache folder (default $PREFHEADS_CACHE/features).
@@ -96,9 +102,9 @@ class FitConfig:
         mixed_precision: no | fp16 | bf16 (through accelerate).
         save_every: Checkpoint every N optimizer steps (0: at epoch ends only).
         resume: Continue from the checkpoint in ``out/checkpoint`` if there is one.
-        fsdp: Shard parameters, gradients and optimizer state over the processes of a torchrun
-            launch with torch FSDP2 (lora and full modes; gloo on CPU). Without it several
-            processes run plain data parallel; in one process it changes nothing.
+        fsdp: Shard the run over the processes of a torchrun launch (torch FSDP2). Parameters,
+            gradients and optimizer state are sharded (lora and full modes; gloo on CPU). Without
+            it several processes run plain data parallel; in one process it changes nothing.
         load_in_4bit: Load the backbone 4-bit NF4 quantized (bitsandbytes, CPU or CUDA; frozen mode,
             and lora mode: QLoRA).
         load_in_8bit: Load the backbone 8-bit quantized (bitsandbytes, CPU or CUDA; frozen and lora modes).
@@ -116,7 +122,7 @@ class FitConfig:
     head_name: str | None = None
     init_head: str | None = None
     pooler: str = "identity"
-    layer: str | None = None
+    layer: int | Literal["auto"] | None = None
     layers: str | None = None
     layermix_inner: str = "identity"
     lm_score: str | None = None
@@ -168,51 +174,50 @@ class FitConfig:
             self.task, self.data = None, self.task[len("pairs:"):]
         if self.task is None and self.data is None:
             raise ValueError("give a task (--task) or a preference file (--data)")
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not available; choose {choices(MODES.names())}")
+        if self.pooler not in POOLERS:
+            raise ValueError(f"pooler must be one of {POOLERS.names()}, got {self.pooler!r}")
         self._resolve_defaults()
-        if self.init_head and str(self.layer) == "auto":
+        self.layer = _layer(self.layer)
+        if self.init_head and self.layer == "auto":
             raise ValueError("init_head starts one head; it cannot be combined with layer=auto")
-        if self.mode not in ("frozen", "lora", "full"):
-            raise ValueError(f"mode {self.mode!r} is not available; choose frozen, lora or full")
+        mode = MODES.get(self.mode)
         if self.dpo_weight < 0 or self.dph_weight < 0:
             raise ValueError("dpo_weight and dph_weight must be >= 0")
-        if (self.load_in_4bit or self.load_in_8bit) and self.mode == "full":
-            raise ValueError("quantized backbones train in frozen or lora mode only, not full")
+        if (self.load_in_4bit or self.load_in_8bit) and not mode.quantized:
+            raise ValueError(f"quantized backbones train in {choices(quantized_modes())} mode only, not {self.mode}")
         if self.load_in_4bit and self.load_in_8bit:
             raise ValueError("choose one of load_in_4bit and load_in_8bit")
-        if self.fsdp and self.mode == "frozen":
-            raise ValueError("fsdp shards a trained backbone: lora or full mode (frozen mode trains the head alone)")
+        if self.fsdp and not mode.trains_backbone:
+            trained = [m for m in MODES.names() if MODES.get(m).trains_backbone]
+            raise ValueError(f"fsdp shards a trained backbone: {choices(trained)} mode ({self.mode} mode trains the "
+                             "head alone)")
         if self.fsdp and (self.load_in_4bit or self.load_in_8bit):
             raise ValueError("fsdp shards float weights: not with load_in_4bit / load_in_8bit")
         if self.log_with not in (None, "tensorboard", "wandb"):
             raise ValueError(f"log_with must be tensorboard or wandb, got {self.log_with!r}")
         if not 0.0 <= self.dpo_eps <= 0.5:
             raise ValueError(f"dpo_eps must be in [0, 0.5], got {self.dpo_eps}")
-        from prefheads.losses import LOSSES
-
         if self.objective is not None and self.objective not in LOSSES:
             raise ValueError(f"objective must be one of {LOSSES.names()}, got {self.objective!r}")
-        if self.objective == "listwise" and self.dpo_weight:
-            raise ValueError("the joint cDPO objective trains on pairs: use separable or contrastive with --dpo-weight")
+        if self.objective is not None and is_listwise(self.objective) and self.dpo_weight:
+            pairwise = [n for n in LOSSES.names() if not is_listwise(n)]
+            raise ValueError(f"the joint cDPO objective trains on pairs: use {choices(pairwise)} with --dpo-weight")
         if not 0.0 <= self.dph_eps <= 0.5:
             raise ValueError(f"dph_eps must be in [0, 0.5], got {self.dph_eps}")
-        self.layer = str(self.layer)
-        if self.layer != "auto":
-            try:
-                int(self.layer)
-            except ValueError:
-                raise ValueError(f"layer must be an integer or 'auto', got {self.layer!r}") from None
-        if self.layer == "auto" and self.mode != "frozen":
-            raise ValueError("--layer auto trains one head per layer on cached features: frozen mode only")
-        if self.pooler == "layermix" and not self.layers:
-            raise ValueError("the layermix pooler needs --layers (e.g. all, or 10:20)")
+        if self.layer == "auto" and mode.trains_backbone:
+            raise ValueError(f"--layer auto trains one head per layer on cached features: "
+                             f"{choices(frozen_modes())} mode only")
+        if is_multi_layer(self.pooler) and not self.layers:
+            raise ValueError(f"the {self.pooler} pooler needs --layers (e.g. all, or 10:20)")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
-        from prefheads.lmscores import LM_SCORES
-
         if self.lm_score not in ("auto", "none", *LM_SCORES.names()):
             raise ValueError(f"lm_score must be auto, none or one of {LM_SCORES.names()}, got {self.lm_score!r}")
-        if self.lm_score not in ("auto", "none") and self.mode != "frozen":
-            raise ValueError("lm_score adds the frozen LM's score: frozen mode only (use --lm-score none)")
+        if self.lm_score not in ("auto", "none") and mode.trains_backbone:
+            raise ValueError(f"lm_score adds the frozen LM's score: {choices(frozen_modes())} mode only "
+                             "(use --lm-score none)")
         if self.truncation not in ("left", "right", "error"):
             raise ValueError(f"truncation must be left, right or error, got {self.truncation!r}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -220,12 +225,12 @@ class FitConfig:
 
     def _resolve_defaults(self) -> None:
         """Fill the options left None with the defaults of this mode and task (recorded resolved)."""
-        frozen = self.mode == "frozen"
+        frozen = not MODES.get(self.mode).trains_backbone  # cached features, only the head trains
         if self.layer is None:
-            self.layer = "auto" if frozen and not self.init_head and self.pooler != "layermix" else "-1"
+            self.layer = "auto" if frozen and not self.init_head and not is_multi_layer(self.pooler) else -1
         if self.lm_score is None:
             self.lm_score = "auto" if frozen and not self.init_head else "none"
-        linear = self.mode == "frozen" and self.pooler == "identity" and not self.init_head and not self.dpo_weight
+        linear = frozen and self.pooler == "identity" and not self.init_head and not self.dpo_weight
         if self.solver is None:
             self.solver = "ridge" if linear and self.objective is None else "adamw"
         if self.solver not in ("ridge", "adamw"):
@@ -242,16 +247,11 @@ class FitConfig:
             raise ValueError(f"cv_folds must be >= 2, got {self.cv_folds}")
 
     @property
-    def layer_index(self) -> int | None:
-        """``layer`` as an int, or None for ``auto``."""
-        return None if str(self.layer) == "auto" else int(self.layer)
-
-    @property
     def head_dropout(self) -> float:
         """Dropout actually used: 0 on a frozen backbone unless set."""
         if self.dropout is not None:
             return self.dropout
-        return 0.0 if self.mode == "frozen" else 0.1
+        return 0.1 if MODES.get(self.mode).trains_backbone else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -284,3 +284,15 @@ def default_template(task: str | None) -> str:
     except KeyError:  # an unknown task name is reported where the data are loaded
         return "paper"
     return LM_EVAL_VARIANT if ok else "paper"
+
+
+def _layer(value: Any) -> int | Literal["auto"]:
+    """``layer`` as given on a command line, in a file or in Python: an int, or ``"auto"``."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return int(str(value))
+    except ValueError:
+        raise ValueError(f"layer must be an integer or 'auto', got {value!r}") from None

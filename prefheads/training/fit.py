@@ -10,15 +10,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from prefheads.layers import auto_layers, parse_layers
+from prefheads.hooks import auto_layers, parse_layers
+from prefheads.poolers import is_multi_layer
 from prefheads.training.config import FitConfig
 from prefheads.training.lmscore import choose_score, settle
 from prefheads.training.loop import choice_accuracy
 from prefheads.training.data import Candidates, from_examples, from_pairs, split
+from prefheads.training.modes import MODES
+
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +82,7 @@ def training_candidates(cfg: FitConfig) -> Candidates:
     return from_examples(tasks.load_examples(names[0], split="train", data_dir=cfg.data_dir, **kw), names[0])
 
 
-def encode_candidates(pm: Any, cands: Candidates, truncation: str) -> tuple[list[Any], int]:
+def encode_candidates(pm: PreferenceModel, cands: Candidates, truncation: str) -> tuple[list[Any], int]:
     """Tokenize every candidate once, before anything is written: ``(items, n_truncated)``.
 
     A candidate that cannot be scored (empty reply, a prompt that does not end with a user turn,
@@ -99,14 +104,14 @@ def encode_candidates(pm: Any, cands: Candidates, truncation: str) -> tuple[list
     return items, sum(it.truncated > 0 for it in items)
 
 
-def _within_budget(cfg: FitConfig, pm: Any, cands: Candidates, items: list[Any]) -> tuple[Candidates, list[Any], dict[str, Any]]:
+def _within_budget(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, items: list[Any]) -> tuple[Candidates, list[Any], dict[str, Any]]:
     """All the training data, or the seeded share of it a frozen backbone pass covers in ``time_budget``."""
     import random
 
     from prefheads.training.budget import affordable, estimate_pass
     from prefheads.training.cache import FeatureCache, feature_key
 
-    if cfg.mode != "frozen" or cfg.max_train is not None or not cfg.time_budget:
+    if MODES.get(cfg.mode).trains_backbone or cfg.max_train is not None or not cfg.time_budget:
         return cands, items, {}
     if cfg.feature_cache and FeatureCache(cfg.cache_dir, cfg.cache_dtype).has(
             feature_key(pm.backbone, items, cfg.cache_dtype)):
@@ -127,7 +132,7 @@ def _within_budget(cfg: FitConfig, pm: Any, cands: Candidates, items: list[Any])
     return cands.subset(pick), [items[r] for r in rows], info
 
 
-def _frozen_features(cfg: FitConfig, pm: Any, cands: Candidates, items: list[Any], layers: Sequence[int],
+def _frozen_features(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, items: list[Any], layers: Sequence[int],
                      logprobs: bool) -> tuple[Any, bool]:
     """The frozen backbone's features of every candidate, through the feature cache."""
     from prefheads.training.cache import FeatureCache, cached_features
@@ -155,21 +160,21 @@ def _values(feats: Any, cands: Candidates, score: str | None) -> torch.Tensor | 
     return None if score is None else lm_score(score, feats.logprob_sum, feats.n_tokens, cands.completions)
 
 
-def _initial_head(pm: Any, spec: str, dropout: float) -> Any:
+def _initial_head(pm: PreferenceModel, spec: str, dropout: float) -> Any:
     """The head ``FOLDER[:NAME]`` (weights and standardiser kept), its dropout set to ``dropout``."""
-    from prefheads.headio import read_config, read_head
+    from prefheads.headio import read_config
 
     folder, name = (spec, None) if Path(spec).is_dir() else spec.rpartition(":")[::2]
     if not folder or not Path(folder).is_dir():
         raise ValueError(f"--init-head {spec}: no such head folder (give FOLDER or FOLDER:NAME)")
-    head = read_head(pm, folder, name or None)
+    head = pm.read_head(folder, name or None)
     name = name or next(iter(read_config(folder)["heads"]))
     head.config = dataclasses.replace(head.config, dropout=dropout, meta={"init_head": f"{folder}:{name}"})
     head.dropout.p = dropout
     return head
 
 
-def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates | None = None) -> FitResult:
+def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True, cands: Candidates | None = None) -> FitResult:
     """Train a head as configured and save it to ``cfg.out``.
 
     Args:
@@ -204,7 +209,7 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
     init = _initial_head(pm, cfg.init_head, cfg.head_dropout) if cfg.init_head else None
     if init is not None:  # the saved head decides what is read and how: record that, not the defaults
         hc = init.config
-        cfg = dataclasses.replace(cfg, pooler=hc.pooler, layer=str(hc.layer),
+        cfg = dataclasses.replace(cfg, pooler=hc.pooler, layer=hc.layer,
                                   layers=",".join(map(str, hc.layers)) if hc.layers else cfg.layers)
     out = Path(cfg.out)
     check_out_dir(out, cfg.to_dict(), cfg.overwrite)  # before anything is written there
@@ -227,9 +232,9 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
         return _fit_auto(cfg, pm, name, cands, tr, va, out, items, data, progress)
     t0 = time.perf_counter()
     feats, hit, score, selection = None, False, None, {}
-    if cfg.mode == "frozen":  # one backbone pass (or the cache) before the head exists
+    if not MODES.get(cfg.mode).trains_backbone:  # one backbone pass (or the cache) before the head exists
         reads = (init.config.reads if init is not None else
-                 parse_layers(cfg.layers, pm.num_layers) if cfg.pooler == "layermix" else [cfg.layer_index])
+                 parse_layers(cfg.layers, pm.num_layers) if is_multi_layer(cfg.pooler) else [cfg.layer])
         wants = cfg.lm_score != "none" if init is None else init.uses_scores
         feats, hit = _backbone_pass(progress, f"{len(items)} candidates",
                                     lambda: _frozen_features(cfg, pm, cands, items, reads, wants))
@@ -241,9 +246,9 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
         score = init.config.score_input
     else:
         head_kw: dict[str, Any] = {}
-        if cfg.pooler == "layermix":
+        if is_multi_layer(cfg.pooler):
             head_kw = {"layers": parse_layers(cfg.layers, pm.num_layers), "pooler_kwargs": {"inner": cfg.layermix_inner}}
-        pm.add_head(name, cfg.pooler, layer=cfg.layer_index, dropout=cfg.head_dropout, score_input=score, **head_kw)
+        pm.add_head(name, cfg.pooler, layer=cfg.layer, dropout=cfg.head_dropout, score_input=score, **head_kw)
     kw = {} if feats is None else {"states": feats.states, "scores": _values(feats, cands, score)}
     trainable = MODES.get(cfg.mode)(pm, name, cands, cfg, **kw)
     if feats is None:  # lora / full: the backbone runs in training; setup may run it for cDPO
@@ -278,13 +283,13 @@ def fit(cfg: FitConfig, pm: Any = None, progress: bool = True, cands: Candidates
                              "val_pair_accuracy": round(history[best_epoch - 1]["val_pair_accuracy"], 4),
                              "data": data})
     if main:
-        _save_backbone_changes(pm, cfg, out)
+        trainable.save(out)
         pm.save_heads(out)
     return FitResult(out, name, history, best_epoch, len(tr), len(va), setup_s, train_s,
                      getattr(trainable, "cache_hit", False), data)
 
 
-def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[int], va: list[int],
+def _fit_auto(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates, tr: list[int], va: list[int],
               out: Path, items: list[Any], data: dict[str, Any], progress: bool = False) -> FitResult:
     """``--layer auto``: one head per candidate layer on ONE backbone pass; keep the best on validation.
 
@@ -366,14 +371,14 @@ def _fit_auto(cfg: FitConfig, pm: Any, name: str, cands: Candidates, tr: list[in
     return FitResult(out, name, history, best_epoch, len(tr), len(va), setup_s, time.perf_counter() - t1, hit, data)
 
 
-def _fit_probe(cfg: FitConfig, pm: Any, name: str, cands: Candidates, out: Path, items: list[Any],
+def _fit_probe(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates, out: Path, items: list[Any],
                data: dict[str, Any], progress: bool = False) -> FitResult:
     """``--solver ridge``: a linear head in closed form; layer (with ``--layer auto``), LM
     score (with ``--lm-score auto``) and L2 strength chosen by K-fold cross-validation on the
     training data (:mod:`prefheads.training.probe`), then refitted on all of it."""
     from prefheads.training import probe
 
-    layers = ([cfg.layer_index] if cfg.layer != "auto" else
+    layers = ([cfg.layer] if cfg.layer != "auto" else
               parse_layers(cfg.layers, pm.num_layers) if cfg.layers else auto_layers(pm.num_layers))
     t0 = time.perf_counter()
     feats, hit = _backbone_pass(progress, f"{len(items)} candidates, {len(layers)} layer(s)",
@@ -428,12 +433,3 @@ def choice_accuracy_of(head: Any, feats: Any, values: torch.Tensor | None, group
     with torch.no_grad():
         r = head(head.select(feats.states), values if head.uses_scores else None)
     return choice_share(r.tolist(), groups)
-
-
-def _save_backbone_changes(pm: Any, cfg: FitConfig, out: Path) -> None:
-    """Full: save the fine-tuned backbone beside the heads (a LoRA head's adapter is written by
-    ``save_heads`` with the head that reads it)."""
-    if cfg.mode == "full":
-        pm.backbone.save_pretrained(out / "backbone")
-        pm.tokenizer.save_pretrained(out / "backbone")
-        pm.fine_tuned = "backbone"

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from prefheads.losses import LISTWISE, cdpo_loss, get_loss, joint_loss
+from prefheads.losses import cdpo_loss, get_loss, is_listwise, joint_loss
 from prefheads.optim import warmup_cosine_schedule
 from prefheads.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from prefheads.training.config import FitConfig
@@ -164,7 +164,7 @@ def train(
     # what validation scores through: under FSDP the root, whose forward gathers the weights
     scorer = model if shard is not None else inner
     state = shard.state if shard is not None else inner.trainable_state
-    listwise = cfg.objective in LISTWISE
+    listwise = is_listwise(cfg.objective)
     val_pairs = sample_pairs(val_groups, torch.Generator().manual_seed(cfg.seed + 1)) if val_groups else None
     history: list[dict[str, float]] = []
     best_score, best_epoch, best_state = -1.0, 0, None

@@ -31,8 +31,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
 
 Groups = Sequence[tuple[int, list[int]]]
 
@@ -233,7 +237,7 @@ def best(candidates: Sequence[Candidate]) -> Candidate:
     return next(c for c in candidates if c.cv_accuracy == top or math.isclose(c.cv_accuracy, top, abs_tol=1e-12))
 
 
-def build_head(pm: object, name: str, states: dict[int, torch.Tensor], s: torch.Tensor | None,
+def build_head(pm: PreferenceModel, name: str, states: dict[int, torch.Tensor], s: torch.Tensor | None,
                score_name: str | None, groups: Groups, choice: Candidate) -> object:
     """Refit ``choice`` on all of ``groups`` and attach it to ``pm`` as head ``name``.
 

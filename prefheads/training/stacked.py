@@ -39,18 +39,21 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
 from prefheads.heads import RewardHead
-from prefheads.losses import LISTWISE
+from prefheads.losses import is_listwise
 from prefheads.optim import warmup_cosine_schedule
 from prefheads.training.config import FitConfig
 from prefheads.training.loop import _epoch_lists, _epoch_pairs, _loss
 from prefheads.training.data import sample_pairs
+
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
 
 log = logging.getLogger(__name__)
 Groups = Sequence[tuple[int, list[int]]]
@@ -259,7 +262,7 @@ def train_stacked(candidates: Sequence[Candidate], train_groups: Groups, val_gro
     batches_per_epoch = math.ceil(len(train_groups) / cfg.batch_size)
     total = max(1, cfg.epochs * batches_per_epoch)
     sched = warmup_cosine_schedule(opt, int(cfg.warmup_ratio * total), total, cfg.final_lr_ratio)
-    listwise = cfg.objective in LISTWISE
+    listwise = is_listwise(cfg.objective)
     val_lists = padded_groups(val_groups) if val_groups else None
     val_pairs = sample_pairs(val_groups, torch.Generator().manual_seed(cfg.seed + 1)) if val_groups else None
     histories: list[list[dict[str, float]]] = [[] for _ in candidates]
@@ -384,7 +387,7 @@ def _validate(stacks: list[HeadStack], feats: list[list[Tensor]], scores: list[T
     return out
 
 
-def train_layer_heads(pm: Any, cfg: FitConfig, runs: Sequence[tuple[str, int, str | None]],
+def train_layer_heads(pm: PreferenceModel, cfg: FitConfig, runs: Sequence[tuple[str, int, str | None]],
                       states: dict[int, Tensor], values: Tensor | None, train_groups: Groups, val_groups: Groups,
                       out: Path) -> dict[str, tuple[list[dict[str, float]], int]]:
     """``--layer auto``: add every candidate head to ``pm`` and train them all at once.

@@ -6,37 +6,47 @@
 
 Each strategy exposes one ``nn.Module`` (:class:`Trainable`) whose ``forward(rows)`` returns the
 rewards (and policy log-probs when cDPO is on) of candidate rows, so accelerate can wrap it for
-distributed data parallelism like any model.
+distributed data parallelism like any model. A new mode is one subclass registered in
+:data:`~prefheads.training.modes.MODES` (``@MODES.register("name")``): ``fit --mode name`` runs it.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from prefheads.registry import Registry
 from prefheads.training.cache import FeatureCache, cached_features
 from prefheads.training.config import FitConfig
 from prefheads.training.data import Candidates
+from prefheads.training.modes import MODES
+
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
 
 log = logging.getLogger(__name__)
-MODES: Registry[type["Trainable"]] = Registry("training mode")
+__all__ = ["MODES", "FrozenTrainable", "FullTrainable", "LoraTrainable", "Trainable"]
 
 
 class Trainable(nn.Module):
     """Base: holds the head (and what else trains) and the training candidates.
+
+    Class attributes say what a mode allows (checked when a :class:`FitConfig` is built):
+    ``trains_backbone`` (the backbone runs in training, so no cached features: ``--layer auto``
+    and ``--lm-score`` need a mode without it) and ``quantized`` (it trains on a 4/8-bit backbone).
 
     Attributes:
         ref_logp: ``[M]`` reference-policy summed log-probs per candidate (cDPO), or None.
         prior: A :class:`~prefheads.optim.PriorRegularizer` applied after each step, or None.
     """
 
-    uses_backbone_grad = True
+    trains_backbone = True
+    quantized = True
 
-    def __init__(self, pm: Any, head_name: str, cands: Candidates, cfg: FitConfig) -> None:
+    def __init__(self, pm: PreferenceModel, head_name: str, cands: Candidates, cfg: FitConfig) -> None:
         super().__init__()
         # not a submodule: only what trains is registered (the head, and the backbone in lora/full)
         object.__setattr__(self, "pm", pm)
@@ -50,6 +60,12 @@ class Trainable(nn.Module):
 
     def setup(self) -> None:
         """Prepare before the optimizer is built (freeze, wrap, cache, reference log-probs)."""
+
+    def save(self, out: Path) -> None:
+        """Write what trained besides the head into the output folder (before its heads are saved).
+
+        A LoRA head's adapter is saved by ``save_heads`` with the head that reads it.
+        """
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Tensors that change during training (checkpointed and kept for the best epoch)."""
@@ -120,7 +136,7 @@ class FrozenTrainable(Trainable):
     of every layer (``--layer auto``); otherwise they come from the feature cache.
     """
 
-    uses_backbone_grad = False
+    trains_backbone = False
 
     def __init__(self, *args: Any, states: dict[int, torch.Tensor] | None = None,
                  scores: torch.Tensor | None = None, **kw: Any) -> None:
@@ -198,6 +214,8 @@ class LoraTrainable(Trainable):
 class FullTrainable(Trainable):
     """Every backbone parameter trains, decayed toward its start (decoupled prior regularization)."""
 
+    quantized = False
+
     def setup(self) -> None:
         from prefheads.optim import PriorRegularizer
 
@@ -211,3 +229,9 @@ class FullTrainable(Trainable):
                  if not any(e in n for e in excl)]
         if self.cfg.prior > 0:
             self.prior = PriorRegularizer(named, coefficient=self.cfg.prior)
+
+    def save(self, out: Path) -> None:
+        """The fine-tuned backbone (and tokenizer) in ``out/backbone``, recorded by the heads saved next."""
+        self.pm.backbone.save_pretrained(out / "backbone")
+        self.pm.tokenizer.save_pretrained(out / "backbone")
+        self.pm.fine_tuned = "backbone"

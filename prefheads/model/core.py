@@ -1,7 +1,10 @@
 """``PreferenceModel``: a causal LM plus named Direct Preference Heads.
 
 The backbone is never modified: hidden states are read through scoped forward hooks, so the
-LM's own logits and generations stay bit-identical with heads attached.
+LM's own logits and generations stay bit-identical with heads attached. The model owns what it
+holds: its heads, the peft adapters loaded into its backbone and which head reads which
+(:mod:`.states`), and what its head folders record (:mod:`.folders`); files are read and written
+by :mod:`prefheads.headio`, which never touches a model.
 """
 
 from __future__ import annotations
@@ -13,30 +16,34 @@ from typing import Any
 import torch
 from torch import nn
 
-from prefheads.binding import active_adapter, head_groups, is_peft, prune, reading
+from prefheads import headio
+from prefheads.binding import active_adapter, is_peft
 from prefheads.chat import ChatFormat, Encoded, detect_format, encode
 from prefheads.engine import Features, extract
 from prefheads.families import FamilyProfile, profile_for, unwrap
 from prefheads.heads import HeadConfig, RewardHead
-from prefheads.hooks import FINAL, hook_module, num_layers
+from prefheads.hooks import check_layer, hook_module, num_layers
+from prefheads.model.folders import HeadFolders
+from prefheads.model.states import BackboneStates
+from prefheads.poolers import pooler_defaults
 from prefheads.types import Prompt
 
 
-def _default_ffn(config: Any, d: int) -> int:
-    return int(getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None)
-               or getattr(config, "n_inner", None) or 4 * d)
-
-
-class PreferenceModel(nn.Module):
+class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
     """A causal LM with named reward heads read from its last-token hidden state.
 
-    Build it with :meth:`from_backbone` (a model you already hold) or :meth:`from_pretrained`
-    (hub id, folder, GGUF file, or the bundled SmolLM2).
+    Build it with :meth:`from_backbone` (a model you already hold), :meth:`from_pretrained`
+    (hub id, folder, GGUF file, or the bundled SmolLM2) or :meth:`from_heads` (a head folder on
+    the backbone it was trained on).
 
     Heads of several folders share one backbone: heads trained on the frozen backbone read the
     base model, each LoRA-trained head reads its own named peft adapter (loaded once per folder),
     and scoring runs one pass per group of heads that read the same state (:meth:`head_groups`,
-    :mod:`prefheads.binding`).
+    :mod:`prefheads.binding`). A head is *bound* to its state when it is loaded from a folder, or
+    attached while the backbone already carries adapters; a head attached to a plain backbone
+    stays unbound and reads the backbone as it stands (so a LoRA run's head follows the adapter
+    the run adds after the head). Before adapters change, unbound heads are bound to what they
+    read at that moment (:meth:`pin`), so nothing already attached changes what it reads.
 
     Attributes:
         backbone: The wrapped causal LM (its weights never modified; a ``peft.PeftModel`` once a
@@ -49,6 +56,10 @@ class PreferenceModel(nn.Module):
         head_adapters: Head -> the adapter it reads (None: the base model); see :meth:`adapter_of`.
         head_folders: Head -> the folder it was loaded from.
         adapter_folders: Adapter -> the folder it was loaded from.
+        adapter_digests: Adapter -> sha256 of its files (an adapter is loaded once).
+        backbone_folder: The head folder of a full fine-tune whose backbone this is, or None.
+        fine_tuned: Where :meth:`save_heads` records this backbone is saved inside the head
+            folder (a full fine-tune saves it there, e.g. ``backbone``), or None for a base model.
     """
 
     def __init__(
@@ -68,7 +79,7 @@ class PreferenceModel(nn.Module):
         self.tokenizer = tokenizer
         self.profile = profile or profile_for(backbone)
         self.num_layers = num_layers(backbone, self.profile)
-        self.layer = self._check_layer(layer)
+        self.layer = check_layer(layer, self.num_layers)
         hook_module(backbone, self.profile, self.layer)  # fail now, not at first score
         self.chat = chat or detect_format(tokenizer, self.profile.end_of_turn)
         cfg = unwrap(backbone).config
@@ -86,6 +97,7 @@ class PreferenceModel(nn.Module):
         self.adapter_folders: dict[str, str] = {}  # adapter -> the folder it was loaded from
         self.adapter_digests: dict[str, str] = {}  # adapter -> sha256 of its files (loaded once)
         self.backbone_folder: str | None = None  # the full fine-tune folder whose backbone this is
+        self.fine_tuned: str | None = None  # where a full fine-tune's backbone is saved beside its heads
         self.shared_prefix = True
         self.max_tokens = 4096
         # what a sequence longer than max_length loses: left | right | error (see chat.encode)
@@ -136,10 +148,34 @@ class PreferenceModel(nn.Module):
             pm.load_heads(heads)
         return pm
 
-    def _check_layer(self, layer: int) -> int:
-        if layer != FINAL and not 0 <= layer < self.num_layers:
-            raise IndexError(f"layer {layer} out of range for {self.num_layers} blocks (-1 = after the final norm)")
-        return layer
+    @classmethod
+    def from_heads(cls, heads: str | os.PathLike | Sequence[str | os.PathLike], base: str | os.PathLike | None = None,
+                   *, names: Sequence[str] | None = None, allow_base_mismatch: bool = False,
+                   load_in_4bit: bool | None = None, load_in_8bit: bool | None = None,
+                   **load_kwargs: Any) -> "PreferenceModel":
+        """Head folders on the backbone the first was trained on, every folder's heads loaded.
+
+        Args:
+            heads: A head folder, or several (their heads share the backbone).
+            base: The backbone instead (hub id, folder, GGUF); default: the first folder's
+                fine-tuned backbone, else its base (see :func:`prefheads.headio.heads_base`).
+            names: Load only these heads (of every folder).
+            allow_base_mismatch: Load heads trained on another base.
+            load_in_4bit, load_in_8bit: Quantize the backbone so (bitsandbytes); with neither
+                given, as the first folder's base was when its heads were trained.
+            **load_kwargs: Passed to :meth:`from_pretrained` (``dtype``, ``device_map``...).
+        """
+        from prefheads.loading import backbone_quantization, quantization_kwargs
+
+        folders = [heads] if isinstance(heads, (str, os.PathLike)) else list(heads)
+        quant = backbone_quantization(load_in_4bit, load_in_8bit, headio.heads_quantization(folders[0]))
+        pm = cls.from_pretrained(base if base is not None else headio.heads_base(folders[0]),
+                                 **{**quantization_kwargs(*quant), **load_kwargs})
+        for folder in folders:
+            pm.load_heads(folder, names=names, allow_base_mismatch=allow_base_mismatch)
+        active = headio.read_config(folders[0]).get("active")
+        pm.active = active if active in pm.heads else pm.head_names[0]  # the first folder's default
+        return pm
 
     # ----------------------------------------------------------------- heads
     def add_head(self, name: str, pooler: str = "swiglu", *, activate: bool = True,
@@ -156,24 +192,28 @@ class PreferenceModel(nn.Module):
         if name in self.heads:
             raise ValueError(f"a head named {name!r} exists already; remove_head it first")
         kw = dict(cfg.pop("pooler_kwargs", {}) or {})
-        if pooler == "swiglu" or (pooler == "layermix" and kw.get("inner") == "swiglu"):
-            kw.setdefault("ffn_dim", _default_ffn(unwrap(self.backbone).config, self.hidden_size))
-        for l in cfg.get("layers") or []:
-            self._check_layer(l)
-        config = HeadConfig(pooler=pooler, hidden_size=self.hidden_size,
-                            layer=self._check_layer(self.layer if layer is None else layer),
+        for k, v in pooler_defaults(pooler, self.hidden_size, unwrap(self.backbone).config, **kw).items():
+            kw.setdefault(k, v)
+        config = HeadConfig(pooler=pooler, hidden_size=self.hidden_size, layer=self.layer if layer is None else layer,
                             pooler_kwargs=kw, num_base_layers=self.num_layers, **cfg)
         return self.attach_head(name, RewardHead(config), activate=activate)
 
-    def attach_head(self, name: str, head: RewardHead, *, activate: bool = True) -> RewardHead:
-        """Attach an existing :class:`RewardHead` (checks its width and layer)."""
-        if head.config.hidden_size != self.hidden_size:
-            raise ValueError(f"head {name!r} reads width {head.config.hidden_size}, the backbone has {self.hidden_size}")
-        for l in head.config.reads:
-            self._check_layer(l)
-        if head.config.layers and head.config.num_base_layers not in (None, self.num_layers):
-            raise ValueError(f"head {name!r} mixes layers of a {head.config.num_base_layers}-block backbone; "
+    def check_head(self, name: str, head: RewardHead) -> None:
+        """Refuse a head this backbone cannot feed: another width, a layer it lacks (LayerError),
+        or a layer mix built for a backbone of another depth."""
+        c = head.config
+        if c.hidden_size != self.hidden_size:
+            raise ValueError(f"head {name!r} reads width {c.hidden_size}, the backbone has {self.hidden_size}")
+        # a layer mix is tied to its backbone's depth: never loadable elsewhere, override or not
+        if c.layers and c.num_base_layers not in (None, self.num_layers):
+            raise ValueError(f"head {name!r} mixes layers of a {c.num_base_layers}-block backbone; "
                              f"this one has {self.num_layers} blocks")
+        for l in c.reads:
+            check_layer(l, self.num_layers)
+
+    def attach_head(self, name: str, head: RewardHead, *, activate: bool = True) -> RewardHead:
+        """Attach an existing :class:`RewardHead` (:meth:`check_head` first)."""
+        self.check_head(name, head)
         dev = next(unwrap(self.backbone).parameters()).device
         self.heads[name] = head.to(dev)
         self.head_adapters.pop(name, None)
@@ -197,7 +237,7 @@ class PreferenceModel(nn.Module):
         self.head_folders.pop(name, None)
         if self.active == name:
             self.active = next(iter(self.heads), None)
-        prune(self)
+        self.prune_adapters()
         return head
 
     @property
@@ -212,32 +252,6 @@ class PreferenceModel(nn.Module):
         if name not in self.heads:
             raise KeyError(f"no head named {name!r}; heads: {self.head_names}")
         return self.heads[name]
-
-    # ----------------------------------------------------------------- backbone states
-    def adapter_of(self, name: str) -> str | None:
-        """The peft adapter head ``name`` reads (None: the base model, adapters off)."""
-        self._get(name)
-        if name in self.head_adapters:
-            return self.head_adapters[name]
-        return active_adapter(self.backbone)
-
-    def head_groups(self, heads: Sequence[str] | None = None) -> list[tuple[str | None, list[str]]]:
-        """Heads (default: all) grouped by the adapter they read: one backbone pass per group."""
-        return head_groups(self, self.head_names if heads is None else list(heads))
-
-    def reading(self, adapter: str | None) -> Any:
-        """Context manager: the backbone runs with ``adapter`` active (None: the base model)."""
-        return reading(self.backbone, adapter)
-
-    def new_adapter(self, name: str, config: Any, heads: Sequence[str]) -> nn.Module:
-        """Add a fresh trainable peft adapter (``config``, e.g. ``peft.LoraConfig``) read by ``heads``.
-
-        The adapter becomes the active and only trainable one; adapters already loaded, and the
-        heads reading them, are left as they are. Returns the ``peft.PeftModel`` backbone.
-        """
-        from prefheads.binding import new_adapter
-
-        return new_adapter(self, name, config, heads)
 
     # ----------------------------------------------------------------- encoding & features
     def encode(self, prompts: Sequence[str | Prompt], completions: Sequence[str]) -> list[Encoded]:
@@ -355,33 +369,6 @@ class PreferenceModel(nn.Module):
                 out[name] = self(feats.states, name, self.lm_scores(feats, completions, name))
                 h.train(was)
         return {name: out[name] for name in self.heads}
-
-    # ----------------------------------------------------------------- files
-    def base_fingerprint(self) -> str | None:
-        """Digest of the backbone's base weights (adapters left out), recorded in head folders.
-
-        Computed once and reused until a weight changes (see
-        :func:`prefheads.fingerprint.base_weights_digest`); None for quantized backbones.
-        """
-        from prefheads.fingerprint import base_weights_digest, weights_version
-
-        key = weights_version(self.backbone)
-        if self._base_digest is None or self._base_digest[0] != key:
-            self._base_digest = (key, base_weights_digest(self.backbone))
-        return self._base_digest[1]
-
-    def save_heads(self, directory: str | os.PathLike, names: Sequence[str] | None = None) -> None:
-        """Write heads (all by default) to ``directory`` atomically (see :mod:`prefheads.headio`)."""
-        from prefheads.headio import save_heads
-
-        save_heads(self, directory, names)
-
-    def load_heads(self, directory: str | os.PathLike, *, names: Sequence[str] | None = None,
-                   allow_base_mismatch: bool = False) -> list[str]:
-        """Load heads from ``directory``; refuses a different base unless overridden."""
-        from prefheads.headio import load_heads
-
-        return load_heads(self, directory, names=names, allow_base_mismatch=allow_base_mismatch)
 
     def detach(self) -> nn.Module:
         """Drop every head and return the backbone, untouched and hook-free (adapters stay loaded)."""
