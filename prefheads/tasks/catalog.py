@@ -1,7 +1,8 @@
 """Read the task catalogue: every ``defs/*.yaml`` task file and ``defs/_groups.yaml``.
 
 Each file is parsed with ``yaml.safe_load`` and turned into a validated :class:`TaskSpec`; unknown
-keys are errors (a typo in a shipped task must not pass silently).
+keys are errors (a typo in a shipped task must not pass silently). A spec is also checked against
+its row adapter here (:func:`check_adapter`): the spec knows adapters by name only.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .adapters import ADAPTERS, Adapter
 from .harness import LM_EVAL_VARIANT, LmEvalSpec
 from .spec import (DEFS_DIR, GroupSpec, HubSource, LocalSource, SpecError, TaskSpec, check_keys, fail,
                    label_key, resolve_system)
@@ -98,6 +100,39 @@ def task_from_dict(data: dict[str, Any], source_file: str = "") -> TaskSpec:
                         system=system, lm_eval=lm_eval, source_file=source_file)
     except TypeError as e:  # wrong value types reach the dataclass constructor
         raise SpecError(f"{where}: {e}") from None
+    return check_adapter(spec)
+
+
+def _provided(spec: TaskSpec, ad: Adapter) -> list[tuple[str, set[str]]]:
+    # The generic "fields" adapter provides whatever each source maps; check every source.
+    if ad.provides is not None:
+        return [(f"adapter {spec.adapter!r}", set(ad.provides))]
+    return [(f"{n}.fields", set(s.fields)) for n, s in (("local", spec.local), ("hub", spec.hub)) if s]
+
+
+def check_adapter(spec: TaskSpec) -> TaskSpec:
+    """``spec``, checked against its row adapter: known, of the task's kind, filling its template.
+
+    Raises:
+        SpecError: Naming the YAML file and what the adapter lacks.
+    """
+    where = spec.source_file or spec.name
+    if spec.adapter not in ADAPTERS:
+        fail(where, f"unknown adapter {spec.adapter!r}; known: {ADAPTERS.names()}")
+    ad = ADAPTERS.get(spec.adapter)
+    if spec.kind != ad.kind:
+        fail(where, f"kind {spec.kind!r} does not match adapter {spec.adapter!r} (a {ad.kind} adapter)")
+    if spec.kind == "choice":
+        if spec.choice_template and not ad.has_options:
+            fail(where, f"adapter {spec.adapter!r} gives no per-row options for 'choice_template'")
+        for what, provided in _provided(spec, ad):
+            unknown = sorted(spec.template_fields() - provided - {"choices"})
+            if unknown:
+                fail(where, f"template field(s) {unknown} not provided by {what} (provides {sorted(provided)})")
+    if spec.lm_eval is not None:
+        for _, provided in _provided(spec, ad):
+            for problem in spec.lm_eval.problems(provided, ad.has_options):
+                fail(f"{where}: lm_eval", problem)
     return spec
 
 
@@ -143,5 +178,5 @@ def load_defs(defs_dir: Path = DEFS_DIR) -> tuple[dict[str, TaskSpec], dict[str,
         if t.group and t.name not in groups[t.group].members:
             fail("_groups.yaml", f"group {t.group!r} does not list its member {t.name!r}")
         for v in [*t.variants, *([LM_EVAL_VARIANT] if t.lm_eval else [])]:  # every variant must build and validate
-            t.with_variant(v)
+            check_adapter(t.with_variant(v))
     return tasks, groups

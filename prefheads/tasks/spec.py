@@ -27,7 +27,6 @@ from typing import Any
 
 import yaml
 
-from .adapters import ADAPTERS
 from .harness import HARNESS_VERSION, LM_EVAL_VARIANT, PREPS, LmEvalSpec
 from .readers import READERS
 
@@ -173,11 +172,8 @@ class TaskSpec:
         where = self.source_file or self.name or "<task>"
         if not self.name or self.name != self.name.strip().lower():
             fail(where, f"name must be a non-empty lower-case string, got {self.name!r}")
-        if self.adapter not in ADAPTERS:
-            fail(where, f"unknown adapter {self.adapter!r}; known: {ADAPTERS.names()}")
-        ad = ADAPTERS.get(self.adapter)
-        if self.kind not in ("choice", "pairs") or self.kind != ad.kind:
-            fail(where, f"kind {self.kind!r} does not match adapter {self.adapter!r} (a {ad.kind} adapter)")
+        if self.kind not in ("choice", "pairs"):
+            fail(where, f"kind must be 'choice' or 'pairs', got {self.kind!r}")
         if not (self.hub or self.local):
             fail(where, "needs a 'hub' or a 'local' source")
         bad = sorted(set(self.metrics) - KNOWN_METRICS)
@@ -194,34 +190,23 @@ class TaskSpec:
             if missing:
                 fail(where, f"local.files has no entry for split(s) {missing}")
         if self.kind == "choice":
-            self._check_template(where, ad)
-        if self.lm_eval is not None:
-            if self.kind != "choice":
-                fail(where, "an 'lm_eval' block needs a choice task")
-            for provided in self._provided(ad):
-                for problem in self.lm_eval.problems(provided[1], ad.has_options):
-                    fail(f"{where}: lm_eval", problem)
+            self._check_template(where)
+        if self.lm_eval is not None and self.kind != "choice":
+            fail(where, "an 'lm_eval' block needs a choice task")
         if self.variant not in self._variant_names():
             fail(where, f"unknown variant {self.variant!r}")
         for vname, over in self.variants.items():
             check_keys(f"{where}: variants.{vname}", over, _VARIANT_KEYS)
 
-    def _check_template(self, where: str, ad: Any) -> None:
+    def _check_template(self, where: str) -> None:
+        # what the row adapter must fill is checked against it by catalog.check_adapter
         if not self.user:
             fail(where, "a choice task needs a 'user' template")
         if bool(self.choices) == bool(self.choice_template):
             fail(where, "give exactly one of 'choices' (fixed) or 'choice_template' (per row)")
-        if self.choice_template and not ad.has_options:
-            fail(where, f"adapter {self.adapter!r} gives no per-row options for 'choice_template'")
         if self.choices is not None and any(not isinstance(c, str) or not c for c in self.choices):
             fail(where, f"choices must be non-empty strings, got {list(self.choices)}")
-        placeholders = {f for seg in self.user for _, f, _, _ in string.Formatter().parse(seg) if f}
-        if self.variant == LM_EVAL_VARIANT and self.lm_eval is not None and self.lm_eval.prep:
-            placeholders -= PREPS.get(self.lm_eval.prep).adds  # fields its preprocessor adds
-        for what, provided in self._provided(ad):
-            unknown = sorted(placeholders - provided - {"choices"})
-            if unknown:
-                fail(where, f"template field(s) {unknown} not provided by {what} (provides {sorted(provided)})")
+        placeholders = self.template_fields()
         if "choices" in placeholders and not self.choice_template:
             fail(where, "'{choices}' in the template needs a 'choice_template'")
         if self.label_kind == "score" and not (self.choices and all(c.isdigit() for c in self.choices)):
@@ -229,11 +214,12 @@ class TaskSpec:
         if self.positive_label is not None and not (self.choices and 0 <= self.positive_label < len(self.choices)):
             fail(where, f"positive_label {self.positive_label} is not a choice index")
 
-    def _provided(self, ad: Any) -> list[tuple[str, set[str]]]:
-        # The generic "fields" adapter provides whatever each source maps; check every source.
-        if ad.provides is not None:
-            return [(f"adapter {self.adapter!r}", set(ad.provides))]
-        return [(f"{n}.fields", set(s.fields)) for n, s in (("local", self.local), ("hub", self.hub)) if s]
+    def template_fields(self) -> set[str]:
+        """Fields the user template names (less those the lm-eval preprocessor adds itself)."""
+        fields = {f for seg in self.user for _, f, _, _ in string.Formatter().parse(seg) if f}
+        if self.variant == LM_EVAL_VARIANT and self.lm_eval is not None and self.lm_eval.prep:
+            fields -= PREPS.get(self.lm_eval.prep).adds  # fields its preprocessor adds
+        return fields
 
     def _variant_names(self) -> set[str]:
         return set(UNIVERSAL_VARIANTS) | set(self.variants) | ({LM_EVAL_VARIANT} if self.lm_eval else set())

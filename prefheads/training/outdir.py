@@ -44,7 +44,10 @@ def foreign_entries(folder: Path) -> list[str]:
 
 
 def _run_options(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k not in EXECUTION_ONLY}
+    out = {k: v for k, v in d.items() if k not in EXECUTION_ONLY}
+    if isinstance(out.get("layer"), str) and out["layer"].lstrip("-").isdigit():
+        out["layer"] = int(out["layer"])  # recorded as a string ("-1") by earlier versions
+    return out
 
 
 def check_out_dir(out: Path, options: dict[str, Any], overwrite: bool) -> None:
