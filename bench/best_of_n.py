@@ -24,7 +24,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from prefheads import PreferenceModel, tasks
-    from prefheads.rerank import GenerationSettings, generate_candidates, rerank_candidates
+    from prefheads.infer.rerank import GenerationSettings, generate_candidates, rerank_candidates
 
     pm = PreferenceModel.from_pretrained()
     pm.add_head("h", "swiglu")

@@ -58,7 +58,7 @@ def main() -> None:
     from prefheads import PreferenceModel
     from prefheads.hooks import parse_layers
     from prefheads.lmscores import all_lm_scores, lm_score
-    from prefheads.metrics import accuracy, choose
+    from prefheads.eval.metrics import accuracy, choose
     from prefheads.training import FitConfig, fit
     from prefheads.training.cache import FeatureCache, cached_features
     from prefheads.training.data import from_examples
@@ -81,7 +81,7 @@ def main() -> None:
 
     rules = {f"logprob:{n}": acc(v.tolist()) for n, v in all_lm_scores(fev.logprob_sum, fev.n_tokens, ecands.completions).items()}
     if not args.no_harness:  # the same rows scored exactly as lm-evaluation-harness scores them
-        from prefheads.evaluation import lmeval_tables
+        from prefheads.eval import lmeval_tables
 
         tables, info = lmeval_tables(pm, args.task, ev, variant=args.template, data_dir=DATA)
         if info["available"]:

@@ -8,7 +8,7 @@ Instruct, converted once into $PREFHEADS_CACHE/models) on CPU, fp32, zero-shot, 
   environment ``bench/.venv-lmeval`` (``--setup`` creates it; it never touches ``.venv``), running
   the harness's own task files (``bench/lmeval_tasks/*.yaml`` *include* them) on the first
   ``--limit`` rows of each ``shared/data`` file, reshaped into the hub's row layout;
-* **prefheads**: ``load_examples(..., variant="lm-eval", limit=N)`` + :func:`prefheads.lmeval.score_lmeval`
+* **prefheads**: ``load_examples(..., variant="lm-eval", limit=N)`` + :func:`prefheads.eval.lmeval.score_lmeval`
   (timed), and the same rows through ``prefheads eval --template lm-eval --max-eval N --subset first``
   (the user's command; its accuracies are printed beside).
 
@@ -168,7 +168,7 @@ def side_harness(args: argparse.Namespace) -> dict[str, Any]:
 def side_prefheads(args: argparse.Namespace) -> dict[str, Any]:
     """Score the same rows with prefheads (inside .venv)."""
     from prefheads import tasks as T
-    from prefheads.lmeval import score_lmeval
+    from prefheads.eval.lmeval import score_lmeval
     from prefheads.model import PreferenceModel
 
     t0 = time.perf_counter()
@@ -233,8 +233,8 @@ def compare(h: dict[str, Any], p: dict[str, Any], tasks: list[str],
 def _templates(args: argparse.Namespace) -> None:
     """ARC-Easy: paper chat template vs lm-eval template (chat path and raw harness scoring)."""
     from prefheads import tasks as T
-    from prefheads.lmeval import score_lmeval
-    from prefheads.metrics import accuracy, choose
+    from prefheads.eval.lmeval import score_lmeval
+    from prefheads.eval.metrics import accuracy, choose
     from prefheads.model import PreferenceModel
 
     pm = PreferenceModel.from_pretrained(args.model)

@@ -36,7 +36,7 @@ def one(mode: str, n_train: int, n_eval: int) -> dict:
     import torch
 
     from prefheads import PreferenceModel, tasks
-    from prefheads.evaluation import score_examples, summarize
+    from prefheads.eval import score_examples, summarize
     from prefheads.training import FitConfig, fit
 
     torch.manual_seed(0)

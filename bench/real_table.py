@@ -51,7 +51,7 @@ def splits(task: str, n_train: int, n_eval: int, seed: int, variant: str = "pape
 
 
 def predict(table_scores: list[list[float]]) -> list[int]:
-    from prefheads.metrics import choose
+    from prefheads.eval.metrics import choose
 
     return choose(table_scores)[0]
 
@@ -68,8 +68,8 @@ HEADS = ["default", "dph_last", "dph_auto", "dph_mix", "logreg"]
 
 def lmeval_columns(pm, task: str, ev: list, labels: list[int], k: int) -> dict:
     """The harness-exact log-prob accuracies on the rows ``ev`` (empty if the harness lacks the task)."""
-    from prefheads.evaluation import LMEVAL_PREFIX, lmeval_tables
-    from prefheads.metrics import accuracy
+    from prefheads.eval import LMEVAL_PREFIX, lmeval_tables
+    from prefheads.eval.metrics import accuracy
 
     # ev are eval-split rows (a seeded subset, or BoolQ's carved share): matched in the whole split by id
     tables, info = lmeval_tables(pm, task, ev, data_dir=DATA)
@@ -89,8 +89,8 @@ def run_task(pm, task: str, args) -> dict:
 
     from prefheads.hooks import parse_layers
     from prefheads.lmscores import lm_score
-    from prefheads.margins import accuracy_margin
-    from prefheads.metrics import accuracy
+    from prefheads.eval.margins import accuracy_margin
+    from prefheads.eval.metrics import accuracy
     from prefheads.training import FitConfig, fit
     from prefheads.training.cache import FeatureCache, cached_features
     from prefheads.training.config import default_template
@@ -138,7 +138,7 @@ def run_task(pm, task: str, args) -> dict:
         pf = pm.features(pc.prompts, pc.completions, layers=[-1], logprobs=True)
         column("paper:logprob", per_example((pf.logprob_sum / pf.n_tokens.clamp_min(1)).tolist()))
         column("paper:logprob_sum", per_example(pf.logprob_sum.tolist()))
-    from prefheads.evaluation import LMEVAL_PREFIX, lmeval_tables
+    from prefheads.eval import LMEVAL_PREFIX, lmeval_tables
 
     lm_tables, info = lmeval_tables(pm, task, ev, variant=template, data_dir=DATA)
     if info["available"]:

@@ -52,7 +52,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from prefheads import PreferenceModel, tasks
-    from prefheads.evaluation import score_examples
+    from prefheads.eval import score_examples
 
     t0 = time.perf_counter()
     pm = PreferenceModel.from_pretrained()

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefheads.evaluation import LMEVAL_PREFIX, baseline_of, score_examples, summarize
-from prefheads.lmeval import score_lmeval
-from prefheads.margins import N_RESAMPLES, accuracy_margin
+from prefheads.eval import LMEVAL_PREFIX, baseline_of, score_examples, summarize
+from prefheads.eval.lmeval import score_lmeval
+from prefheads.eval.margins import N_RESAMPLES, accuracy_margin
 
 
 def print_summary(summary: dict[str, Any], title: str, choice_names: list[str] | None = None) -> None:
@@ -38,7 +38,7 @@ def run_demo(out: Path = Path("runs/demo"), max_train: int | None = None, max_ev
     template families (mean and summed over the answer's tokens) and as lm-evaluation-harness
     scores the same questions; the strongest of them on these test questions is the baseline the
     head is compared with, with a paired bootstrap interval of the margin and McNemar's p
-    (:func:`prefheads.margins.accuracy_margin`, seeded by ``seed``). Returns the evaluation
+    (:func:`prefheads.eval.margins.accuracy_margin`, seeded by ``seed``). Returns the evaluation
     summary and writes it to ``out/results.json``.
     """
     from prefheads import tasks

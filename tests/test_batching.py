@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from prefheads import batching
-from prefheads.batching import BatchSettings, Batcher, Closed, QueueFull, Serial
+from prefheads.infer import batching
+from prefheads.infer.batching import BatchSettings, Batcher, Closed, QueueFull, Serial
 
 REQUESTS = [
     ("Question: what is the capital of France?", ["Paris", "London", "Rome"]),

@@ -82,8 +82,8 @@ def _close(a, b):
 
 @pytest.mark.parametrize("order", list(itertools.permutations(["l1", "l2", "fz"])), ids="-".join)
 def test_every_head_scores_as_its_folder_alone_in_every_loading_order(folders, alone, order):
-    from prefheads.evaluation import score_examples
-    from prefheads.scoring import encode_all, score_items
+    from prefheads.eval import score_examples
+    from prefheads.infer.scoring import encode_all, score_items
     from prefheads.types import Example
 
     pm = _pm()
@@ -341,8 +341,8 @@ def test_a_lora_run_beside_a_loaded_lora_folder(folders, alone, tmp_path):
 
 
 def test_log_prob_and_sampling_are_the_base_models(folders):
-    from prefheads.evaluation import score_examples
-    from prefheads.rerank import generate_candidates
+    from prefheads.eval import score_examples
+    from prefheads.infer.rerank import generate_candidates
     from prefheads.types import Example
 
     ex = [Example(id="q", prompt=[{"role": "user", "content": PROMPT}], choices=CANDS, label=0)]
@@ -412,8 +412,8 @@ def test_serving_two_folders_with_the_same_head_name_is_refused(folders, tmp_pat
 def test_pooled_requests_of_different_heads_each_get_their_own_state(folders, alone, monkeypatch):
     import threading
 
-    import prefheads.batching as batching
-    from prefheads.batching import BatchSettings, Batcher
+    import prefheads.infer.batching as batching
+    from prefheads.infer.batching import BatchSettings, Batcher
 
     pm = _pm()
     for f in ("l1", "fz", "l2"):

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from conftest import make_backbone, save_to_hub_cache
-from prefheads import PreferenceModel, bulk
-from prefheads.bulk import BulkOutputError, read_rows, score_file, score_records
+from prefheads import PreferenceModel
+from prefheads.infer import bulk
+from prefheads.infer.bulk import BulkOutputError, read_rows, score_file, score_records
 from prefheads.tasks.errors import DataError
 
 WORDS = "the quick brown fox jumps over lazy dog hello world yes no".split()

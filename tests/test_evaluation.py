@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from conftest import _cfg, make_tokenizer
 from prefheads import PreferenceModel, tasks
-from prefheads.evaluation import LOGPROB, ChoiceScores, aggregates, evaluate, score_examples, summarize, task_metrics
-from prefheads.report import comparison_rows, load_records, load_results, save_run
-from prefheads.metrics import glue_score, mcc, race_score
+from prefheads.eval import LOGPROB, ChoiceScores, aggregates, evaluate, score_examples, summarize, task_metrics
+from prefheads.eval.report import comparison_rows, load_records, load_results, save_run
+from prefheads.eval.metrics import glue_score, mcc, race_score
 from prefheads.types import Example
 
 
@@ -263,7 +263,7 @@ def test_max_eval_is_a_seeded_subset(run):
 
 
 def test_lmeval_baseline_scores_the_same_rows_as_the_harness(run, pairs_file):
-    from prefheads.lmeval import score_lmeval
+    from prefheads.eval.lmeval import score_lmeval
 
     pm, r = run
     obqa = r.results["tasks"]["openbookqa"]
@@ -298,7 +298,7 @@ def _correct(rec, method, kind):
 
 
 def test_margins_with_interval_and_mcnemar_match_the_records(run, pairs_file):
-    from prefheads.margins import SIMILAR_KEY, mcnemar_p, paired_interval
+    from prefheads.eval.margins import SIMILAR_KEY, mcnemar_p, paired_interval
 
     _, r = run
     start, by_task = 0, {}
@@ -487,8 +487,8 @@ def test_cli_bootstrap_default_is_the_library_default():
     import inspect
 
     from prefheads.commands.evaluate import eval_command
-    from prefheads.evaluation import evaluate_task
-    from prefheads.margins import N_RESAMPLES
+    from prefheads.eval import evaluate_task
+    from prefheads.eval.margins import N_RESAMPLES
 
     assert inspect.signature(eval_command).parameters["bootstrap"].default == N_RESAMPLES
     assert inspect.signature(evaluate).parameters["bootstrap"].default == N_RESAMPLES

@@ -1,4 +1,4 @@
-"""The ``lm-eval`` template family and harness-style scoring (prefheads.lmeval).
+"""The ``lm-eval`` template family and harness-style scoring (prefheads.eval.lmeval).
 
 Expected strings are written out by hand from lm-evaluation-harness v0.4.13's task files
 (``lm_eval/tasks/<task>/...yaml``): zero-shot context = ``doc_to_text``, continuation =
@@ -16,7 +16,7 @@ import torch
 from conftest import make_backbone, make_tokenizer
 from prefheads import tasks as T
 from prefheads.chat import detect_format, encode
-from prefheads.lmeval import encode_examples, encode_pair, score_lmeval, tok_encode
+from prefheads.eval.lmeval import encode_examples, encode_pair, score_lmeval, tok_encode
 from prefheads.model import PreferenceModel
 from prefheads.tasks.spec import SpecError
 

@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_backbone
 from prefheads import PreferenceModel
-from prefheads.evaluation import score_examples
+from prefheads.eval import score_examples
 from prefheads.training import FitConfig, fit
 from prefheads.types import Example
 from test_fit_cli import _pairs_file
@@ -116,7 +116,7 @@ def test_lm_score_option_is_checked():
 
 def test_pooled_scoring_of_encoded_items_gives_a_log_prob_aware_head_its_scores(tmp_path):
     """The batching server and bulk scoring score encoded items: the LM score comes with them."""
-    from prefheads.scoring import encode_all, score_items
+    from prefheads.infer.scoring import encode_all, score_items
 
     bb, tok = make_backbone("llama")
     pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prefheads import margins, tasks
-from prefheads.evaluation import LOGPROB, ChoiceScores, baseline_of, task_metrics
-from prefheads.margins import (LENGTH, SIMILAR_KEY, accuracy_margin, add_margins, add_similar_length,
+from prefheads import tasks
+from prefheads.eval import margins
+from prefheads.eval import LOGPROB, ChoiceScores, baseline_of, task_metrics
+from prefheads.eval.margins import (LENGTH, SIMILAR_KEY, accuracy_margin, add_margins, add_similar_length,
                                bootstrap_scores, length_table, mcnemar_p, paired_interval, similar_length)
-from prefheads.metrics import mcc
+from prefheads.eval.metrics import mcc
 from prefheads.types import Example
 
 

@@ -1,4 +1,4 @@
-"""Tests for prefheads.metrics against values computed by hand."""
+"""Tests for prefheads.eval.metrics against values computed by hand."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from prefheads.metrics import (
+from prefheads.eval.metrics import (
     METRICS,
     RACE_N_HIGH,
     RACE_N_MIDDLE,

@@ -92,7 +92,7 @@ def test_fit_defaults_solve_a_linear_head_and_record_every_candidate(tmp_path):
     # the saved head scores as the fitted one
     again = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
     again.load_heads(tmp_path / "h")
-    from prefheads.evaluation import score_examples
+    from prefheads.eval import score_examples
 
     evals = _examples(12, offset=500)
     got, want = (torch.tensor(score_examples(m, evals).rewards["h"]) for m in (again, pm))
@@ -120,7 +120,7 @@ def test_ridge_refuses_what_it_cannot_fit(option, value):
 
 
 def test_with_zero_states_the_solved_head_chooses_as_the_score(tmp_path, zero_states):
-    from prefheads.evaluation import score_examples
+    from prefheads.eval import score_examples
     from prefheads.training.data import from_examples
 
     bb, tok = make_backbone("llama")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prefheads.promtext import Counter, Gauge, Histogram, Registry
+from prefheads.infer.promtext import Counter, Gauge, Histogram, Registry
 
 
 def test_text_format_of_each_kind():

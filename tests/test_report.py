@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefheads.evaluation import evaluate
-from prefheads.report import (comparison_rows, make_plots, margin_note, plot_reliability, pooled_bins, render_html,
+from prefheads.eval import evaluate
+from prefheads.eval.report import (comparison_rows, make_plots, margin_note, plot_reliability, pooled_bins, render_html,
                               run_labels, write_report)
 from test_evaluation import tiny_pm, with_heads
 

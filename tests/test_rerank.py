@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from conftest import make_backbone, make_tokenizer
 from prefheads import PreferenceModel
-from prefheads.rerank import (GenerationSettings, generate_candidates, prompt_ids, rank, rerank, rerank_candidates,
+from prefheads.infer.rerank import (GenerationSettings, generate_candidates, prompt_ids, rank, rerank, rerank_candidates,
                               rerank_file)
 from test_evaluation import tiny_pm
 

@@ -15,7 +15,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from prefheads import PreferenceModel  # noqa: E402
-from prefheads.serve import create_app  # noqa: E402
+from prefheads.infer.serve import create_app  # noqa: E402
 from test_evaluation import tiny_pm  # noqa: E402
 
 PROMPT = "Question: what is the capital of France?"
@@ -162,7 +162,7 @@ def gate_worker(app):
 
 
 def test_a_full_queue_is_503_with_retry_after_and_the_server_stays_healthy(pm):
-    from prefheads.batching import BatchSettings
+    from prefheads.infer.batching import BatchSettings
 
     app = create_app(pm, batch=BatchSettings(max_queue=2, max_wait_ms=0))
     c = TestClient(app)

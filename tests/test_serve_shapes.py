@@ -14,7 +14,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from prefheads.serve import create_app  # noqa: E402
+from prefheads.infer.serve import create_app  # noqa: E402
 from test_evaluation import tiny_pm  # noqa: E402
 
 # Cohere API reference, "Rerank V2" (POST https://api.cohere.com/v2/rerank), request example

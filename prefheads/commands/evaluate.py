@@ -34,8 +34,8 @@ def eval_command(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Evaluate log-prob scoring and DPH heads on tasks (one backbone pass per task), or --compare results."""
-    from prefheads.evaluation import evaluate
-    from prefheads.report import comparison_table, load_results, margin_note, run_labels, save_run, write_report
+    from prefheads.eval import evaluate
+    from prefheads.eval.report import comparison_table, load_results, margin_note, run_labels, save_run, write_report
 
     if compare:
         if not files:

@@ -33,7 +33,7 @@ def rerank_command(
     """Best-of-N: sample N completions, score them with a head and print them ranked (or rerank --candidates)."""
     if (prompt is None) == (candidates is None):
         raise typer.BadParameter("give exactly one of --prompt (sample and rerank) or --candidates FILE")
-    from prefheads.rerank import GenerationSettings, generate_candidates, rank
+    from prefheads.infer.rerank import GenerationSettings, generate_candidates, rank
 
     try:
         settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
@@ -45,7 +45,7 @@ def rerank_command(
     if head not in pm.heads:
         raise typer.BadParameter(f"no head named {head!r}; heads: {pm.head_names}")
     if candidates is not None:
-        from prefheads.rerank import rerank_file
+        from prefheads.infer.rerank import rerank_file
 
         f = open(out, "w", encoding="utf-8") if out is not None else sys.stdout
         try:
@@ -102,8 +102,8 @@ def serve_command(
     load_in_8bit: Load8 = None,
 ) -> None:
     """Serve the heads over HTTP: /score, /rerank (ours, Cohere/Jina/vLLM shapes), /heads, /health, /metrics."""
-    from prefheads.batching import BatchSettings
-    from prefheads.serve import SERVE_HINT, create_app
+    from prefheads.infer.batching import BatchSettings
+    from prefheads.infer.serve import SERVE_HINT, create_app
 
     try:
         import uvicorn

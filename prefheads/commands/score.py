@@ -33,7 +33,7 @@ def _bulk(pm, input: Path, out: Path, resume: bool, overwrite: bool, batch_rows:
     import torch
     from accelerate import PartialState
 
-    from prefheads.bulk import score_file
+    from prefheads.infer.bulk import score_file
     from prefheads.training.loop import check_launch
 
     # without an accelerator, several processes are CPU data parallel (gloo); accelerate only

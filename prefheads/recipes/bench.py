@@ -1,33 +1,36 @@
 """Benchmark scoring for the recipes: per-task paper metrics, GLUE / GPT4All / RACE scores, tables.
 
-Every task is scored once by :func:`prefheads.evaluation.evaluate_task` (one backbone pass gives
+Every task is scored once by :func:`prefheads.eval.evaluate_task` (one backbone pass gives
 the log-prob prediction and every head's DPH prediction; the metrics are those the task definition
 names: CoLA MCC, MRPC accuracy + F1, STS-B Pearson + Spearman, MNLI matched / mismatched, others
-accuracy), and aggregated by :func:`prefheads.evaluation.aggregates` as PAPER.md section 5 says.
+accuracy), and aggregated by :func:`prefheads.eval.aggregates` as PAPER.md section 5 says.
 A group score over fewer members than the paper's is marked ``*`` in the tables.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
 
 
 GROUPS = ("glue", "gpt4all", "race")
 LABELS = {"glue": "GLUE", "gpt4all": "GPT4All", "race": "RACE"}
 
 
-def evaluate(pm: Any, sources: Sequence[Any], *, data_dir: str | None, seed: int,
+def evaluate(pm: PreferenceModel, sources: Sequence[Any], *, data_dir: str | None, seed: int,
              heads: Sequence[str] | None = None, progress: Any = None) -> dict[str, Any]:
     """Score every benchmark task (its eval split, ``limit`` examples) with log-prob and every head.
 
-    Uses :func:`prefheads.evaluation.evaluate_task` per task (so each task keeps its own limit)
-    and :func:`prefheads.evaluation.aggregates` for the GLUE / GPT4All / RACE scores.
+    Uses :func:`prefheads.eval.evaluate_task` per task (so each task keeps its own limit)
+    and :func:`prefheads.eval.aggregates` for the GLUE / GPT4All / RACE scores.
 
     Returns:
         ``{"tasks": {task: result block}, "aggregates": {group: ...}, "methods": [...]}``.
     """
-    from prefheads.evaluation import LMEVAL_METHODS, LOGPROB, aggregates, evaluate_task, method_name
+    from prefheads.eval import LMEVAL_METHODS, LOGPROB, aggregates, evaluate_task, method_name
     from prefheads.recipes.data import expand
 
     heads = list(pm.heads) if heads is None else list(heads)

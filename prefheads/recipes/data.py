@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefheads.recipes.config import TaskSource
 from prefheads.training.data import Candidates, from_examples, from_pairs
 from prefheads.training.sft import LMSample
 from prefheads.types import Example, PreferencePair
+
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ def lm_samples(sources: Sequence[TaskSource], data_dir: str | None, seed: int) -
     return out
 
 
-def encodable(pm: Any) -> Callable[[Any, str], bool]:
+def encodable(pm: PreferenceModel) -> Callable[[Any, str], bool]:
     """A ``keep`` filter for :func:`candidates`: rows the model can encode (reward token within limits)."""
 
     def fits(prompt: Any, completion: str) -> bool:

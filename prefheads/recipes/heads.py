@@ -11,11 +11,14 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefheads.recipes.bench import SUBSET_NOTE, evaluate, heads_table, probes_table, tasks_table
 from prefheads.recipes.config import HeadSpec, ProbesRecipe, TaskHeadsRecipe, TaskSource
 from prefheads.recipes.data import candidates, encodable
+
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
 
 
 def _say(msg: str) -> None:
@@ -32,7 +35,7 @@ def _dtype(name: str) -> Any:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def load_model(base: str | None, dtype: str, max_length: int | None) -> Any:
+def load_model(base: str | None, dtype: str, max_length: int | None) -> PreferenceModel:
     """A :class:`~prefheads.model.PreferenceModel` of ``base`` (CUDA when present)."""
     import torch
 
@@ -45,7 +48,7 @@ def load_model(base: str | None, dtype: str, max_length: int | None) -> Any:
     return pm
 
 
-def train_head(pm: Any, name: str, sources: Sequence[TaskSource], spec: HeadSpec, *, out: Path, seed: int,
+def train_head(pm: PreferenceModel, name: str, sources: Sequence[TaskSource], spec: HeadSpec, *, out: Path, seed: int,
                data_dir: str | None, base: str | None, progress: bool = False) -> dict[str, Any]:
     """Fit head ``name`` on ``sources`` (frozen backbone, cached features); returns a summary."""
     from prefheads.training import fit

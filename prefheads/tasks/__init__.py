@@ -122,7 +122,7 @@ def load_examples(name: str, split: str = "eval", data_dir: str | os.PathLike[st
             raising :class:`DataError`.
         variant: Template variant: ``paper``, ``paper_fixed``, ``reference``, or ``lm-eval``
             (lm-evaluation-harness's own prompt; ``meta["lmeval"]`` then holds the raw harness
-            contexts / continuations that :func:`prefheads.lmeval.score_lmeval` scores).
+            contexts / continuations that :func:`prefheads.eval.lmeval.score_lmeval` scores).
         shuffle: Shuffle (seeded) before ``limit``.
         path: Read this one file instead of the data dir layout.
 

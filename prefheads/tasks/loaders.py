@@ -142,7 +142,7 @@ def build_example(spec: TaskSpec, src: SourceSpec, rec: Record, row: Row, split:
         user = spec.user_template().format_map({**rec.fields, "choices": "\n".join(choices)})
     meta = {"source": row.file, "row": row.line, "split": split, **rec.meta, **extra}
     if harness is not None:
-        meta["lmeval"] = harness.meta  # the raw harness requests (prefheads.lmeval scores them)
+        meta["lmeval"] = harness.meta  # the raw harness requests (prefheads.eval.lmeval scores them)
     return Example(id=_row_id(split, rec.id, row), prompt=as_prompt(user, system=spec.system), choices=choices, label=label,
                    task=spec.name, meta=meta)
 

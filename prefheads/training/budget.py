@@ -12,9 +12,12 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefheads.engine import extract, plan_tokens
+
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
 
 
 @dataclass
@@ -37,7 +40,7 @@ class Estimate:
         return self.tokens / max(self.tokens_per_second, 1e-9) / 60
 
 
-def estimate_pass(pm: Any, items: list[Any], logprobs: bool, sample: int = 16) -> Estimate:
+def estimate_pass(pm: PreferenceModel, items: list[Any], logprobs: bool, sample: int = 16) -> Estimate:
     """Price a backbone pass over ``items`` (a timed pass over ``sample`` of them, seeded)."""
     full, shared = plan_tokens(items, pm.max_tokens)
     tokens = min(full, shared) if pm.shared_prefix else full

@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import stats
 
-from prefheads.metrics import choose, pair_accuracy
+from prefheads.eval.measures import choice_metrics
+from prefheads.eval.metrics import choose, pair_accuracy
 from prefheads.types import Example
+
+if TYPE_CHECKING:
+    from prefheads.tasks import TaskSpec
 
 LENGTH = "length"
 """Method name of the length-only baseline of preference pairs (the longer reply wins)."""
@@ -176,11 +180,8 @@ def _plain_accuracy(kind: str, official: Sequence[str]) -> bool:
     return list(official) == (["pair_accuracy"] if kind == "pairs" else ["accuracy"])
 
 
-def _scorer(spec: Any, examples: Sequence[Example], preds: Sequence[int]) -> Scorer:
-    # the task's score (mean of its official metrics) recomputed on the resampled examples;
-    # imported here because evaluation imports this module
-    from prefheads.evaluation import choice_metrics
-
+def _scorer(spec: TaskSpec, examples: Sequence[Example], preds: Sequence[int]) -> Scorer:
+    # the task's score (mean of its official metrics) recomputed on the resampled examples
     def score(idx: np.ndarray) -> float:
         with warnings.catch_warnings():  # a small resample may hold one class only; MCC is then 0
             warnings.simplefilter("ignore", UserWarning)
@@ -189,7 +190,7 @@ def _scorer(spec: Any, examples: Sequence[Example], preds: Sequence[int]) -> Sco
     return score
 
 
-def add_margins(spec: Any, blocks: Mapping[str, dict[str, Any]], preds: Mapping[str, Sequence[int]],
+def add_margins(spec: TaskSpec, blocks: Mapping[str, dict[str, Any]], preds: Mapping[str, Sequence[int]],
                 tables: Mapping[str, Sequence[Sequence[float]]], examples: Sequence[Example], baseline: str, *,
                 n_resamples: int = N_RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE) -> dict[str, Any]:
     """Give every head's block (``dph:*``) its margin over ``baseline`` and how sure it is.
@@ -200,11 +201,11 @@ def add_margins(spec: Any, blocks: Mapping[str, dict[str, Any]], preds: Mapping[
 
     Args:
         spec: The task's :class:`~prefheads.tasks.TaskSpec`.
-        blocks: Method -> result block, as from :func:`prefheads.evaluation.task_metrics`.
+        blocks: Method -> result block, as from :func:`prefheads.eval.measures.task_metrics`.
         preds: Method -> predicted index per example.
         tables: Method -> candidate scores per example.
         examples: The scored examples.
-        baseline: The baseline method (:func:`prefheads.evaluation.baseline_of`).
+        baseline: The baseline method (:func:`prefheads.eval.baselines.baseline_of`).
         n_resamples: Bootstrap resamples (0: no interval).
         seed: Seed of the resamples.
         confidence: Coverage of the interval.

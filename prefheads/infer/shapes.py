@@ -12,7 +12,7 @@ clients already speak.
 Where two shapes share a path, the body's keys decide (:func:`shape_of`). A query or
 ``text_1`` is the user turn; a document or ``text_2`` is an assistant reply to it; scores are the
 head's raw rewards (unbounded, higher is better), not probabilities. Imported only by
-:mod:`prefheads.serve` (it needs pydantic, from the ``serve`` extra).
+:mod:`prefheads.infer.serve` (it needs pydantic, from the ``serve`` extra).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, Field
 
-from prefheads.rerank import rank
+from prefheads.infer.rerank import rank
 
 
 class Message(BaseModel):

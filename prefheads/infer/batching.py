@@ -24,9 +24,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prefheads.scoring import encode_all, score_items
+from prefheads.infer.scoring import encode_all, score_items
+
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
 
 # Defaults per device type. On CPU a pass of a few thousand tokens already keeps the cores busy
 # and costs seconds, so a larger pool only delays the first answers, and forwards of about a
@@ -108,7 +111,7 @@ class Scored:
     tokens: int
 
 
-def heads_to_score(pm: Any, heads: Sequence[str] | None) -> list[str]:
+def heads_to_score(pm: PreferenceModel, heads: Sequence[str] | None) -> list[str]:
     """Every head of the groups (backbone states) ``heads`` belong to; None: every head of ``pm``.
 
     A request names one head, but its pass gives every head of that state at no extra cost;
@@ -154,7 +157,7 @@ class Batcher:
         shared_prefix: Engine choice for each pass (default ``"auto"``).
     """
 
-    def __init__(self, pm: Any, settings: BatchSettings | None = None, on_pass: OnPass | None = None,
+    def __init__(self, pm: PreferenceModel, settings: BatchSettings | None = None, on_pass: OnPass | None = None,
                  shared_prefix: bool | str = "auto") -> None:
         self.pm = pm
         device = next(pm.backbone.parameters()).device.type
@@ -351,7 +354,7 @@ class Serial:
         on_pass: As for :class:`Batcher` (``requests`` is always 1).
     """
 
-    def __init__(self, pm: Any, on_pass: OnPass | None = None) -> None:
+    def __init__(self, pm: PreferenceModel, on_pass: OnPass | None = None) -> None:
         self.pm = pm
         self.on_pass = on_pass
         self._lock = threading.Lock()

@@ -19,11 +19,14 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from prefheads.types import Prompt, as_prompt
+
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
 
 
 @dataclass
@@ -70,7 +73,7 @@ class Generation:
     n_tokens: int
 
 
-def prompt_ids(pm: Any, prompt: str | Prompt) -> list[int]:
+def prompt_ids(pm: PreferenceModel, prompt: str | Prompt) -> list[int]:
     """Token ids that open the assistant turn of ``prompt`` (what generation continues)."""
     tok = pm.tokenizer
     msgs = as_prompt(prompt)
@@ -83,13 +86,13 @@ def prompt_ids(pm: Any, prompt: str | Prompt) -> list[int]:
     return ids[:-1] if ids and ids[-1] == pm.chat.reward_token_id else ids
 
 
-def _stop_ids(pm: Any) -> list[int]:
+def _stop_ids(pm: PreferenceModel) -> list[int]:
     eos = pm.tokenizer.eos_token_id
     return [pm.chat.reward_token_id] + ([eos] if eos is not None and eos != pm.chat.reward_token_id else [])
 
 
 @torch.no_grad()
-def generate_candidates(pm: Any, prompt: str | Prompt, n: int = 8, settings: GenerationSettings | None = None,
+def generate_candidates(pm: PreferenceModel, prompt: str | Prompt, n: int = 8, settings: GenerationSettings | None = None,
                         **gen: Any) -> list[Generation]:
     """Sample ``n`` completions of ``prompt`` from ``pm``'s backbone (``generate``).
 
@@ -135,7 +138,7 @@ def rank(candidates: Sequence[str], rewards: Sequence[float]) -> list[tuple[int,
     return [(i, candidates[i], float(rewards[i])) for i in order]
 
 
-def rerank_candidates(pm: Any, prompt: str | Prompt, candidates: Sequence[str], head: str | None = None) -> list[tuple[str, float]]:
+def rerank_candidates(pm: PreferenceModel, prompt: str | Prompt, candidates: Sequence[str], head: str | None = None) -> list[tuple[str, float]]:
     """Score given candidates of one prompt with ``head`` (default: active) and rank them.
 
     The prompt is encoded once (shared prefix); rewards are fp32 and equal ``pm.score``.
@@ -150,7 +153,7 @@ def rerank_candidates(pm: Any, prompt: str | Prompt, candidates: Sequence[str], 
     return [(c, r) for _, c, r in rank(candidates, rewards)]
 
 
-def rerank(pm: Any, prompt: str | Prompt, n: int = 8, head: str | None = None, **gen: Any) -> list[tuple[str, float]]:
+def rerank(pm: PreferenceModel, prompt: str | Prompt, n: int = 8, head: str | None = None, **gen: Any) -> list[tuple[str, float]]:
     """Best-of-N: sample ``n`` completions (:func:`generate_candidates`) and rank them by reward.
 
     Args:
@@ -179,7 +182,7 @@ def scorable(gens: Sequence[Generation]) -> list[str]:
     return texts
 
 
-def rerank_file(pm: Any, path: str | os.PathLike, out: Any, head: str | None = None) -> int:
+def rerank_file(pm: PreferenceModel, path: str | os.PathLike, out: Any, head: str | None = None) -> int:
     """Rerank a JSONL of ``{"prompt", "candidates": [...]}`` lines; write one JSONL line each.
 
     Args:

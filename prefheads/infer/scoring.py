@@ -10,7 +10,7 @@ engine, and each head's forward.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,14 +18,17 @@ from prefheads.chat import Encoded
 from prefheads.engine import extract
 from prefheads.types import Prompt
 
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
 
-def encode_all(pm: Any, prompts: Sequence[str | Prompt], candidates: Sequence[str]) -> list[Encoded]:
+
+def encode_all(pm: PreferenceModel, prompts: Sequence[str | Prompt], candidates: Sequence[str]) -> list[Encoded]:
     """Tokenize aligned prompts and candidates as ``pm`` scores them (its truncation policy)."""
     return pm.encode(list(prompts), list(candidates))
 
 
 @torch.no_grad()
-def score_items(pm: Any, items: list[Encoded], *, heads: Sequence[str] | None = None,
+def score_items(pm: PreferenceModel, items: list[Encoded], *, heads: Sequence[str] | None = None,
                 shared_prefix: bool | str = "auto", max_tokens: int | None = None) -> dict[str, torch.Tensor]:
     """Rewards ``{head: [N]}`` (fp32) of the heads of ``pm`` (default: every head) for encoded ``items``.
 

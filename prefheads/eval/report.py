@@ -1,6 +1,6 @@
 """Evaluation results as files, side-by-side tables, plots, and a self-contained HTML report.
 
-Works on the results dict / per-example records of :func:`prefheads.evaluation.evaluate`:
+Works on the results dict / per-example records of :func:`prefheads.eval.evaluate.evaluate`:
 :func:`save_run` writes them as ``results.json`` (versioned: ``schema``, ``schema_version``) +
 ``results.examples.jsonl``, :func:`load_results` / :func:`load_records` read them back. Plots
 need matplotlib (``pip install 'prefheads[plots]'``), imported only when a plot is drawn, with
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prefheads.evaluation import SCHEMA, SCHEMA_VERSION, EvalRun
-from prefheads.margins import LENGTH, SIMILAR_KEY
+from prefheads.eval.evaluate import SCHEMA, SCHEMA_VERSION, EvalRun
+from prefheads.eval.margins import LENGTH, SIMILAR_KEY
 
 PLOTS_HINT = "plots need matplotlib: pip install 'prefheads[plots]' (or pip install matplotlib)"
 
@@ -377,7 +377,7 @@ def write_report(results: dict[str, Any], records: Sequence[dict[str, Any]], out
     """Draw every plot, save them as PNG files and write the self-contained HTML report.
 
     Args:
-        results: Results dict of :func:`prefheads.evaluation.evaluate`.
+        results: Results dict of :func:`prefheads.eval.evaluate.evaluate`.
         records: Its per-example records.
         out: HTML path.
         png_dir: Where the PNGs go (default: ``<out stem>_files/`` beside the HTML).

@@ -33,10 +33,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prefheads.scoring import score_items
+from prefheads.infer.scoring import score_items
 from prefheads.tasks.errors import DataError
+
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
 
 
 class BulkOutputError(ValueError):
@@ -126,7 +129,7 @@ def _record(row: Row, rewards: dict[str, list[float]]) -> dict[str, Any]:
     return {"id": row.id, "rewards": rewards}
 
 
-def score_window(pm: Any, rows: list[Row], shared_prefix: bool | str = "auto") -> list[dict[str, Any]]:
+def score_window(pm: PreferenceModel, rows: list[Row], shared_prefix: bool | str = "auto") -> list[dict[str, Any]]:
     """Output records of ``rows``, in their order, from one call of the engine (every head)."""
     items = []
     for row in rows:
@@ -144,7 +147,7 @@ def score_window(pm: Any, rows: list[Row], shared_prefix: bool | str = "auto") -
     return out
 
 
-def score_records(pm: Any, records: Iterable[dict[str, Any]], shared_prefix: bool | str = "auto") -> list[dict[str, Any]]:
+def score_records(pm: PreferenceModel, records: Iterable[dict[str, Any]], shared_prefix: bool | str = "auto") -> list[dict[str, Any]]:
     """Score a batch of row dicts (the input shape above) in one call: the step a Ray Data
     ``map_batches`` or a Spark ``mapInPandas`` function runs. ``id`` defaults to the position."""
     rows = [parse_row(r, i) for i, r in enumerate(records)]
@@ -227,7 +230,7 @@ def _windows(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
         yield window
 
 
-def score_file(pm: Any, input: str | os.PathLike, out: str | os.PathLike, *, resume: bool = False,
+def score_file(pm: PreferenceModel, input: str | os.PathLike, out: str | os.PathLike, *, resume: bool = False,
                overwrite: bool = False, batch_rows: int = 256, rank: int = 0, world: int = 1,
                barrier: Callable[[], None] | None = None, progress: bool = True,
                shared_prefix: bool | str = "auto") -> BulkResult:

@@ -1,6 +1,6 @@
 """An HTTP scoring service: FastAPI app over a :class:`~prefheads.model.PreferenceModel`.
 
-Endpoints (JSON; shapes in :mod:`prefheads.shapes`, usage in docs/serving.md)::
+Endpoints (JSON; shapes in :mod:`prefheads.infer.shapes`, usage in docs/serving.md)::
 
     GET  /health     200 {"status": "ok", "model_loaded": true, ...}; 503 once shutting down
     GET  /heads      the model and every head (pooler, layer, objective, meta, adapter, folder), limits
@@ -23,7 +23,7 @@ state (``rewards``); the head chooses the ranking. ``/heads`` names each head's 
 
 Only one pass may run on the model at a time (forward hooks are per module). By default one
 worker owns the model and pools concurrent requests into shared passes
-(:class:`~prefheads.batching.Batcher`); ``batching=False`` runs each request alone under a lock.
+(:class:`~prefheads.infer.batching.Batcher`); ``batching=False`` runs each request alone under a lock.
 
 Errors are 4xx with a ``detail`` message: 422 for a malformed request, 413 past the size limits,
 404 for an unknown head; 503 with ``Retry-After`` when the queue is full or the server is
@@ -35,7 +35,10 @@ import json
 import time
 from contextlib import asynccontextmanager
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from prefheads.model import PreferenceModel
 
 SERVE_HINT = "the server needs fastapi and uvicorn: pip install 'prefheads[serve]'"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -50,7 +53,7 @@ def _imports() -> Any:
     return fastapi, pydantic
 
 
-def create_app(pm: Any, max_candidates: int = 64, max_chars: int = 20000, max_new_tokens: int = 512,
+def create_app(pm: "PreferenceModel", max_candidates: int = 64, max_chars: int = 20000, max_new_tokens: int = 512,
                max_body_bytes: Optional[int] = None, batching: bool = True, batch: Any = None,
                served_model_names: Sequence[str] = ()) -> Any:
     """Build the FastAPI app serving ``pm``'s heads.
@@ -65,7 +68,7 @@ def create_app(pm: Any, max_candidates: int = 64, max_chars: int = 20000, max_ne
             (default: 8 × ``max_chars`` + 64 KiB, room for JSON escapes).
         batching: Pool concurrent requests into shared passes (one worker owns the model);
             ``False``: one request at a time under a lock.
-        batch: :class:`~prefheads.batching.BatchSettings` of the worker (token budget, wait
+        batch: :class:`~prefheads.infer.batching.BatchSettings` of the worker (token budget, wait
             bound, queue size; device defaults otherwise).
         served_model_names: Names a peer-shape request's ``model`` may give for the active head,
             besides ``pm.model_id`` (as vLLM's ``--served-model-name``: a client written for
@@ -78,10 +81,10 @@ def create_app(pm: Any, max_candidates: int = 64, max_chars: int = 20000, max_ne
     from fastapi.responses import JSONResponse, PlainTextResponse
     from pydantic import ValidationError
 
-    from prefheads import promtext
-    from prefheads.batching import Batcher, Closed, QueueFull, Serial
-    from prefheads.rerank import GenerationSettings, generate_candidates, rank
-    from prefheads.shapes import (PairScoreRequest, RerankRequest, SampleRequest, ScoreRequest, pair_score_response,
+    from prefheads.infer import promtext
+    from prefheads.infer.batching import Batcher, Closed, QueueFull, Serial
+    from prefheads.infer.rerank import GenerationSettings, generate_candidates, rank
+    from prefheads.infer.shapes import (PairScoreRequest, RerankRequest, SampleRequest, ScoreRequest, pair_score_response,
                                   rerank_response, shape_of)
     from prefheads.types import as_prompt, check_completion
 

@@ -42,7 +42,7 @@ from prefheads.chat import Encoded
 from prefheads.engine import extract
 from prefheads.families import profile_for, unwrap
 from prefheads.hooks import FINAL
-from prefheads.metrics import choose
+from prefheads.eval.metrics import choose
 from prefheads.tasks.harness import HARNESS_VERSION
 from prefheads.types import Example
 
