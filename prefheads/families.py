@@ -2,8 +2,9 @@
 
 A profile is keyed by ``config.model_type`` and names, relative to the causal-LM module, the
 ``ModuleList`` of decoder blocks (``layers``) and the final norm (``final_norm``), plus the
-LoRA target modules and, optionally, the end-of-turn token. Unknown families fall back to a
-structural search with a warning.
+LoRA target modules and, optionally, the end-of-turn token and the config of a tiny random
+model of the family (``tiny``: what the tests build each family from). Unknown families fall
+back to a structural search with a warning.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 from torch import nn
@@ -31,6 +33,8 @@ class FamilyProfile:
         end_of_turn: End-of-turn token, when the family has a fixed one.
         description: One line for ``prefheads zoo``.
         generic: True for a profile found by the structural fallback.
+        tiny: Config fields (besides ``vocab_size``) of a tiny random model of the family, for
+            offline tests; empty if the profile gives none.
     """
 
     model_type: str
@@ -40,6 +44,7 @@ class FamilyProfile:
     end_of_turn: str | None = None
     description: str = ""
     generic: bool = False
+    tiny: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @lru_cache(maxsize=None)
@@ -56,6 +61,7 @@ def profiles() -> dict[str, FamilyProfile]:
                 lora_targets=tuple(raw.get("lora_targets", ())),
                 end_of_turn=raw.get("end_of_turn"),
                 description=raw.get("description", ""),
+                tiny=dict(raw.get("tiny") or {}),
             )
         except (KeyError, TypeError) as e:
             raise ValueError(f"{path}: bad family profile, missing field {e}") from e

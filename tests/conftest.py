@@ -12,6 +12,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from prefheads.families import profiles  # noqa: E402
+
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -47,30 +49,12 @@ def make_tokenizer(chat: bool = True):
 
 
 def _cfg(family: str, vocab: int):
-    import transformers as T
+    """The config of a tiny random ``family`` model: the ``tiny`` block of its zoo profile."""
+    from transformers import AutoConfig
 
-    small = dict(vocab_size=vocab, num_hidden_layers=3, hidden_size=32, intermediate_size=64,
-                 num_attention_heads=4, max_position_embeddings=256)
-    if family == "llama":
-        return T.LlamaConfig(num_key_value_heads=2, **small)
-    if family == "qwen2":
-        return T.Qwen2Config(num_key_value_heads=2, **small)
-    if family == "mistral":
-        return T.MistralConfig(num_key_value_heads=2, sliding_window=None, **small)
-    if family == "gemma3_text":
-        return T.Gemma3TextConfig(num_key_value_heads=2, head_dim=8, sliding_window=4,
-                                  layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-                                  **small)
-    if family == "phi":
-        return T.PhiConfig(**small)
-    if family == "gpt2":
-        return T.GPT2Config(vocab_size=vocab, n_layer=3, n_embd=32, n_head=4, n_positions=256, n_inner=64)
-    if family == "opt":
-        return T.OPTConfig(vocab_size=vocab, num_hidden_layers=3, hidden_size=32, ffn_dim=64,
-                           num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=32)
-    if family == "gpt_neox":
-        return T.GPTNeoXConfig(**small)
-    raise KeyError(family)
+    from prefheads.families import profiles
+
+    return AutoConfig.for_model(family, vocab_size=vocab, **profiles()[family].tiny)
 
 
 PAPER_HEAD = {"pooler": "swiglu", "objective": "separable", "layer": "-1", "lm_score": "none", "template": "paper"}
@@ -79,7 +63,8 @@ for tests of the training loop itself, which ``fit``'s defaults (the ridge solve
 PAPER_ARGS = [a for k, v in PAPER_HEAD.items() for a in (f"--{k.replace('_', '-')}", v)]
 """The same as ``prefheads fit`` options."""
 
-FAMILIES = ["llama", "qwen2", "mistral", "gemma3_text", "phi", "gpt2", "opt", "gpt_neox"]
+# every model family the zoo gives a tiny config: the matrix of the family tests
+FAMILIES = [name for name, prof in profiles().items() if prof.tiny]
 
 
 def make_backbone(family: str, tok=None, seed: int = 0):

@@ -11,6 +11,7 @@ from torch import nn
 
 from conftest import make_backbone
 from prefheads import POOLERS, HeadConfig, PreferenceModel, RewardHead
+from prefheads.poolers import is_multi_layer
 from prefheads.headio import HeadFileError, read_config
 
 
@@ -20,7 +21,7 @@ def test_swiglu_head_has_19m_parameters_at_paper_size():
     assert head.num_parameters() == 1536 * 8192 + 8192 + 4096 * 1536 + 1536 + 1536 == 18_885_632
 
 
-@pytest.mark.parametrize("pooler", ["identity", "bert", "swiglu"])
+@pytest.mark.parametrize("pooler", [p for p in POOLERS.names() if not is_multi_layer(p)])
 def test_pooler_shapes_and_init(pooler):
     head = RewardHead(HeadConfig(pooler=pooler, hidden_size=16, pooler_kwargs={"ffn_dim": 24} if pooler == "swiglu" else {}))
     assert head(torch.randn(5, 16)).shape == (5,)

@@ -15,7 +15,7 @@ import torch
 
 from conftest import PAPER_ARGS, make_backbone, save_to_hub_cache
 from prefheads import PreferenceModel
-from prefheads.training import FitConfig, fit
+from prefheads.training import MODES, FitConfig, fit
 from prefheads.training.fit import training_candidates
 from test_fit_cli import _pairs_file
 
@@ -33,7 +33,7 @@ def _run(tmp_path, name, **kw):
     return pm, fit(cfg, pm=pm, progress=False)
 
 
-@pytest.mark.parametrize("mode", ["frozen", "lora", "full"])
+@pytest.mark.parametrize("mode", MODES.names())
 def test_each_mode_learns_and_reloads(tmp_path, mode):
     before = {k: v.clone() for k, v in _pm().backbone.state_dict().items()}
     pm, res = _run(tmp_path, mode, mode=mode)

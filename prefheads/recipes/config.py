@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from prefheads.training.config import FitConfig, fit_options
 from prefheads.training.sft import LMTrainConfig
 
 CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
@@ -175,31 +176,30 @@ class SFTStage(LMTrainConfig):
     data: list[TaskSource] = field(default_factory=list)
 
 
+_AlignOptions = fit_options(
+    "AlignOptions", ("lr", "final_lr_ratio", "clip", "prior", "prior_exclude", "dpo_weight", "dph_weight", "beta",
+                     "dpo_eps", "dph_eps", "pooler", "objective", "dropout", "mixed_precision"),
+    lr=3e-6, final_lr_ratio=0.1, clip=1.0, prior=0.5, prior_exclude=[], dpo_weight=1.0, dph_weight=1.0,
+    beta=0.6, dpo_eps=0.25, dph_eps=0.1, pooler="swiglu", objective="separable", dropout=None,
+    mixed_precision="no")
+
+
 @dataclass
-class AlignStage:
+class AlignStage(_AlignOptions):
     """Stage 3: joint cDPO + DPH on the whole model (``fit`` mode ``full``), prior on all parameters.
+
+    Besides these, its fields are :class:`~prefheads.training.FitConfig`'s (``lr``,
+    ``final_lr_ratio``, ``clip``, ``prior``, ``prior_exclude``, ``dpo_weight``, ``dph_weight``,
+    ``beta``, ``dpo_eps``, ``dph_eps``, ``pooler``, ``objective``, ``dropout``,
+    ``mixed_precision``), with the paper's defaults: lr 3e-6, β 0.6, cDPO ε 0.25, α1 = α2 = 1.
 
     Attributes:
         steps: Optimizer steps (mapped exactly onto fit's epochs × batches).
         batch_size: Preference pairs per optimizer step.
         micro_batch_size: Pairs per forward pass (gradient accumulation makes up the rest).
-        lr: Peak learning rate.
-        final_lr_ratio: Cosine decays to lr · final_lr_ratio (3e-6 → 3e-7: 0.1).
         warmup_steps: Linear warmup steps.
-        clip: Gradient-norm clip.
-        prior: Prior-regularization coefficient (all parameters unless excluded).
-        prior_exclude: Parameter-name substrings left out of the prior.
-        dpo_weight: α1 of α1·cDPO + α2·DPH.
-        dph_weight: α2.
-        beta: DPO β.
-        dpo_eps: cDPO label smoothing ε.
-        dph_eps: DPH label smoothing ε.
-        pooler: Head pooler.
-        objective: ``separable`` or ``contrastive``.
-        dropout: Pooler-output dropout (null: 0.1 when the backbone trains).
         head_name: Name of the head saved with the backbone.
         val_pairs: Examples held out for the per-epoch validation pair accuracy.
-        mixed_precision: ``no``, ``fp16`` or ``bf16`` (through accelerate).
         data: Training mix: choice tasks (correct answer vs a uniformly drawn wrong one, re-drawn
             every epoch) and preference datasets.
     """
@@ -207,23 +207,9 @@ class AlignStage:
     steps: int = 23040
     batch_size: int = 64
     micro_batch_size: int = 64
-    lr: float = 3e-6
-    final_lr_ratio: float = 0.1
     warmup_steps: int = 200
-    clip: float = 1.0
-    prior: float = 0.5
-    prior_exclude: list[str] = field(default_factory=list)
-    dpo_weight: float = 1.0
-    dph_weight: float = 1.0
-    beta: float = 0.6
-    dpo_eps: float = 0.25
-    dph_eps: float = 0.1
-    pooler: str = "swiglu"
-    objective: str = "separable"
-    dropout: float | None = None
     head_name: str = "general"
     val_pairs: int = 256
-    mixed_precision: str = "no"
     data: list[TaskSource] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -242,17 +228,11 @@ class AlignStage:
     def grad_accum(self) -> int:
         return self.batch_size // self.micro_batch_size
 
-    def fit_config(self, **kw: Any) -> Any:
+    def fit_config(self, **kw: Any) -> FitConfig:
         """The :class:`~prefheads.training.FitConfig` of this stage (epochs etc. set by the caller)."""
-        from prefheads.training.config import FitConfig
-
-        return FitConfig(mode="full", pooler=self.pooler, objective=self.objective, dph_eps=self.dph_eps,
-                         batch_size=self.micro_batch_size, grad_accum=self.grad_accum, lr=self.lr,
-                         final_lr_ratio=self.final_lr_ratio, clip=self.clip, prior=self.prior,
-                         prior_exclude=list(self.prior_exclude), dpo_weight=self.dpo_weight,
-                         dph_weight=self.dph_weight, beta=self.beta, dpo_eps=self.dpo_eps,
-                         dropout=self.dropout, head_name=self.head_name, weight_decay=0.0,
-                         mixed_precision=self.mixed_precision, feature_cache=False, **kw)
+        return FitConfig(**{**self.fit_options(), "mode": "full", "batch_size": self.micro_batch_size,
+                            "grad_accum": self.grad_accum, "head_name": self.head_name, "weight_decay": 0.0,
+                            "feature_cache": False, **kw})
 
 
 @dataclass
@@ -307,52 +287,29 @@ class InHouseRecipe(RecipeBase):
 
 
 # ----------------------------------------------------------------------------- frozen heads
+_HeadOptions = fit_options(
+    "HeadOptions", ("pooler", "objective", "dph_eps", "epochs", "batch_size", "lr", "weight_decay", "warmup_ratio",
+                    "final_lr_ratio", "val_fraction", "layer", "cache_dtype"),
+    pooler="swiglu", objective="separable", layer=-1)
+
+
 @dataclass
-class HeadSpec:
+class HeadSpec(_HeadOptions):
     """How each head is trained on the frozen backbone's cached features (``fit`` mode ``frozen``).
 
-    Attributes:
-        pooler: Registered pooler.
-        objective: ``separable`` or ``contrastive``.
-        dph_eps: DPH label smoothing ε.
-        epochs: Passes over the training examples (a fresh wrong answer drawn each pass).
-        batch_size: Pairs per step.
-        lr: Peak learning rate.
-        weight_decay: AdamW decay of the head.
-        warmup_ratio: Warmup fraction of the steps.
-        final_lr_ratio: Cosine decays to lr · final_lr_ratio.
-        val_fraction: Examples held out to pick the best epoch.
-        layer: Hidden state read (-1: after the final norm).
-        cache_dtype: Feature-cache storage dtype.
+    Its fields are :class:`~prefheads.training.FitConfig`'s (``pooler``, ``objective``, ``dph_eps``,
+    ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``warmup_ratio``, ``final_lr_ratio``,
+    ``val_fraction``, ``layer``, ``cache_dtype``), defaulting to the paper's head: a SwiGLU pooler
+    read after the final norm, the separable loss, and no LM score.
     """
-
-    pooler: str = "swiglu"
-    objective: str = "separable"
-    dph_eps: float = 0.1
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    final_lr_ratio: float = 0.1
-    val_fraction: float = 0.1
-    layer: int = -1
-    cache_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         self.fit_config(task="check")
 
-    def fit_config(self, **kw: Any) -> Any:
+    def fit_config(self, **kw: Any) -> FitConfig:
         """The :class:`~prefheads.training.FitConfig` of one head."""
-        from prefheads.training.config import FitConfig
-
-        kw.setdefault("lm_score", "none")  # the paper's pure DPH head
-
-        return FitConfig(mode="frozen", pooler=self.pooler, objective=self.objective, dph_eps=self.dph_eps,
-                         epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                         weight_decay=self.weight_decay, warmup_ratio=self.warmup_ratio,
-                         final_lr_ratio=self.final_lr_ratio, val_fraction=self.val_fraction,
-                         layer=self.layer, cache_dtype=self.cache_dtype, feature_cache=True, **kw)
+        # lm_score none: the paper's pure DPH head
+        return FitConfig(**{**self.fit_options(), "mode": "frozen", "feature_cache": True, "lm_score": "none", **kw})
 
 
 @dataclass

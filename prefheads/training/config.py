@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict, dataclass, field, fields
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 from typing import Any, Literal
 
 from prefheads.lmscores import LM_SCORES
@@ -296,3 +298,43 @@ def _layer(value: Any) -> int | Literal["auto"]:
         return int(str(value))
     except ValueError:
         raise ValueError(f"layer must be an integer or 'auto', got {value!r}") from None
+
+
+def fit_options(name: str, names: tuple[str, ...], **defaults: Any) -> type:
+    """A dataclass of some :class:`FitConfig` fields, for configs that embed part of one.
+
+    Each field keeps FitConfig's type and help text, and its default unless ``defaults`` gives
+    another. Instances have ``fit_options()``: those fields' values, ready for ``FitConfig(**...)``.
+    A recipe config inherits it instead of declaring the fields again.
+
+    Args:
+        name: Class name.
+        names: FitConfig field names.
+        **defaults: Defaults that differ from FitConfig's.
+    """
+    from prefheads.cliargs import field_docs
+
+    hints, known, docs = typing.get_type_hints(FitConfig), {f.name: f for f in fields(FitConfig)}, field_docs(FitConfig)
+    unknown = sorted(set(names) - set(known)) + sorted(set(defaults) - set(names))
+    if unknown:
+        raise ValueError(f"not fields of this part of FitConfig: {unknown}")
+    specs = []
+    for n in names:
+        f = known[n]
+        if n in defaults:
+            d = defaults[n]
+            spec = field(default_factory=lambda d=d: copy.deepcopy(d)) if isinstance(d, (list, dict)) else field(default=d)
+        elif f.default_factory is not MISSING:
+            spec = field(default_factory=f.default_factory)
+        else:
+            spec = field(default=f.default)
+        specs.append((n, hints[n], spec))
+
+    def fit_options(self: Any) -> dict[str, Any]:
+        """These fields' values, as FitConfig options."""
+        return {n: copy.deepcopy(getattr(self, n)) for n in names}
+
+    cls = make_dataclass(name, specs, namespace={"fit_options": fit_options})
+    cls.__doc__ = (f"Options of :class:`FitConfig` ({', '.join(names)}).\n\nAttributes:\n"
+                   + "\n".join(f"    {n}: {docs.get(n, '')}" for n in names))
+    return cls
