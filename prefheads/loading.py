@@ -8,6 +8,7 @@ afterwards (< 3 s).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -15,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,28 @@ def _sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _gguf_progress(description: str) -> Iterator[None]:
+    """One transient rich bar for a GGUF conversion: transformers' raw tqdm bar over the tensors is
+    drawn through it, and its loading / saving bars are off meanwhile."""
+    from transformers.utils import logging as hf_logging
+
+    from prefheads.progress import tqdm_as_rich
+
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # pragma: no cover - another transformers layout
+        gguf_utils = None
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with tqdm_as_rich(gguf_utils, description) if gguf_utils is not None else contextlib.nullcontext():
+            yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def gguf_to_folder(gguf: Path, name: str | None = None) -> Path:
     """Convert a GGUF file once into a cached fp32 transformers folder and return its path.
 
@@ -77,14 +101,19 @@ def gguf_to_folder(gguf: Path, name: str | None = None) -> Path:
         gguf: Path of the ``.gguf`` file.
         name: Model id recorded as ``_name_or_path`` (defaults to the file stem).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     gguf = Path(gguf).resolve()
     digest = _sha256(gguf)[:16]
     target = cache_root() / "models" / f"{gguf.stem}-{digest}"
     if (target / "config.json").is_file():
         return target
     log.info("converting %s to a transformers folder (one time)", gguf.name)
+    with _gguf_progress(f"converting {gguf.name} (one time)"):
+        return _convert(gguf, target, name, digest)
+
+
+def _convert(gguf: Path, target: Path, name: str | None, digest: str) -> Path:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     kw = {"gguf_file": gguf.name}
     # from_config draws random initial weights (overwritten below): keep the caller's RNG as it
     # was, so a seeded run gives the same result whether or not this conversion ran first

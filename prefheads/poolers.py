@@ -14,7 +14,8 @@ Two optional class attributes widen what a pooler may be, with no change elsewhe
 
 * ``multi_layer = True``: it mixes several hidden states. Its head reads the layers of
   ``HeadConfig.layers`` (``--layers`` on the command line), the input is ``[..., L, d]``, and it
-  is built with ``num_mixed=L`` and ``inner`` (the pooler applied after mixing, ``--layermix-inner``).
+  is built with ``num_mixed=L`` and ``inner`` (the pooler applied after mixing, ``--layermix-inner``,
+  whose backbone defaults it receives).
 * ``defaults(hidden_size, backbone_config, **kwargs) -> dict``: keyword arguments taken from the
   backbone where the head's ``pooler_kwargs`` leave them out (``swiglu``: the backbone's FFN width).
 
@@ -110,11 +111,6 @@ class LayerMixPooler(nn.Module):
 
     multi_layer = True
 
-    @classmethod
-    def defaults(cls, hidden_size: int, backbone_config: Any, inner: str = "identity", **_: object) -> dict[str, Any]:
-        """The inner pooler's defaults."""
-        return pooler_defaults(inner, hidden_size, backbone_config)
-
     def __init__(self, hidden_size: int, num_mixed: int = 1, inner: str = "identity", **inner_kwargs: object) -> None:
         super().__init__()
         if inner == "layermix":
@@ -143,6 +139,12 @@ def is_multi_layer(name: str) -> bool:
 
 
 def pooler_defaults(name: str, hidden_size: int, backbone_config: Any, **kwargs: Any) -> dict[str, Any]:
-    """Keyword arguments pooler ``name`` takes from the backbone (its ``defaults``; none without one)."""
-    fn = getattr(POOLERS.get(name), "defaults", None)
-    return dict(fn(hidden_size, backbone_config, **kwargs)) if fn is not None else {}
+    """Keyword arguments pooler ``name`` takes from the backbone: its ``defaults``, or for a
+    multi-layer pooler without them its ``inner`` pooler's; none otherwise."""
+    cls = POOLERS.get(name)
+    fn = getattr(cls, "defaults", None)
+    if fn is not None:
+        return dict(fn(hidden_size, backbone_config, **kwargs))
+    if getattr(cls, "multi_layer", False) and "inner" in kwargs:
+        return pooler_defaults(str(kwargs["inner"]), hidden_size, backbone_config)
+    return {}
