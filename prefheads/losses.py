@@ -39,6 +39,8 @@ LOSSES: Registry[DPHLoss] = Registry("dph loss", plugins="prefheads.losses")
 
 A pair loss is ``fn(r_w, r_l, eps) -> (loss, metrics)``; a loss that sees every candidate of a
 question sets ``fn.listwise = True`` and is ``fn(r, mask, eps)`` (see :func:`listwise_dph_loss`).
+A loss whose rewards read as probabilities through σ sets ``fn.calibrated = True``: evaluation
+reports the calibration of its heads.
 Losses of installed packages register through the ``prefheads.losses`` entry-point group.
 """
 
@@ -178,11 +180,18 @@ def listwise_dph_loss(r: Tensor, mask: Tensor, eps: float = PAPER_DPH_EPS) -> Lo
 
 
 listwise_dph_loss.listwise = True  # type: ignore[attr-defined]
+separable_dph_loss.calibrated = True  # type: ignore[attr-defined]  # σ(r) converges to P(preferred), Theorem 1
 
 
 def is_listwise(name: str) -> bool:
     """Whether DPH loss ``name`` sees every candidate of a question (``(r, mask)``) rather than pairs."""
     return bool(getattr(LOSSES.get(name), "listwise", False))
+
+
+def is_calibrated(name: str | None) -> bool:
+    """Whether heads trained with DPH loss ``name`` give rewards that read as probabilities through σ
+    (False for a name not registered here, e.g. a plugin that is not installed)."""
+    return name in LOSSES and bool(getattr(LOSSES.get(name), "calibrated", False))
 
 
 def _implicit_rewards(

@@ -27,6 +27,7 @@ from prefheads.eval.margins import LENGTH, N_RESAMPLES, add_margins, add_similar
 from prefheads.eval.measures import choice_names, task_metrics
 from prefheads.eval.metrics import prediction_distribution
 from prefheads.eval.scores import LOGPROB, method_name, score_examples
+from prefheads.losses import is_calibrated
 from prefheads.types import Example
 
 if TYPE_CHECKING:
@@ -134,8 +135,8 @@ def evaluate_task(pm: PreferenceModel, name: str, *, data_dir: Any = None, max_e
     if spec.kind == "pairs":
         scores.extra[LENGTH] = length_table(exs)
     t2 = time.perf_counter()
-    separable = [h for h in heads if pm.heads[h].config.meta.get("objective") == "separable"]
-    blocks, preds = task_metrics(spec, scores, separable)
+    calibrated = [h for h in heads if is_calibrated(pm.heads[h].config.meta.get("objective"))]
+    blocks, preds = task_metrics(spec, scores, calibrated)
     splits: dict[str, int] = {}
     for ex in exs:
         splits[ex.meta.get("split", "")] = splits.get(ex.meta.get("split", ""), 0) + 1

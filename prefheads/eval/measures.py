@@ -91,7 +91,8 @@ def task_metrics(spec: TaskSpec, scores: ChoiceScores, separable: Sequence[str] 
     Args:
         spec: The task's :class:`~prefheads.tasks.TaskSpec`.
         scores: Its scores (pairs as two-candidate examples, chosen first, label 0).
-        separable: Heads trained with the separable objective; they also get calibration.
+        separable: Heads trained with a calibrated objective (``separable``; see
+            :func:`prefheads.losses.is_calibrated`); they also get calibration.
 
     Returns:
         ``(methods, predictions)``: method -> result block, and method -> predicted indices.

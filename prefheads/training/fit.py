@@ -232,9 +232,9 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
         return _fit_auto(cfg, pm, name, cands, tr, va, out, items, data, progress)
     t0 = time.perf_counter()
     feats, hit, score, selection = None, False, None, {}
+    mixed = parse_layers(cfg.layers, pm.num_layers) if is_multi_layer(cfg.pooler) else None  # the layers it mixes
     if not MODES.get(cfg.mode).trains_backbone:  # one backbone pass (or the cache) before the head exists
-        reads = (init.config.reads if init is not None else
-                 parse_layers(cfg.layers, pm.num_layers) if is_multi_layer(cfg.pooler) else [cfg.layer])
+        reads = init.config.reads if init is not None else mixed or [cfg.layer]
         wants = cfg.lm_score != "none" if init is None else init.uses_scores
         feats, hit = _backbone_pass(progress, f"{len(items)} candidates",
                                     lambda: _frozen_features(cfg, pm, cands, items, reads, wants))
@@ -246,8 +246,8 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
         score = init.config.score_input
     else:
         head_kw: dict[str, Any] = {}
-        if is_multi_layer(cfg.pooler):
-            head_kw = {"layers": parse_layers(cfg.layers, pm.num_layers), "pooler_kwargs": {"inner": cfg.layermix_inner}}
+        if mixed:
+            head_kw = {"layers": mixed, "pooler_kwargs": {"inner": cfg.layermix_inner}}
         pm.add_head(name, cfg.pooler, layer=cfg.layer, dropout=cfg.head_dropout, score_input=score, **head_kw)
     kw = {} if feats is None else {"states": feats.states, "scores": _values(feats, cands, score)}
     trainable = MODES.get(cfg.mode)(pm, name, cands, cfg, **kw)
