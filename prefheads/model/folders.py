@@ -1,5 +1,5 @@
 """Head folders of a :class:`~prefheads.model.PreferenceModel`: the backbone record it writes,
-saving and loading heads (with the adapters they read), and the model built from a folder.
+saving heads (with the adapters they read), loading them (all or nothing), and one bare head.
 
 File formats and checks of the records are :mod:`prefheads.headio`; this module decides what a
 folder's heads do to the model: which adapters it loads, which state each head reads.
