@@ -225,3 +225,23 @@ def warmup_cosine_schedule(
         return final_lr_ratio + (1.0 - final_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
     return LambdaLR(optimizer, multiplier)
+
+
+@torch.no_grad()
+def clip_grad_norms_(grads: Sequence[Tensor], max_norm: float) -> Tensor:
+    """Clip each head's gradient to norm ``max_norm`` in place, as ``clip_grad_norm_`` does alone.
+
+    Args:
+        grads: Stacked gradients, each ``[N, ...]`` (slice i belongs to head i).
+        max_norm: The clip.
+
+    Returns:
+        ``[N]`` each head's gradient norm before clipping.
+    """
+    n = grads[0].shape[0]
+    per_tensor = torch.stack([torch.linalg.vector_norm(g.reshape(n, -1), 2, dim=1) for g in grads])  # [P, N]
+    total = torch.linalg.vector_norm(per_tensor, 2, dim=0)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef.view(n, *[1] * (g.dim() - 1)))
+    return total

@@ -9,6 +9,7 @@ the same rows, so it holds for this model, this machine and this data.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -18,6 +19,10 @@ from prefheads.engine import extract, plan_tokens
 
 if TYPE_CHECKING:
     from prefheads.model import PreferenceModel
+    from prefheads.training.config import FitConfig
+    from prefheads.training.data import Candidates
+
+log = logging.getLogger("prefheads.training.fit")  # what a run logs, under the run's name
 
 
 @dataclass
@@ -61,3 +66,30 @@ def affordable(n_groups: int, estimate: Estimate, budget_minutes: float) -> int:
     if estimate.minutes <= budget_minutes:
         return n_groups
     return max(2, int(n_groups * budget_minutes / estimate.minutes))
+
+
+def within_budget(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, items: list[Any]) -> tuple[Candidates, list[Any], dict[str, Any]]:
+    """All the training data (and its encoded rows), or the seeded share of it a frozen backbone pass
+    covers in ``cfg.time_budget``; with what was estimated, for the run's record."""
+    from prefheads.training.cache import FeatureCache, feature_key
+    from prefheads.training.modes import MODES
+
+    if MODES.get(cfg.mode).trains_backbone or cfg.max_train is not None or not cfg.time_budget:
+        return cands, items, {}
+    if cfg.feature_cache and FeatureCache(cfg.cache_dir, cfg.cache_dtype).has(
+            feature_key(pm.backbone, items, cfg.cache_dtype)):
+        return cands, items, {}  # the pass is already paid for
+    est = estimate_pass(pm, items, logprobs=cfg.lm_score != "none")
+    keep = affordable(len(cands), est, cfg.time_budget)
+    info = {"budget": {"minutes": cfg.time_budget, "estimated_seconds": round(est.minutes * 60, 3),
+                       "tokens": est.tokens, "tokens_per_second": round(est.tokens_per_second, 1),
+                       "examples_available": len(cands), "examples_used": keep}}
+    log.warning("backbone pass over %d candidates (%d tokens) estimated at %.1f min (%.0f tokens/s)%s",
+                len(items), est.tokens, est.minutes, est.tokens_per_second,
+                "" if keep == len(cands) else f"; the {cfg.time_budget:g}-min budget covers {keep} of "
+                f"{len(cands)} examples (seeded subset; --max-train {keep} reruns it exactly)")
+    if keep == len(cands):
+        return cands, items, info
+    pick = sorted(random.Random(cfg.seed).sample(range(len(cands)), keep))
+    rows = [r for g in pick for r in [cands.groups[g][0], *cands.groups[g][1]]]
+    return cands.subset(pick), [items[r] for r in rows], info

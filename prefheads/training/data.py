@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 
 from prefheads.types import Example, PreferencePair, Prompt
 
@@ -115,3 +116,29 @@ def sample_pairs(groups: Sequence[tuple[int, list[int]]], gen: torch.Generator) 
         out[i, 0] = w
         out[i, 1] = ls[int(torch.randint(len(ls), (1,), generator=gen))]
     return out
+
+
+def padded_groups(groups: Sequence[tuple[int, list[int]]]) -> Tensor:
+    """``[G, K]`` rows of each group, preferred first, padded with -1."""
+    k = max(1 + len(ls) for _, ls in groups)
+    out = torch.full((len(groups), k), -1, dtype=torch.long)
+    for i, (w, ls) in enumerate(groups):
+        out[i, : 1 + len(ls)] = torch.tensor([w, *ls])
+    return out
+
+
+def choice_hits(r: Tensor, lists: Tensor) -> Tensor:
+    """``[N]`` groups whose preferred row out-scores every other (ties miss), per head.
+
+    Args:
+        r: ``[N, M]`` rewards of every row, per head.
+        lists: ``[G, K]`` rows of each group, preferred first, -1 padding.
+    """
+    x = r[:, lists.clamp_min(0)].masked_fill(lists < 0, float("-inf"))  # [N, G, K]
+    return (x[:, :, 0] > x[:, :, 1:].max(-1).values).sum(-1)
+
+
+def pair_hits(r: Tensor, pairs: Tensor) -> Tensor:
+    """``[N]`` share of ``[P, 2]`` row pairs whose first row out-scores the second, per head (fp32)."""
+    x = r[:, pairs]
+    return (x[:, :, 0] > x[:, :, 1]).float().mean(-1)

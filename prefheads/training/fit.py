@@ -16,6 +16,7 @@ import torch
 
 from prefheads.hooks import auto_layers, parse_layers
 from prefheads.poolers import is_multi_layer
+from prefheads.training.budget import within_budget
 from prefheads.training.config import FitConfig
 from prefheads.training.lmscore import choose_score, settle
 from prefheads.training.loop import choice_accuracy
@@ -104,34 +105,6 @@ def encode_candidates(pm: PreferenceModel, cands: Candidates, truncation: str) -
     return items, sum(it.truncated > 0 for it in items)
 
 
-def _within_budget(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, items: list[Any]) -> tuple[Candidates, list[Any], dict[str, Any]]:
-    """All the training data, or the seeded share of it a frozen backbone pass covers in ``time_budget``."""
-    import random
-
-    from prefheads.training.budget import affordable, estimate_pass
-    from prefheads.training.cache import FeatureCache, feature_key
-
-    if MODES.get(cfg.mode).trains_backbone or cfg.max_train is not None or not cfg.time_budget:
-        return cands, items, {}
-    if cfg.feature_cache and FeatureCache(cfg.cache_dir, cfg.cache_dtype).has(
-            feature_key(pm.backbone, items, cfg.cache_dtype)):
-        return cands, items, {}  # the pass is already paid for
-    est = estimate_pass(pm, items, logprobs=cfg.lm_score != "none")
-    keep = affordable(len(cands), est, cfg.time_budget)
-    info = {"budget": {"minutes": cfg.time_budget, "estimated_seconds": round(est.minutes * 60, 3),
-                       "tokens": est.tokens, "tokens_per_second": round(est.tokens_per_second, 1),
-                       "examples_available": len(cands), "examples_used": keep}}
-    log.warning("backbone pass over %d candidates (%d tokens) estimated at %.1f min (%.0f tokens/s)%s",
-                len(items), est.tokens, est.minutes, est.tokens_per_second,
-                "" if keep == len(cands) else f"; the {cfg.time_budget:g}-min budget covers {keep} of "
-                f"{len(cands)} examples (seeded subset; --max-train {keep} reruns it exactly)")
-    if keep == len(cands):
-        return cands, items, info
-    pick = sorted(random.Random(cfg.seed).sample(range(len(cands)), keep))
-    rows = [r for g in pick for r in [cands.groups[g][0], *cands.groups[g][1]]]
-    return cands.subset(pick), [items[r] for r in rows], info
-
-
 def _frozen_features(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, items: list[Any], layers: Sequence[int],
                      logprobs: bool) -> tuple[Any, bool]:
     """The frozen backbone's features of every candidate, through the feature cache."""
@@ -188,7 +161,6 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
     from prefheads.progress import bar
     from prefheads.training.loop import train
     from prefheads.training.outdir import check_out_dir
-    from prefheads.training.strategies import MODES
 
     if pm is None:
         from prefheads.loading import quantization_kwargs
@@ -204,7 +176,7 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
 
         raise DataError("no training rows", file=cands.source or cfg.data or cfg.task)
     items, n_trunc = encode_candidates(pm, cands, cfg.truncation)  # every data problem surfaces here
-    cands, items, budget = _within_budget(cfg, pm, cands, items)
+    cands, items, budget = within_budget(cfg, pm, cands, items)
     tr, va = split(len(cands), cfg.val_fraction, cfg.seed)
     init = _initial_head(pm, cfg.init_head, cfg.head_dropout) if cfg.init_head else None
     if init is not None:  # the saved head decides what is read and how: record that, not the defaults
@@ -420,16 +392,7 @@ def _fit_probe(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates
          "val_accuracy": best_by_layer,
          "lm_score": score, "l2_grid": list(probe.L2_GRID), "val_accuracy_by_lm_score": by_layer,
          "candidates": [c.to_dict() for c in cands_cv]}, indent=2))
-    train_acc = choice_accuracy_of(head, feats, values, groups)
+    train_acc = probe.choice_accuracy_of(head, feats, values, groups)
     history = [{"epoch": 1, "val_accuracy": choice.cv_accuracy, "val_pair_accuracy": choice.cv_accuracy,
                 "train_accuracy": train_acc}]
     return FitResult(out, name, history, 1, len(groups), 0, setup_s, time.perf_counter() - t1, hit, data)
-
-
-def choice_accuracy_of(head: Any, feats: Any, values: torch.Tensor | None, groups: list[Any]) -> float:
-    """Training choice accuracy of a frozen ``head`` on cached ``feats``."""
-    from prefheads.training.data import choice_share
-
-    with torch.no_grad():
-        r = head(head.select(feats.states), values if head.uses_scores else None)
-    return choice_share(r.tolist(), groups)

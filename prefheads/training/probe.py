@@ -31,9 +31,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from prefheads.training.data import choice_share
 
 if TYPE_CHECKING:
     from prefheads.model import PreferenceModel
@@ -274,3 +276,10 @@ def build_head(pm: PreferenceModel, name: str, states: dict[int, torch.Tensor], 
             head.score_scale.fill_(k + math.log(-math.expm1(-k)))  # softplus⁻¹(k)
         head.reward.weight.copy_(w[0, 0].float()[None])
     return head
+
+
+def choice_accuracy_of(head: Any, feats: Any, values: torch.Tensor | None, groups: list[Any]) -> float:
+    """Training choice accuracy of a frozen ``head`` on cached ``feats``."""
+    with torch.no_grad():
+        r = head(head.select(feats.states), values if head.uses_scores else None)
+    return choice_share(r.tolist(), groups)

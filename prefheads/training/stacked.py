@@ -47,10 +47,10 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from prefheads.heads import RewardHead
 from prefheads.losses import is_listwise
-from prefheads.optim import warmup_cosine_schedule
+from prefheads.optim import clip_grad_norms_, warmup_cosine_schedule
 from prefheads.training.config import FitConfig
 from prefheads.training.loop import _epoch_lists, _epoch_pairs, _loss
-from prefheads.training.data import sample_pairs
+from prefheads.training.data import choice_hits, padded_groups, pair_hits, sample_pairs
 
 if TYPE_CHECKING:
     from prefheads.model import PreferenceModel
@@ -136,52 +136,6 @@ class HeadStack:
         for i, head in enumerate(heads):
             for name, p in head.named_parameters():
                 p.copy_(weights[name][i])
-
-
-@torch.no_grad()
-def clip_grad_norms_(grads: Sequence[Tensor], max_norm: float) -> Tensor:
-    """Clip each head's gradient to norm ``max_norm`` in place, as ``clip_grad_norm_`` does alone.
-
-    Args:
-        grads: Stacked gradients, each ``[N, ...]`` (slice i belongs to head i).
-        max_norm: The clip.
-
-    Returns:
-        ``[N]`` each head's gradient norm before clipping.
-    """
-    n = grads[0].shape[0]
-    per_tensor = torch.stack([torch.linalg.vector_norm(g.reshape(n, -1), 2, dim=1) for g in grads])  # [P, N]
-    total = torch.linalg.vector_norm(per_tensor, 2, dim=0)
-    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    for g in grads:
-        g.mul_(coef.view(n, *[1] * (g.dim() - 1)))
-    return total
-
-
-def padded_groups(groups: Groups) -> Tensor:
-    """``[G, K]`` rows of each group, preferred first, padded with -1."""
-    k = max(1 + len(ls) for _, ls in groups)
-    out = torch.full((len(groups), k), -1, dtype=torch.long)
-    for i, (w, ls) in enumerate(groups):
-        out[i, : 1 + len(ls)] = torch.tensor([w, *ls])
-    return out
-
-
-def choice_hits(r: Tensor, lists: Tensor) -> Tensor:
-    """``[N]`` groups whose preferred row out-scores every other (ties miss), per head.
-
-    Args:
-        r: ``[N, M]`` rewards of every row, per head.
-        lists: ``[G, K]`` rows of each group, preferred first, -1 padding.
-    """
-    x = r[:, lists.clamp_min(0)].masked_fill(lists < 0, float("-inf"))  # [N, G, K]
-    return (x[:, :, 0] > x[:, :, 1:].max(-1).values).sum(-1)
-
-
-def pair_hits(r: Tensor, pairs: Tensor) -> Tensor:
-    """``[N]`` share of ``[P, 2]`` row pairs whose first row out-scores the second, per head (fp32)."""
-    x = r[:, pairs]
-    return (x[:, :, 0] > x[:, :, 1]).float().mean(-1)
 
 
 def stack_blocker(cfg: FitConfig, heads: Sequence[RewardHead] = ()) -> str | None:
