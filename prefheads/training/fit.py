@@ -272,7 +272,6 @@ def _fit_auto(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates,
     """
     from prefheads.training.loop import train
     from prefheads.training.stacked import train_layer_heads
-    from prefheads.training.strategies import FrozenTrainable
 
     if not va:
         raise ValueError("--layer auto chooses on a validation split: set val_fraction > 0")
@@ -305,7 +304,7 @@ def _fit_auto(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates,
             if tmp not in stacked:
                 torch.manual_seed(cfg.seed)  # every candidate head starts from the same draw
                 pm.add_head(tmp, cfg.pooler, layer=layer, dropout=cfg.head_dropout, activate=False, score_input=variant)
-            trainable = FrozenTrainable(pm, tmp, cands, cfg, states=states, scores=values if variant else None)
+            trainable = MODES.get(cfg.mode)(pm, tmp, cands, cfg, states=states, scores=values if variant else None)
             trainable.setup()
             if tmp in stacked:
                 history, best_epoch = stacked[tmp]
@@ -330,7 +329,7 @@ def _fit_auto(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates,
                                         "better on validation", "val_accuracy_by_variant": by_variant[str(layer)]}
     pm.attach_head(name, head)
     head.config.meta.update({"task": cfg.task or Path(cfg.data).name, "template": cfg.template,
-                             "objective": cfg.objective, "mode": "frozen",
+                             "objective": cfg.objective, "mode": cfg.mode,
                              "epochs": cfg.epochs, "best_epoch": best_epoch, "n_train": len(tr), "n_val": len(va),
                              "seed": cfg.seed, "chosen_layer": layer, "val_accuracy": round(scores[layer], 4),
                              "val_pair_accuracy": round(pair_scores[layer], 4),
@@ -381,7 +380,7 @@ def _fit_probe(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates
         head.config.meta["lm_score"] = {**selection, "kept": kept, "cv_accuracy_score": round(cands_cv[0].cv_accuracy, 4)}
     chosen = head.config.layer if choice.layer is not None else None
     head.config.meta.update({"task": cfg.task or Path(cfg.data).name, "template": cfg.template,
-                             "objective": "least squares (ridge)", "mode": "frozen", "solver": "ridge",
+                             "objective": "least squares (ridge)", "mode": cfg.mode, "solver": "ridge",
                              "n_train": len(groups), "n_val": 0, "seed": cfg.seed, "chosen_layer": chosen,
                              "l2": choice.l2, "cv_folds": cfg.cv_folds,
                              "val_accuracy": round(choice.cv_accuracy, 4), "layer_scores": best_by_layer,

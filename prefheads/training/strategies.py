@@ -35,8 +35,10 @@ class Trainable(nn.Module):
     """Base: holds the head (and what else trains) and the training candidates.
 
     Class attributes say what a mode allows (checked when a :class:`FitConfig` is built):
-    ``trains_backbone`` (the backbone runs in training, so no cached features: ``--layer auto``
-    and ``--lm-score`` need a mode without it) and ``quantized`` (it trains on a 4/8-bit backbone).
+    ``trains_backbone`` (the backbone runs in training, so no cached features: ``--layer auto``,
+    ``--lm-score`` and the ridge solver need a mode without it; such a mode is built with the
+    cached ``states`` and ``scores`` as :class:`FrozenTrainable` is, so subclass that) and
+    ``quantized`` (it trains on a 4/8-bit backbone).
 
     Attributes:
         ref_logp: ``[M]`` reference-policy summed log-probs per candidate (cDPO), or None.
