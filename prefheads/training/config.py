@@ -56,12 +56,12 @@ class FitConfig:
             candidates). Default: listwise, or separable with the joint cDPO objective
             (dpo_weight > 0); none with the ridge solver (its own least-squares objective).
         dph_eps: Label smoothing ε of the DPH loss.
-        solver: How a frozen head is fitted: ridge (a linear head, identity pooler: closed-form
-            least squares on question-centred standardised states, its layer, LM score and L2
-            strength chosen by cross-validation on the training data; objective, epochs, lr
-            and the validation split are not used) or adamw (the DPH objective in the training
-            loop, best epoch on the validation split). Default: ridge for a frozen identity
-            head with no objective, init head or cDPO asked for, else adamw.
+        solver: How a frozen head is fitted: ridge or adamw. ridge (a linear head, identity pooler:
+            closed-form least squares on question-centred standardised states, its layer, LM score
+            and L2 strength chosen by cross-validation on the training data; objective, epochs, lr
+            and the validation split are not used) or adamw (the DPH objective in the training loop,
+            best epoch on the validation split). Default: ridge for a frozen identity head with no
+            objective, init head or cDPO asked for, else adamw.
         cv_folds: Folds of the ridge solver's cross-validation (over questions).
         epochs: Passes over the training pairs.
         batch_size: Pairs per optimizer step.
