@@ -43,7 +43,7 @@ def one(name: str, n_train: int, n_eval: int) -> dict:
 
     torch.set_num_threads(1)
     from prefheads import PreferenceModel, tasks
-    from prefheads.evaluation import score_examples, summarize
+    from prefheads.eval import score_examples, summarize
     from prefheads.loading import quantization_kwargs
     from prefheads.training import FitConfig, fit
     from prefheads.training.cache import FeatureCache, cached_features
