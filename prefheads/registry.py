@@ -120,11 +120,11 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; known {self.kind} names: {known}"
             ) from None
 
-    def names(self) -> list[str]:
-        """Return the registered names (plugins included), sorted."""
+    def names(self, sort: bool = True) -> list[str]:
+        """Return the registered names (plugins included), sorted, or in the order registered."""
         if not self._scanned:
             self.load_plugins()
-        return sorted(self._items)
+        return sorted(self._items) if sort else list(self._items)
 
     def __contains__(self, name: object) -> bool:
         if name not in self._items and isinstance(name, str):

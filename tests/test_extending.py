@@ -37,9 +37,10 @@ class NormTuning(Trainable):
             p.requires_grad_("norm" in name)
 
 
-def test_a_new_training_mode_is_one_class_and_one_registration(tmp_path):
-    if "norms" not in MODES:
-        MODES.register("norms")(NormTuning)
+def test_a_new_training_mode_is_one_class_and_one_registration(tmp_path, request):
+    MODES.register("norms")(NormTuning)
+    # for this test only: no other test sees a fourth mode in its messages
+    request.addfinalizer(lambda: MODES._items.pop("norms"))
     bb, tok = make_backbone("llama")
     before = {k: v.clone() for k, v in bb.state_dict().items()}
     pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
@@ -69,9 +70,9 @@ class LayerMean(nn.Module):
         return self.inner(h.mean(-2))
 
 
-def test_a_new_multi_layer_pooler_is_one_class_and_one_registration(tmp_path):
-    if "layermean" not in POOLERS:
-        POOLERS.register("layermean")(LayerMean)
+def test_a_new_multi_layer_pooler_is_one_class_and_one_registration(tmp_path, request):
+    POOLERS.register("layermean")(LayerMean)
+    request.addfinalizer(lambda: POOLERS._items.pop("layermean"))  # for this test only
     bb, tok = make_backbone("llama")
     pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
     fit(FitConfig(data=str(_pairs_file(tmp_path / "pairs.jsonl", n=40)), out=str(tmp_path / "o"),

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from prefheads.lmscores import LM_SCORES
 from prefheads.losses import LOSSES, is_listwise
 from prefheads.poolers import POOLERS, is_multi_layer
-from prefheads.training.modes import MODES, choices, frozen_modes, quantized_modes
+from prefheads.training.modes import MODES, choices, frozen_modes, mode_names, quantized_modes, trained_modes
 
 
 @dataclass
@@ -177,7 +177,7 @@ class FitConfig:
         if self.task is None and self.data is None:
             raise ValueError("give a task (--task) or a preference file (--data)")
         if self.mode not in MODES:
-            raise ValueError(f"mode {self.mode!r} is not available; choose {choices(MODES.names())}")
+            raise ValueError(f"mode {self.mode!r} is not available; choose {choices(mode_names())}")
         if self.pooler not in POOLERS:
             raise ValueError(f"pooler must be one of {POOLERS.names()}, got {self.pooler!r}")
         self._resolve_defaults()
@@ -192,9 +192,8 @@ class FitConfig:
         if self.load_in_4bit and self.load_in_8bit:
             raise ValueError("choose one of load_in_4bit and load_in_8bit")
         if self.fsdp and not mode.trains_backbone:
-            trained = [m for m in MODES.names() if MODES.get(m).trains_backbone]
-            raise ValueError(f"fsdp shards a trained backbone: {choices(trained)} mode ({self.mode} mode trains the "
-                             "head alone)")
+            raise ValueError(f"fsdp shards a trained backbone: {choices(trained_modes())} mode ({self.mode} mode "
+                             "trains the head alone)")
         if self.fsdp and (self.load_in_4bit or self.load_in_8bit):
             raise ValueError("fsdp shards float weights: not with load_in_4bit / load_in_8bit")
         if self.log_with not in (None, "tensorboard", "wandb"):
@@ -204,7 +203,7 @@ class FitConfig:
         if self.objective is not None and self.objective not in LOSSES:
             raise ValueError(f"objective must be one of {LOSSES.names()}, got {self.objective!r}")
         if self.objective is not None and is_listwise(self.objective) and self.dpo_weight:
-            pairwise = [n for n in LOSSES.names() if not is_listwise(n)]
+            pairwise = [n for n in LOSSES.names(sort=False) if not is_listwise(n)]
             raise ValueError(f"the joint cDPO objective trains on pairs: use {choices(pairwise)} with --dpo-weight")
         if not 0.0 <= self.dph_eps <= 0.5:
             raise ValueError(f"dph_eps must be in [0, 0.5], got {self.dph_eps}")

@@ -18,14 +18,24 @@ from prefheads.registry import Registry
 MODES: Registry[type[nn.Module]] = Registry("training mode")
 
 
+def mode_names() -> list[str]:
+    """Every mode, in the order registered (frozen, lora, full, then any added)."""
+    return MODES.names(sort=False)
+
+
 def frozen_modes() -> list[str]:
     """Modes whose backbone does not train (cached features)."""
-    return [m for m in MODES.names() if not MODES.get(m).trains_backbone]
+    return [m for m in mode_names() if not MODES.get(m).trains_backbone]
+
+
+def trained_modes() -> list[str]:
+    """Modes whose backbone trains."""
+    return [m for m in mode_names() if MODES.get(m).trains_backbone]
 
 
 def quantized_modes() -> list[str]:
     """Modes that can train on a 4/8-bit backbone."""
-    return [m for m in MODES.names() if MODES.get(m).quantized]
+    return [m for m in mode_names() if MODES.get(m).quantized]
 
 
 def choices(names: list[str]) -> str:
