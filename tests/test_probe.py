@@ -10,7 +10,8 @@ import torch
 from conftest import make_backbone
 from prefheads import PreferenceModel
 from prefheads.training import FitConfig, fit
-from prefheads.training.probe import Candidate, _centre, best, choice_hits, cross_validate, group_matrix, moments, ridge_path
+from prefheads.training.data import group_wins, padded_groups
+from prefheads.training.probe import Candidate, _centre, best, cross_validate, moments, ridge_path
 from test_lmscore_heads import _choices, _examples, zero_states  # noqa: F401 - a fixture
 
 
@@ -30,7 +31,7 @@ def _synthetic(n_groups: int = 120, k: int = 4, d: int = 6, seed: int = 0):
 
 def test_the_ridge_path_solves_the_normal_equations_with_the_score_unpenalised():
     states, score, groups = _synthetic()
-    idx = group_matrix(groups)
+    idx = padded_groups(groups)
     x, z = states.double(), (score.double() - score.mean()) / score.std()
     xc, y = _centre(x, idx)
     zc = _centre(z[None, :, None], idx)[0][0, :, 0]
@@ -70,9 +71,9 @@ def test_ties_keep_the_score_alone():
 
 
 def test_choice_hits_counts_ties_as_misses():
-    idx = group_matrix([(0, [1, 2]), (3, [4])])
+    idx = padded_groups([(0, [1, 2]), (3, [4])])
     r = torch.tensor([1.0, 1.0, 0.0, 2.0, 1.0])
-    assert choice_hits(r, idx).tolist() == [False, True]
+    assert group_wins(r, idx).tolist() == [False, True]
 
 
 def test_fit_defaults_solve_a_linear_head_and_record_every_candidate(tmp_path):

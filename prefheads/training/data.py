@@ -127,6 +127,20 @@ def padded_groups(groups: Sequence[tuple[int, list[int]]]) -> Tensor:
     return out
 
 
+def group_wins(r: Tensor, lists: Tensor) -> Tensor:
+    """Whether each group's preferred row scores strictly above its others (ties miss).
+
+    Args:
+        r: ``[..., M]`` scores of every row.
+        lists: ``[G, K]`` rows of each group, preferred first, -1 padding (:func:`padded_groups`).
+
+    Returns:
+        ``[..., G]`` bool.
+    """
+    x = r[..., lists.clamp_min(0)].masked_fill(lists < 0, float("-inf"))  # [..., G, K]
+    return x[..., 0] > x[..., 1:].max(-1).values
+
+
 def choice_hits(r: Tensor, lists: Tensor) -> Tensor:
     """``[N]`` groups whose preferred row out-scores every other (ties miss), per head.
 
@@ -134,8 +148,7 @@ def choice_hits(r: Tensor, lists: Tensor) -> Tensor:
         r: ``[N, M]`` rewards of every row, per head.
         lists: ``[G, K]`` rows of each group, preferred first, -1 padding.
     """
-    x = r[:, lists.clamp_min(0)].masked_fill(lists < 0, float("-inf"))  # [N, G, K]
-    return (x[:, :, 0] > x[:, :, 1:].max(-1).values).sum(-1)
+    return group_wins(r, lists).sum(-1)
 
 
 def pair_hits(r: Tensor, pairs: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from prefheads.losses import cdpo_loss, get_loss, is_listwise, joint_loss
 from prefheads.optim import warmup_cosine_schedule
 from prefheads.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from prefheads.training.config import FitConfig
-from prefheads.training.data import choice_share, sample_pairs
+from prefheads.training.data import choice_share, padded_groups, sample_pairs
 from prefheads.training.sharding import gather
 
 
@@ -37,10 +37,7 @@ def _epoch_pairs(groups: list[tuple[int, list[int]]], seed: int, epoch: int) -> 
 def _epoch_lists(groups: list[tuple[int, list[int]]], seed: int, epoch: int) -> torch.Tensor:
     """Every candidate of every group, preferred first, padded with -1: ``[G, K]`` (listwise)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    k = max(1 + len(ls) for _, ls in groups)
-    out = torch.full((len(groups), k), -1, dtype=torch.long)
-    for i, (w, ls) in enumerate(groups):
-        out[i, : 1 + len(ls)] = torch.tensor([w, *ls])
+    out = padded_groups(groups)
     return out[torch.randperm(len(out), generator=g)]
 
 

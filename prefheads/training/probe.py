@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from prefheads.training.data import group_wins, padded_groups
+
 from prefheads.training.data import choice_share
 
 if TYPE_CHECKING:
@@ -70,30 +72,6 @@ class Candidate:
         """JSON-ready record."""
         return {"layer": self.layer, "lm_score": self.score, "l2": self.l2,
                 "cv_accuracy": round(self.cv_accuracy, 4)}
-
-
-def group_matrix(groups: Groups) -> torch.Tensor:
-    """Rows of every group, preferred first, padded with -1: ``[G, K]`` long."""
-    k = max(1 + len(ls) for _, ls in groups)
-    out = torch.full((len(groups), k), -1, dtype=torch.long)
-    for i, (w, ls) in enumerate(groups):
-        out[i, : 1 + len(ls)] = torch.tensor([w, *ls])
-    return out
-
-
-def choice_hits(r: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Whether each group's preferred row scores strictly above the others.
-
-    Args:
-        r: ``[..., M]`` scores of every row.
-        idx: ``[G, K]`` group matrix (:func:`group_matrix`).
-
-    Returns:
-        ``[..., G]`` bool.
-    """
-    mask = idx >= 0
-    x = r[..., idx.clamp_min(0)].masked_fill(~mask, float("-inf"))
-    return x[..., 0] > x[..., 1:].max(-1).values
 
 
 def _standardise(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -203,7 +181,7 @@ def cross_validate(states: torch.Tensor, s: torch.Tensor | None, groups: Groups,
         Candidates in preference order for ties: the score alone (with a score), then by layer,
         without the score before with it, larger λ first.
     """
-    idx = group_matrix(groups)
+    idx = padded_groups(groups)
     G = len(groups)
     perm = torch.randperm(G, generator=torch.Generator().manual_seed(seed))
     parts = [p for p in perm.chunk(max(2, min(folds, G))) if len(p)]
@@ -220,9 +198,9 @@ def cross_validate(states: torch.Tensor, s: torch.Tensor | None, groups: Groups,
         stats = moments(x, tr_idx, z)
         for v in variants:
             w, c = ridge_path(stats, l2, score=v)
-            hits[v] += choice_hits(_rewards(x, w, c, z), te_idx).double().sum(-1)
+            hits[v] += group_wins(_rewards(x, w, c, z), te_idx).double().sum(-1)
         if s is not None:
-            score_hits += float(choice_hits(s, te_idx).double().sum())
+            score_hits += float(group_wins(s, te_idx).double().sum())
     out = []
     if s is not None:
         out.append(Candidate(None, True, 0.0, score_hits / G))
@@ -254,7 +232,7 @@ def build_head(pm: PreferenceModel, name: str, states: dict[int, torch.Tensor], 
         The attached :class:`~prefheads.heads.RewardHead` (identity pooler, no dropout), whose
         rewards are the refitted ridge predictor's (up to float rounding).
     """
-    idx = group_matrix(groups)
+    idx = padded_groups(groups)
     rows = idx[idx >= 0]
     layer = choice.layer if choice.layer is not None else max(states)
     head = pm.add_head(name, "identity", layer=layer, dropout=0.0,
