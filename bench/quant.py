@@ -47,7 +47,8 @@ def one(name: str, n_train: int, n_eval: int) -> dict:
     from prefheads.loading import quantization_kwargs
     from prefheads.training import FitConfig, fit
     from prefheads.training.cache import FeatureCache, cached_features
-    from prefheads.training.fit import encode_candidates, training_candidates
+    from prefheads.training.fit import training_candidates
+    from prefheads.training.passes import encode_candidates
 
     flags = PRECISIONS[name]
     t0 = time.perf_counter()

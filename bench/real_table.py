@@ -88,13 +88,14 @@ def run_task(pm, task: str, args) -> dict:
     from sklearn.preprocessing import StandardScaler
 
     from prefheads.hooks import parse_layers
-    from prefheads.lmscores import lm_score
+    from prefheads.lmscores import chars_of, score_table
     from prefheads.eval.margins import accuracy_margin
     from prefheads.eval.metrics import accuracy
     from prefheads.training import FitConfig, fit
     from prefheads.training.cache import FeatureCache, cached_features
     from prefheads.training.config import default_template
     from prefheads.training.data import from_examples
+    from prefheads.training.passes import raw_features
 
     t0 = time.perf_counter()
     template = default_template(task)
@@ -127,6 +128,7 @@ def run_task(pm, task: str, args) -> dict:
         feats_layers = sorted({h.config.layer, -1})
         out["default_fit_s"], out["default_layer"] = round(time.perf_counter() - t2, 1), h.config.meta.get("chosen_layer")
         out["default_lm_score"] = h.config.score_input
+        out["default_kept"] = h.config.meta.get("lm_score", {}).get("kept")
         out["default_cv"] = round(res.best["val_accuracy"], 4)
     fev, _ = cached_features(pm, ecands.prompts, ecands.completions, feats_layers, cache, logprobs=True)
     column("logprob", per_example((fev.logprob_sum / fev.n_tokens.clamp_min(1)).tolist()))
@@ -150,7 +152,10 @@ def run_task(pm, task: str, args) -> dict:
         h = pm.heads["default"]
         with torch.no_grad():
             h.eval()
-            s = lm_score(h.config.score_input, fev.logprob_sum, fev.n_tokens, ecands.completions) if h.uses_scores else None
+            if h.uses_raw_view:  # the eval rows' raw-view log-probs (cached, as the training rows')
+                rf, _ = raw_features(cfg, pm, ecands)
+                fev.raw_logprob_sum, fev.raw_n_tokens = rf.logprob_sum, rf.n_tokens
+            s = score_table(h.config.score_input, fev, chars_of(ecands.completions)) if h.uses_scores else None
             column("default", per_example(h(h.select(fev.states), s).tolist()))
         m = accuracy_margin(tables["default"], tables[out["baseline_method"]], labels, seed=args.seed)
         out["default_vs_baseline"], out["default_ci"], out["default_p"] = m["vs_baseline"], m["vs_baseline_ci"], m["vs_baseline_p"]

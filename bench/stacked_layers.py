@@ -96,7 +96,7 @@ def run(stacking: bool, cfg, pm, cands, feats, out: Path) -> tuple[float, dict]:
     fit_mod = importlib.import_module("prefheads.training.fit")  # the module (the package exports fit())
 
     os.environ["PREFHEADS_STACKED"] = "1" if stacking else "0"
-    fit_mod._frozen_features = lambda *a, **k: (feats, True)  # the backbone pass, already cached
+    fit_mod.frozen_features = lambda *a, **k: (feats, True)  # the backbone pass, already cached
     if "bench" in pm.heads:
         pm.remove_head("bench")
     tr, va = split(len(cands), cfg.val_fraction, cfg.seed)

@@ -122,12 +122,15 @@ class Encoded:
         truncated: Tokens dropped to fit ``max_length`` (from the left of the prompt, or from
             the end of the completion under ``truncation="right"``).
         n_chars: Characters of the completion text (per-character log-prob scores).
+        raw: The same candidate in the raw view (:mod:`prefheads.rawtext`), where a head that
+            adds ``raw:`` scores will score it.
     """
 
     ids: list[int]
     prompt_len: int
     truncated: int = 0
     n_chars: int = 0
+    raw: "Encoded | None" = None
 
 
 def _lcp(a: list[int], b: list[int]) -> int:

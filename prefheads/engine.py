@@ -39,11 +39,16 @@ class Features:
         logprob_sum: ``[N]`` summed log-probabilities of the completion tokens (reward token
             included), or ``None``.
         n_tokens: ``[N]`` number of completion tokens scored.
+        raw_logprob_sum: ``[N]`` summed log-probs of the same completions in the raw view
+            (:mod:`prefheads.rawtext`: no chat template), where a second pass computed them.
+        raw_n_tokens: ``[N]`` their token counts in that view.
     """
 
     states: dict[int, torch.Tensor]
     logprob_sum: torch.Tensor | None
     n_tokens: torch.Tensor
+    raw_logprob_sum: torch.Tensor | None = None
+    raw_n_tokens: torch.Tensor | None = None
 
 
 def _decoder(model: nn.Module) -> nn.Module:

@@ -35,8 +35,10 @@ class HeadConfig:
         pooler_kwargs: Extra pooler arguments (``ffn_dim`` for ``swiglu``).
         init_std: Std of the normal init of every weight (biases start at 0).
         score_input: The LM's own score the reward adds (``logprob_mean``, ``logprob_sum``,
-            ``logprob_char``: see :mod:`prefheads.lmscores`), or None for the paper's pure
-            DPH. Such a head needs log-probs from the backbone pass that scores it.
+            ``logprob_char``, or their ``raw:`` versions: see :mod:`prefheads.lmscores`), a
+            list of such names (a weighted sum of several), or None for the paper's pure DPH.
+            Such a head needs log-probs from the backbone pass that scores it (and the raw
+            view's pass for ``raw:`` names).
         meta: Free-form record (task, training summary...) saved with the head.
     """
 
@@ -49,7 +51,7 @@ class HeadConfig:
     bias: bool = False
     pooler_kwargs: dict[str, Any] = field(default_factory=dict)
     init_std: float = 0.02
-    score_input: str | None = None
+    score_input: str | list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -82,11 +84,20 @@ class HeadConfig:
         if is_multi_layer(self.pooler) and not self.layers:
             raise ValueError(f"the {self.pooler} pooler needs layers=[...]")
         if self.score_input is not None:
-            from prefheads.lmscores import LM_SCORES
+            from prefheads.lmscores import check_score
 
-            if not isinstance(self.score_input, str):
-                raise TypeError(f"score_input must be a score name, got {self.score_input!r}")
-            LM_SCORES.get(self.score_input)  # unknown score -> clear error listing known names
+            if isinstance(self.score_input, (list, tuple)):
+                self.score_input = [check_score(n) for n in self.score_input]
+                if not self.score_input or len(set(self.score_input)) != len(self.score_input):
+                    raise ValueError(f"score_input must list distinct scores, got {self.score_input}")
+            else:
+                check_score(self.score_input)  # unknown score -> clear error listing known names
+
+    @property
+    def score_names(self) -> list[str]:
+        """The scores the reward adds, as a list (empty for a pure DPH)."""
+        s = self.score_input
+        return [] if s is None else [s] if isinstance(s, str) else list(s)
 
     @property
     def reads(self) -> list[int]:
@@ -135,11 +146,17 @@ class RewardHead(nn.Module):
         self.pooler = build_pooler(config.pooler, d, **kw)
         self.dropout = nn.Dropout(config.dropout)
         self.reward = nn.Linear(d, 1, bias=config.bias)
-        if config.score_input is not None:
+        if isinstance(config.score_input, str):
             # r += softplus(a) · (s - μ) / σ: a positive scale, so the score's ranking is kept
             self.register_buffer("score_mean", torch.zeros(()))
             self.register_buffer("score_std", torch.ones(()))
             self.score_scale = nn.Parameter(torch.zeros(()))
+        elif config.score_input is not None:
+            # several scores: r += Σ_k w_k · (s_k - μ_k) / σ_k, free weights (a fitted combination)
+            k = len(config.score_input)
+            self.register_buffer("score_mean", torch.zeros(k))
+            self.register_buffer("score_std", torch.ones(k))
+            self.score_weight = nn.Parameter(torch.zeros(k))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -149,8 +166,10 @@ class RewardHead(nn.Module):
                 nn.init.normal_(m.weight, std=self.config.init_std)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        if self.config.score_input is not None:
+        if isinstance(self.config.score_input, str):
             nn.init.constant_(self.score_scale, SCORE_SCALE_INIT)
+        elif self.config.score_input is not None:
+            nn.init.constant_(self.score_weight, 1.0 / len(self.config.score_input))
 
     @torch.no_grad()
     def fit_standardizer(self, features: torch.Tensor, eps: float = 1e-6) -> None:
@@ -170,17 +189,27 @@ class RewardHead(nn.Module):
         """Whether the reward adds the LM's own score (``config.score_input``)."""
         return self.config.score_input is not None
 
+    @property
+    def uses_raw_view(self) -> bool:
+        """Whether a score comes from the raw view (:mod:`prefheads.rawtext`: a second pass)."""
+        from prefheads.lmscores import is_raw
+
+        return any(is_raw(n) for n in self.config.score_names)
+
     @torch.no_grad()
     def fit_score_standardizer(self, scores: torch.Tensor, eps: float = 1e-6) -> None:
-        """Set the score standardiser from training scores ``[N]``."""
+        """Set the score standardiser from training scores ``[N]`` (``[N, S]`` for several)."""
         s = scores.double()
-        self.score_mean.copy_(s.mean())
-        self.score_std.copy_(s.std().clamp_min(eps) if s.numel() > 1 else torch.ones(()))
+        self.score_mean.copy_(s.mean(0))
+        self.score_std.copy_(s.std(0).clamp_min(eps) if s.shape[0] > 1 else torch.ones_like(s[0]))
 
     def score_term(self, scores: torch.Tensor) -> torch.Tensor:
-        """The reward's LM-score part ``softplus(a) · (s - μ) / σ``: ``[...] -> [...]`` fp32."""
+        """The reward's LM-score part: ``softplus(a) · (s - μ) / σ`` for one score (``[...] ->
+        [...]``), ``Σ_k w_k (s_k - μ_k) / σ_k`` for several (``[..., S] -> [...]``); fp32."""
         z = (scores.double() - self.score_mean.double()) / self.score_std.double()
-        return (nn.functional.softplus(self.score_scale) * z.float())
+        if isinstance(self.config.score_input, str):
+            return nn.functional.softplus(self.score_scale) * z.float()
+        return (z * self.score_weight.double()).sum(-1).float()
 
     def forward(self, h: torch.Tensor, scores: torch.Tensor | None = None) -> torch.Tensor:
         """``[..., d]`` (or ``[..., L, d]`` multi-layer) ``-> [...]`` rewards, computed in fp32.

@@ -18,7 +18,8 @@ LAYERS = [
     {"training", "eval", "infer"},
     {"model"},
     {"binding", "headio", "card"},
-    {"engine", "hooks", "heads", "poolers", "losses", "lmscores", "chat", "families", "loading", "fingerprint",
+    {"engine", "hooks", "heads", "poolers", "losses", "lmscores", "chat", "rawtext", "families", "loading",
+     "fingerprint",
      "tasks"},
     {"registry", "types", "optim", "progress", "cliargs", "inhouse"},
 ]

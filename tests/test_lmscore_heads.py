@@ -50,31 +50,39 @@ def _choices(table):
     return [max(range(len(r)), key=lambda j: (r[j], -j)) for r in table]
 
 
-@pytest.mark.parametrize("wanted", ["logprob_mean", "auto"])
+@pytest.mark.parametrize("wanted", ["logprob_mean", "raw:logprob_char", "auto"])
 def test_with_an_uninformative_state_the_head_chooses_as_its_lm_score(tmp_path, zero_states, wanted):
-    from prefheads.lmscores import LM_SCORES
+    from prefheads.lmscores import LM_SCORES, all_scores, score_names
     from prefheads.training.data import from_examples
 
     bb, tok = make_backbone("llama")
     pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
-    cfg = FitConfig(task="t", out=str(tmp_path / "h"), epochs=3, batch_size=8, lr=3e-3, lm_score=wanted,
-                    cache_dir=str(tmp_path / "c"), head_name="h")
+    cfg = FitConfig(task="t", out=str(tmp_path / "h"), lm_score=wanted, cache_dir=str(tmp_path / "c"), head_name="h")
     fit(cfg, pm=pm, progress=False, cands=from_examples(_examples(40), "t"))
-    meta = pm.heads["h"].config.meta["lm_score"]
+    head_cfg = pm.heads["h"].config
+    meta = head_cfg.meta["lm_score"]
     train_acc = meta["train_accuracy"]
-    assert set(train_acc) == set(LM_SCORES.names())
+    # the chat-turn scores, and the raw view's where the raw pass runs (auto, or a raw: score)
+    assert set(train_acc) == set(score_names() if wanted != "logprob_mean" else LM_SCORES.names())
+    assert meta["kept"] in ("score", "scores")  # a zero state adds nothing: never kept
+    assert not pm.heads["h"].reward.weight.any()
     if wanted == "auto":
         assert train_acc[meta["score"]] == max(train_acc.values())
     else:
-        assert meta["score"] == "logprob_mean"
+        assert meta["score"] == wanted and head_cfg.score_input == wanted
     evals = _examples(24, offset=1000)
     sc = score_examples(pm, evals)
     head = _choices(sc.rewards["h"])
-    rule = {"logprob_mean": sc.logprob, "logprob_sum": sc.logprob_sum,
-            "logprob_char": [[s / len(c) for s, c in zip(row, ex.choices)] for row, ex in zip(sc.logprob_sum, evals)]}
-    assert head == _choices(rule[meta["score"]])  # the baseline's choices, exactly
-    if meta["score"] == "logprob_mean":
-        assert head == _choices(sc.methods()["logprob"])  # = the paper's log-prob method
+    prompts = [ex.prompt for ex in evals for _ in ex.choices]
+    comps = [c for ex in evals for c in ex.choices]
+    rules = all_scores(pm.features(prompts, comps, layers=[-1], logprobs=True, raw=True), comps)
+    if meta["kept"] == "score":
+        rule = rules[meta["score"]].view(len(evals), 4).tolist()
+        assert head == _choices(rule)  # the baseline's choices, exactly
+        if meta["score"] == "logprob_mean":
+            assert head == _choices(sc.methods()["logprob"])  # = the paper's log-prob method
+    else:  # the fitted combination of every score, alone
+        assert head_cfg.score_input == list(rules)
 
 
 @pytest.mark.parametrize("how", [{"solver": "adamw", "layer": "-1", "lm_score": "auto"}, {"lm_score": "logprob_sum"}],

@@ -43,6 +43,7 @@ from prefheads.engine import extract
 from prefheads.families import profile_for, unwrap
 from prefheads.hooks import FINAL
 from prefheads.eval.metrics import choose
+from prefheads.rawtext import encode_pair, prefix_token_id, tok_encode  # noqa: F401  (re-exported)
 from prefheads.tasks.harness import HARNESS_VERSION
 from prefheads.types import Example
 
@@ -53,65 +54,6 @@ _CPU_MAX_TOKENS = 512  # CPUs run the shared-prefix engine faster per token in s
 
 def _on_cpu(model: nn.Module) -> bool:
     return next(unwrap(model).parameters()).device.type == "cpu"
-
-
-def prefix_token_id(tokenizer: Any, override: int | None = None) -> int | None:
-    """The harness's prefix token: ``override``, else BOS, else EOS."""
-    if override is not None:
-        return override
-    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-
-
-def tok_encode(tokenizer: Any, text: str, *, add_bos: bool | None = None, prefix_id: int | None = None,
-               add_special_tokens: bool | None = None) -> list[int]:
-    """Token ids of ``text`` as ``HFLM.tok_encode`` makes them (see module docstring).
-
-    Args:
-        tokenizer: A Hugging Face tokenizer.
-        text: The string.
-        add_bos: HFLM's ``add_bos_token`` (``None``: the tokenizer's default).
-        prefix_id: The prefix token id (its text at the start of ``text`` turns specials off).
-        add_special_tokens: An explicit setting, which wins over both (as in the harness).
-    """
-    if add_special_tokens is None:
-        special = add_bos
-        if prefix_id is not None and text.startswith(tokenizer.decode(prefix_id)):
-            special = False
-    else:
-        special = add_special_tokens
-    ids = list(tokenizer.encode(text) if special is None else tokenizer.encode(text, add_special_tokens=special))
-    bos = tokenizer.bos_token_id
-    if special is True and add_bos and bos is not None and (not ids or ids[0] != bos):
-        ids = [bos, *ids]  # HFLM passes add_bos_token to the tokenizer, which then adds it
-    return ids
-
-
-def encode_pair(tokenizer: Any, context: str, continuation: str, *, add_bos: bool | None = None,
-                prefix_id: int | None = None) -> tuple[list[int], list[int], bool]:
-    """``(context_ids, continuation_ids, boundary_mismatch)`` of one harness request.
-
-    ``boundary_mismatch`` is true where the joint encoding does not start with the context's
-    own encoding (the ids returned are still the harness's: see module docstring).
-
-    Raises:
-        ValueError: If the continuation gets no tokens of its own.
-    """
-    if context == "":
-        cont = tok_encode(tokenizer, continuation, add_special_tokens=False)
-        if prefix_id is None:
-            raise ValueError("an empty context needs a prefix token (BOS or EOS)")
-        if cont and cont[0] == prefix_id:
-            return cont[:1], cont[1:], False
-        return [prefix_id], cont, False
-    n = len(context) - len(context.rstrip())
-    if n:  # trailing whitespace belongs to the continuation
-        context, continuation = context[:-n], context[-n:] + continuation
-    whole = tok_encode(tokenizer, context + continuation, add_bos=add_bos, prefix_id=prefix_id)
-    ctx = tok_encode(tokenizer, context, add_bos=add_bos, prefix_id=prefix_id)
-    cont = whole[len(ctx):]
-    if not cont:
-        raise ValueError(f"continuation {continuation!r} gets no tokens of its own after context {context[-40:]!r}")
-    return ctx, cont, whole[: len(ctx)] != ctx
 
 
 def resolve_max_length(model: nn.Module, tokenizer: Any) -> int:

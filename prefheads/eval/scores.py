@@ -114,6 +114,7 @@ def score_examples(pm: PreferenceModel, examples: Sequence[Example], heads: Sequ
                 with pm.reading(adapter):
                     feats = pm.features(prompts, comps, layers=pm.layers_for(names) or [-1],
                                         logprobs=(logprobs and adapter is None) or pm.needs_logprobs(names),
+                                        raw=bool(names) and pm.needs_raw_view(names),
                                         **feature_kw)
                 if adapter is None:
                     base = feats

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefheads.infer.scoring import score_items
+from prefheads.infer.scoring import encode_all, score_items
 from prefheads.tasks.errors import DataError
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ def score_window(pm: PreferenceModel, rows: list[Row], shared_prefix: bool | str
     items = []
     for row in rows:
         try:
-            items += pm.encode([row.prompt] * len(row.candidates), row.candidates)
+            items += encode_all(pm, [row.prompt] * len(row.candidates), row.candidates)
         except (ValueError, TypeError) as e:
             where = row.line if row.line is not None else row.index
             raise DataError(f"row id {row.id!r}: {e}", row.source, where) from None

@@ -23,8 +23,15 @@ if TYPE_CHECKING:
 
 
 def encode_all(pm: PreferenceModel, prompts: Sequence[str | Prompt], candidates: Sequence[str]) -> list[Encoded]:
-    """Tokenize aligned prompts and candidates as ``pm`` scores them (its truncation policy)."""
-    return pm.encode(list(prompts), list(candidates))
+    """Tokenize aligned prompts and candidates as ``pm`` scores them (its truncation policy);
+    where a head adds ``raw:`` scores, each item also carries its raw view (``Encoded.raw``)."""
+    items = pm.encode(list(prompts), list(candidates))
+    if pm.heads and pm.needs_raw_view(pm.head_names):
+        from prefheads.rawtext import encode_raw
+
+        for i, (it, p, c) in enumerate(zip(items, prompts, candidates)):
+            it.raw = encode_raw(pm.tokenizer, p, c, max_length=pm.max_length, name=f"item {i}")
+    return items
 
 
 @torch.no_grad()
@@ -47,7 +54,10 @@ def score_items(pm: PreferenceModel, items: list[Encoded], *, heads: Sequence[st
     """
     if not pm.heads:
         raise ValueError("no head attached")
-    from prefheads.lmscores import lm_score_items
+    from prefheads.lmscores import score_table
+    from prefheads.rawtext import raw_logprobs
+
+    chars = torch.tensor([it.n_chars for it in items], dtype=torch.float64)
 
     out = {}
     for adapter, names in pm.head_groups(heads):
@@ -55,14 +65,19 @@ def score_items(pm: PreferenceModel, items: list[Encoded], *, heads: Sequence[st
             feats = extract(pm.backbone, pm.profile, items, pm.layers_for(names), pad_id=pm.tokenizer.pad_token_id or 0,
                             logprobs=pm.needs_logprobs(names), shared_prefix=shared_prefix,
                             max_tokens=max_tokens or pm.max_tokens)
+        if pm.needs_raw_view(names):
+            if any(it.raw is None for it in items):
+                raise ValueError(f"heads {names} add raw-view scores: encode the items with encode_all")
+            feats.raw_logprob_sum, feats.raw_n_tokens = raw_logprobs(
+                pm.backbone, pm.profile, pm.tokenizer, [], [], items=[it.raw for it in items],
+                max_tokens=max_tokens or pm.max_tokens)
         for name in names:
             head = pm.heads[name]
             was = head.training
             head.eval()  # dropout off; restored so a head in training stays in training
             try:
                 # a log-prob-aware head adds the LM's own score of each item, from its group's pass
-                scores = (lm_score_items(head.config.score_input, feats.logprob_sum, feats.n_tokens, items)
-                          if head.uses_scores else None)
+                scores = score_table(head.config.score_input, feats, chars) if head.uses_scores else None
                 out[name] = pm(feats.states, name, scores)
             finally:
                 head.train(was)

@@ -265,7 +265,7 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
     def features(self, prompts: Sequence[str | Prompt], completions: Sequence[str], *,
                  layers: Sequence[int] | None = None, logprobs: bool = False,
                  shared_prefix: bool | None = None, padding_side: str = "right",
-                 grad: bool = False) -> Features:
+                 grad: bool = False, raw: bool = False) -> Features:
         """Hidden states at each reward token (and optionally completion log-probs).
 
         The backbone runs as it stands (its active adapter, if it carries adapters); inside
@@ -280,14 +280,23 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
             shared_prefix: Encode each distinct prompt once (default: ``self.shared_prefix``).
             padding_side: Padding for full encoding.
             grad: Keep the autograd graph through the backbone (LoRA / full training).
+            raw: Also score the completions in the raw view (a second, log-prob-only pass:
+                :mod:`prefheads.rawtext`), for heads that add ``raw:`` scores.
         """
         if layers is None:
             layers = self.layers_for(self.head_names) or [self.layer]
         items = self.encode(prompts, completions)
-        return extract(self.backbone, self.profile, items, list(layers),
-                       pad_id=self.tokenizer.pad_token_id or 0, logprobs=logprobs,
-                       shared_prefix=self.shared_prefix if shared_prefix is None else shared_prefix,
-                       padding_side=padding_side, max_tokens=self.max_tokens, grad=grad)
+        feats = extract(self.backbone, self.profile, items, list(layers),
+                        pad_id=self.tokenizer.pad_token_id or 0, logprobs=logprobs,
+                        shared_prefix=self.shared_prefix if shared_prefix is None else shared_prefix,
+                        padding_side=padding_side, max_tokens=self.max_tokens, grad=grad)
+        if raw:
+            from prefheads.rawtext import raw_logprobs
+
+            feats.raw_logprob_sum, feats.raw_n_tokens = raw_logprobs(
+                self.backbone, self.profile, self.tokenizer, prompts, completions,
+                max_length=self.max_length, max_tokens=self.max_tokens)
+        return feats
 
     def layers_for(self, heads: Sequence[str]) -> list[int]:
         """Sorted hidden states the given heads read (one backbone pass serves them all)."""
@@ -313,26 +322,28 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
         """Whether any of ``heads`` adds the LM's own score (its pass must compute log-probs)."""
         return any(self._get(n).uses_scores for n in heads)
 
+    def needs_raw_view(self, heads: Sequence[str]) -> bool:
+        """Whether any of ``heads`` adds a ``raw:`` score (``features(..., raw=True)``)."""
+        return any(self._get(n).uses_raw_view for n in heads)
+
     def lm_scores(self, feats: Features, completions: Sequence[str], head: str | None = None) -> torch.Tensor | None:
-        """The score head ``head`` adds (``[N]``), from a pass that computed log-probs; None if it adds none."""
-        from prefheads.lmscores import lm_score
+        """The score(s) head ``head`` adds (``[N]``, or ``[N, S]`` for several), from a pass that
+        computed log-probs (and the raw view, for ``raw:`` scores); None if it adds none."""
+        from prefheads.lmscores import chars_of, score_table
 
         h = self._get(head)
         if not h.uses_scores:
             return None
-        if feats.logprob_sum is None:
-            raise ValueError(f"head {head or self.active!r} adds the LM's {h.config.score_input}: "
-                             "compute features with logprobs=True")
-        return lm_score(h.config.score_input, feats.logprob_sum, feats.n_tokens, completions)
+        try:
+            return score_table(h.config.score_input, feats, chars_of(completions))
+        except ValueError as e:
+            raise ValueError(f"head {head or self.active!r} adds the LM's {h.config.score_input}: {e}") from None
 
     @torch.no_grad()
     def score(self, prompts: str | Prompt | Sequence[str | Prompt], completions: str | Sequence[str],
               head: str | None = None, **kw: Any) -> torch.Tensor:
-        """Rewards ``[N]`` (fp32) of the given head for each (prompt, completion).
-
-        A single prompt with several completions scores them as candidates of that prompt.
-        A log-prob-aware head gets the LM's score from the same backbone pass.
-        """
+        """Rewards ``[N]`` (fp32) of the given head for each (prompt, completion); a single prompt
+        with several completions scores them as candidates of that prompt."""
         prompts, completions = _broadcast(prompts, completions)
         h = self._get(head)
         was = h.training
@@ -340,7 +351,8 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
         try:
             with self.reading(self.adapter_of(head or self.active)):
                 feats = self.features(prompts, completions, layers=h.config.reads,
-                                      logprobs=kw.pop("logprobs", False) or h.uses_scores, **kw)
+                                      logprobs=kw.pop("logprobs", False) or h.uses_scores,
+                                      raw=kw.pop("raw", False) or h.uses_raw_view, **kw)
             return self(feats, head, self.lm_scores(feats, completions, head))
         finally:
             h.train(was)
@@ -348,11 +360,8 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
     @torch.no_grad()
     def score_all_heads(self, prompts: str | Prompt | Sequence[str | Prompt],
                         completions: str | Sequence[str], **kw: Any) -> dict[str, torch.Tensor]:
-        """Every head's rewards: ``{name: [N]}``.
-
-        ONE backbone pass serves every head that reads the same state (the base model, or one
-        adapter): one pass per group of :meth:`head_groups`.
-        """
+        """Every head's rewards: ``{name: [N]}``; ONE backbone pass serves every head that reads
+        the same state (the base model, or one adapter): one per group of :meth:`head_groups`."""
         if not self.heads:
             raise ValueError("no head attached")
         prompts, completions = _broadcast(prompts, completions)
@@ -361,7 +370,8 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
         for adapter, names in self.head_groups():
             with self.reading(adapter):
                 feats = self.features(prompts, completions, layers=self.layers_for(names),
-                                      logprobs=logprobs or self.needs_logprobs(names), **kw)
+                                      logprobs=logprobs or self.needs_logprobs(names),
+                                      raw=self.needs_raw_view(names), **kw)
             for name in names:
                 h = self.heads[name]
                 was = h.training

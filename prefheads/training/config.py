@@ -8,7 +8,7 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 from typing import Any, Literal
 
-from prefheads.lmscores import LM_SCORES
+from prefheads.lmscores import is_raw, score_names
 from prefheads.losses import LOSSES, is_listwise
 from prefheads.poolers import POOLERS, is_multi_layer
 from prefheads.training.modes import MODES, choices, frozen_modes, mode_names, quantized_modes, trained_modes
@@ -48,9 +48,15 @@ class FitConfig:
         lm_score: The LM's own score a frozen head adds to its reward. r = head(h) + w·s: none
             (the paper's pure DPH), auto (the best of logprob_sum, logprob_mean, logprob_char
             on the training split, each candidate head also trained without it and validation
-            deciding), or a score name. The head starts from the score; if it does not beat the
-            score alone on validation it is saved as the score alone. Default: auto in frozen
-            mode, none in lora / full modes.
+            deciding; with the ridge solver also their raw-view versions and the combination of
+            them all), all (the ridge solver's combination of every score), or a score name
+            (raw:... names: the ridge solver). The head starts from the score; if it does not
+            beat the score alone on validation it is saved as the score alone. Default: auto in
+            frozen mode, none in lora / full modes.
+        raw_view: With the ridge solver, also read the LM's scores in the raw view (the prompt's
+            plain text and the answer, no chat template, as lm-evaluation-harness scores a
+            question): one more log-prob-only backbone pass when fitting, and when scoring with
+            a head that uses them.
         objective: DPH loss (any registered loss). separable or contrastive (a sampled wrong
             answer per question and epoch), or listwise (a softmax over all of a question's
             candidates). Default: listwise, or separable with the joint cDPO objective
@@ -128,6 +134,7 @@ class FitConfig:
     layers: str | None = None
     layermix_inner: str = "identity"
     lm_score: str | None = None
+    raw_view: bool = True
     objective: str | None = None
     dph_eps: float = 0.1
     solver: str | None = None
@@ -214,8 +221,8 @@ class FitConfig:
             raise ValueError(f"the {self.pooler} pooler needs --layers (e.g. all, or 10:20)")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
-        if self.lm_score not in ("auto", "none", *LM_SCORES.names()):
-            raise ValueError(f"lm_score must be auto, none or one of {LM_SCORES.names()}, got {self.lm_score!r}")
+        if self.lm_score not in ("auto", "none", "all", *score_names()):
+            raise ValueError(f"lm_score must be auto, none, all or one of {score_names()}, got {self.lm_score!r}")
         if self.lm_score not in ("auto", "none") and mode.trains_backbone:
             raise ValueError(f"lm_score adds the frozen LM's score: {choices(frozen_modes())} mode only "
                              "(use --lm-score none)")
@@ -240,6 +247,9 @@ class FitConfig:
             raise ValueError("the ridge solver fits a linear head on a frozen backbone in closed form: it needs "
                              "--mode frozen, --pooler identity and no --objective, --init-head or --dpo-weight "
                              "(or use --solver adamw)")
+        if self.lm_score and (self.lm_score == "all" or is_raw(self.lm_score)) and self.solver != "ridge":
+            raise ValueError(f"--lm-score {self.lm_score} is fitted by the ridge solver (a combination of scores, "
+                             "or a raw-view score): use --solver ridge (frozen mode, identity pooler)")
         if self.objective is None and self.solver == "adamw":
             self.objective = "separable" if self.dpo_weight else "listwise"
         if self.template is None:

@@ -9,12 +9,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from prefheads.hooks import auto_layers, parse_layers
+from prefheads.lmscores import all_scores, is_raw
 from prefheads.poolers import is_multi_layer
 from prefheads.training.budget import within_budget
 from prefheads.training.config import FitConfig
@@ -22,6 +22,7 @@ from prefheads.training.lmscore import choose_score, settle
 from prefheads.training.loop import choice_accuracy
 from prefheads.training.data import Candidates, from_examples, from_pairs, split
 from prefheads.training.modes import MODES
+from prefheads.training.passes import backbone_pass, encode_candidates, frozen_features, raw_features, score_values
 
 if TYPE_CHECKING:
     from prefheads.model import PreferenceModel
@@ -81,56 +82,6 @@ def training_candidates(cfg: FitConfig) -> Candidates:
     if tasks.get_task(names[0]).kind == "pairs":
         return from_pairs(tasks.load_pairs(names[0], split="train", data_dir=cfg.data_dir, **kw), names[0])
     return from_examples(tasks.load_examples(names[0], split="train", data_dir=cfg.data_dir, **kw), names[0])
-
-
-def encode_candidates(pm: PreferenceModel, cands: Candidates, truncation: str) -> tuple[list[Any], int]:
-    """Tokenize every candidate once, before anything is written: ``(items, n_truncated)``.
-
-    A candidate that cannot be scored (empty reply, a prompt that does not end with a user turn,
-    no reward token, too long under ``truncation="error"``) is a :class:`DataError` naming its
-    example id (the dataset's id, or file name and line).
-    """
-    from prefheads.chat import encode
-    from prefheads.tasks import DataError
-
-    owner = {r: g for g, (w, ls) in enumerate(cands.groups) for r in [w, *ls]}
-    items = []
-    for i, (p, c) in enumerate(zip(cands.prompts, cands.completions)):
-        g = owner.get(i)
-        name = f"{cands.ids[g]} candidate {[cands.groups[g][0], *cands.groups[g][1]].index(i)}" if g is not None else f"row {i}"
-        try:
-            items.append(encode(pm.tokenizer, pm.chat, p, c, max_length=pm.max_length, name=name, truncation=truncation))
-        except (ValueError, TypeError) as e:
-            raise DataError(str(e), file=cands.source or None) from None
-    return items, sum(it.truncated > 0 for it in items)
-
-
-def _frozen_features(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, items: list[Any], layers: Sequence[int],
-                     logprobs: bool) -> tuple[Any, bool]:
-    """The frozen backbone's features of every candidate, through the feature cache."""
-    from prefheads.training.cache import FeatureCache, cached_features
-
-    cache = FeatureCache(cfg.cache_dir, cfg.cache_dtype) if cfg.feature_cache else None
-    with pm.reading(None):  # a frozen head reads the base model, whatever adapters are loaded
-        return cached_features(pm, cands.prompts, cands.completions, layers, cache, items=items, logprobs=logprobs)
-
-
-def _backbone_pass(progress: bool, label: str, run: Any) -> Any:
-    """``run()`` under a progress line naming the backbone pass it makes."""
-    from prefheads.progress import bar
-
-    with bar(progress) as pb:
-        tid = pb.add_task(f"backbone pass ({label})", total=None)
-        out = run()
-        pb.update(tid, completed=1, total=1)
-    return out
-
-
-def _values(feats: Any, cands: Candidates, score: str | None) -> torch.Tensor | None:
-    """``[M]`` the chosen LM score of every candidate (None without one)."""
-    from prefheads.lmscores import lm_score
-
-    return None if score is None else lm_score(score, feats.logprob_sum, feats.n_tokens, cands.completions)
 
 
 def _initial_head(pm: PreferenceModel, spec: str, dropout: float) -> Any:
@@ -208,8 +159,8 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
     if not MODES.get(cfg.mode).trains_backbone:  # one backbone pass (or the cache) before the head exists
         reads = init.config.reads if init is not None else mixed or [cfg.layer]
         wants = cfg.lm_score != "none" if init is None else init.uses_scores
-        feats, hit = _backbone_pass(progress, f"{len(items)} candidates",
-                                    lambda: _frozen_features(cfg, pm, cands, items, reads, wants))
+        feats, hit = backbone_pass(progress, f"{len(items)} candidates",
+                                    lambda: frozen_features(cfg, pm, cands, items, reads, wants))
         if wants and init is None:
             score, train_acc = choose_score(feats, cands.completions, trg, cfg.lm_score)
             selection = {"score": score, "train_accuracy": {k: round(v, 4) for k, v in train_acc.items()}}
@@ -221,10 +172,10 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
         if mixed:
             head_kw = {"layers": mixed, "pooler_kwargs": {"inner": cfg.layermix_inner}}
         pm.add_head(name, cfg.pooler, layer=cfg.layer, dropout=cfg.head_dropout, score_input=score, **head_kw)
-    kw = {} if feats is None else {"states": feats.states, "scores": _values(feats, cands, score)}
+    kw = {} if feats is None else {"states": feats.states, "scores": score_values(feats, cands, score)}
     trainable = MODES.get(cfg.mode)(pm, name, cands, cfg, **kw)
     if feats is None:  # lora / full: the backbone runs in training; setup may run it for cDPO
-        _backbone_pass(progress, f"{len(items)} candidates", trainable.setup)
+        backbone_pass(progress, f"{len(items)} candidates", trainable.setup)
     else:
         trainable.setup()
         trainable.cache_hit = hit
@@ -277,8 +228,8 @@ def _fit_auto(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates,
         raise ValueError("--layer auto chooses on a validation split: set val_fraction > 0")
     layers = parse_layers(cfg.layers, pm.num_layers) if cfg.layers else auto_layers(pm.num_layers)
     t0 = time.perf_counter()
-    feats, hit = _backbone_pass(progress, f"{len(items)} candidates, {len(layers)} layers",
-                                lambda: _frozen_features(cfg, pm, cands, items, layers, cfg.lm_score != "none"))
+    feats, hit = backbone_pass(progress, f"{len(items)} candidates, {len(layers)} layers",
+                                lambda: frozen_features(cfg, pm, cands, items, layers, cfg.lm_score != "none"))
     states = feats.states
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -287,7 +238,7 @@ def _fit_auto(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates,
     if cfg.lm_score != "none":
         score, train_acc = choose_score(feats, cands.completions, trg, cfg.lm_score)
         selection = {"score": score, "train_accuracy": {k: round(v, 4) for k, v in train_acc.items()}}
-    values = _values(feats, cands, score)
+    values = score_values(feats, cands, score)
     # with --lm-score auto each layer's head is also trained without the score: validation decides
     variants = [score] + ([None] if score is not None and cfg.lm_score == "auto" else [])
     scores: dict[int, float] = {}
@@ -351,33 +302,48 @@ def _fit_probe(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates
 
     layers = ([cfg.layer] if cfg.layer != "auto" else
               parse_layers(cfg.layers, pm.num_layers) if cfg.layers else auto_layers(pm.num_layers))
+    wanted = cfg.lm_score
+    raw = cfg.raw_view and wanted != "none" and (wanted in ("auto", "all") or is_raw(wanted))
+    if is_raw(wanted) and not cfg.raw_view:
+        raise ValueError(f"--lm-score {wanted} is read in the raw view: drop --no-raw-view")
     t0 = time.perf_counter()
-    feats, hit = _backbone_pass(progress, f"{len(items)} candidates, {len(layers)} layer(s)",
-                                lambda: _frozen_features(cfg, pm, cands, items, layers, cfg.lm_score != "none"))
+    feats, hit = backbone_pass(progress, f"{len(items)} candidates, {len(layers)} layer(s)",
+                                lambda: frozen_features(cfg, pm, cands, items, layers, wanted != "none"))
+    if raw:
+        rf, rhit = backbone_pass(progress, f"{len(items)} candidates, raw view", lambda: raw_features(cfg, pm, cands))
+        feats.raw_logprob_sum, feats.raw_n_tokens, hit = rf.logprob_sum, rf.n_tokens, hit and rhit
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     groups = list(cands.groups)
-    score, selection = None, {}
-    if cfg.lm_score != "none":
-        score, train_acc = choose_score(feats, cands.completions, groups, cfg.lm_score)
+    score, selection, values, combo, combo_names = None, {}, None, None, None
+    if wanted != "none":
+        score, train_acc = choose_score(feats, cands.completions, groups, "auto" if wanted == "all" else wanted)
         selection = {"score": score, "train_accuracy": {k: round(v, 4) for k, v in train_acc.items()}}
-    values = _values(feats, cands, score)
+        table = all_scores(feats, cands.completions)
+        values = table[score]
+        if wanted in ("auto", "all") and len(table) > 1:
+            combo_names = list(table)
+            combo = torch.stack([table[n] for n in combo_names], 1)
     stacked = torch.stack([feats.states[l].float() for l in layers])
-    cands_cv = probe.cross_validate(stacked, values, groups, layers, folds=cfg.cv_folds, seed=cfg.seed)
-    if score is not None and cfg.lm_score != "auto":  # a named score is always used
+    cands_cv = probe.cross_validate(stacked, values, groups, layers, folds=cfg.cv_folds, seed=cfg.seed, combo=combo)
+    if wanted == "all":
+        cands_cv = [c for c in cands_cv if c.combo]
+    elif wanted != "auto" and score is not None:  # a named score is always used
         cands_cv = [c for c in cands_cv if c.score]
     choice = probe.best(cands_cv)
-    head = probe.build_head(pm, name, feats.states, values, score, groups, choice)
+    used = combo if choice.combo else values
+    head = probe.build_head(pm, name, feats.states, used, combo_names if choice.combo else score, groups, choice)
     by_layer: dict[str, dict[str, float]] = {}
     for c in cands_cv:
         if c.layer is not None:
-            key = score if c.score else "none"
+            key = "combination" if c.combo else score if c.score else "none"
             row = by_layer.setdefault(str(c.layer), {})
             row[key] = max(row.get(key, 0.0), round(c.cv_accuracy, 4))
     best_by_layer = {str(l): max(v.values()) for l, v in by_layer.items()}
-    kept = "score" if choice.layer is None else "head" if choice.score else "none"
+    kept = ("scores" if choice.combo else "score") if choice.layer is None else "head" if choice.score else "none"
     if score is not None:
-        head.config.meta["lm_score"] = {**selection, "kept": kept, "cv_accuracy_score": round(cands_cv[0].cv_accuracy, 4)}
+        head.config.meta["lm_score"] = {**selection, "kept": kept, "combined": combo_names if choice.combo else None,
+                                        "cv_accuracy_score": round(cands_cv[0].cv_accuracy, 4)}
     chosen = head.config.layer if choice.layer is not None else None
     head.config.meta.update({"task": cfg.task or Path(cfg.data).name, "template": cfg.template,
                              "objective": "least squares (ridge)", "mode": cfg.mode, "solver": "ridge",
@@ -391,7 +357,7 @@ def _fit_probe(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates
          "val_accuracy": best_by_layer,
          "lm_score": score, "l2_grid": list(probe.L2_GRID), "val_accuracy_by_lm_score": by_layer,
          "candidates": [c.to_dict() for c in cands_cv]}, indent=2))
-    train_acc = probe.choice_accuracy_of(head, feats, values, groups)
+    train_acc = probe.choice_accuracy_of(head, feats, used, groups)
     history = [{"epoch": 1, "val_accuracy": choice.cv_accuracy, "val_pair_accuracy": choice.cv_accuracy,
                 "train_accuracy": train_acc}]
     return FitResult(out, name, history, 1, len(groups), 0, setup_s, time.perf_counter() - t1, hit, data)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from prefheads.engine import Features
-from prefheads.lmscores import LM_SCORES, lm_score
+from prefheads.lmscores import all_scores
 from prefheads.training.data import choice_share
 
 Groups = Sequence[tuple[int, list[int]]]
@@ -27,17 +27,18 @@ def rule_accuracy(values: torch.Tensor, groups: Groups) -> float:
 
 
 def choose_score(feats: Features, completions: Sequence[str], groups: Groups, wanted: str) -> tuple[str, dict[str, float]]:
-    """The score a head adds: ``wanted`` itself, or for ``"auto"`` the registered score with
-    the best choice accuracy on ``groups`` (the training split; ties keep registry order).
+    """The score a head adds: ``wanted`` itself, or for ``"auto"`` the score with the best choice
+    accuracy on ``groups`` (the training split; ties keep registry order), among the registered
+    scores and, where ``feats`` carries the raw view, their ``raw:`` versions.
 
     Returns:
         ``(name, {score: training choice accuracy})``.
     """
-    acc = {n: rule_accuracy(lm_score(n, feats.logprob_sum, feats.n_tokens, completions), groups)
-           for n in LM_SCORES.names()}
+    acc = {n: rule_accuracy(v, groups) for n, v in all_scores(feats, completions).items()}
     if wanted != "auto":
         return wanted, acc
-    return max(acc, key=lambda n: (acc[n], -LM_SCORES.names().index(n))), acc
+    order = list(acc)
+    return max(acc, key=lambda n: (acc[n], -order.index(n))), acc
 
 
 @torch.no_grad()

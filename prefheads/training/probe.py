@@ -57,8 +57,9 @@ class Candidate:
     """One cross-validated configuration.
 
     Attributes:
-        layer: Hidden state read (None: no hidden state, the LM score alone).
+        layer: Hidden state read (None: no hidden state, the LM score(s) alone).
         score: Whether the LM score term is added.
+        combo: With ``score``: the fitted combination of several scores instead of the single one.
         l2: L2 strength λ (0 for the score alone).
         cv_accuracy: Out-of-fold choice accuracy (the preferred row scores strictly highest).
     """
@@ -67,10 +68,11 @@ class Candidate:
     score: bool
     l2: float
     cv_accuracy: float = float("nan")
+    combo: bool = False
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready record."""
-        return {"layer": self.layer, "lm_score": self.score, "l2": self.l2,
+        return {"layer": self.layer, "lm_score": self.score, "lm_scores_combined": self.combo, "l2": self.l2,
                 "cv_accuracy": round(self.cv_accuracy, 4)}
 
 
@@ -111,62 +113,79 @@ class Moments:
     Attributes:
         xx: ``[L, d, d]`` Xᵀ X / n.
         xy: ``[L, d]`` Xᵀ y / n.
-        xz: ``[L, d]`` Xᵀ z / n (None without a score).
-        zz: zᵀ z / n.
-        zy: zᵀ y / n.
+        xz: ``[L, d, S]`` Xᵀ Z / n (None without scores).
+        zz: ``[S, S]`` Zᵀ Z / n.
+        zy: ``[S]`` Zᵀ y / n.
+        single: Whether ``z`` was one score ``[M]`` (coefficients then come back as ``[L, J]``).
     """
 
     xx: torch.Tensor
     xy: torch.Tensor
     xz: torch.Tensor | None = None
-    zz: float = 0.0
-    zy: float = 0.0
+    zz: torch.Tensor | None = None
+    zy: torch.Tensor | None = None
+    single: bool = True
 
 
 def moments(x: torch.Tensor, idx: torch.Tensor, z: torch.Tensor | None = None) -> Moments:
-    """:class:`Moments` of standardised ``x [L, M, d]`` (and score ``z [M]``) over ``idx``'s groups."""
+    """:class:`Moments` of standardised ``x [L, M, d]`` (and scores ``z``: ``[M]`` one, ``[M, S]``
+    several) over ``idx``'s groups."""
     xc, y = _centre(x.float(), idx)
     n = len(y)
     xt = xc.transpose(-1, -2)
     m = Moments(xx=(xt @ xc).double() / n, xy=(xt @ y).double() / n)
     if z is not None:
-        zc = _centre(z.float()[None, :, None], idx)[0][0, :, 0]
-        m.xz, m.zz, m.zy = (xt @ zc).double() / n, float(zc @ zc) / n, float(zc @ y) / n
+        m.single = z.dim() == 1
+        zc = _centre(z.float().reshape(len(z), -1)[None], idx)[0][0].double()  # [R, S]
+        m.xz, m.zz, m.zy = (xt.double() @ zc) / n, zc.T @ zc / n, zc.T @ y.double() / n
     return m
 
 
 def ridge_path(m: Moments, l2: Sequence[float], score: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Ridge solutions of every λ from :class:`Moments`; with ``score`` the score column is added
-    unpenalised (the states projected off it first).
+    """Ridge solutions of every λ from :class:`Moments`; with ``score`` the score columns are
+    added unpenalised (the states projected off them first: Frisch–Waugh–Lovell).
 
     Returns:
-        ``(w [L, J, d], c [L, J] or None)``: state weights and score coefficients.
+        ``(w [L, J, d], c)``: state weights and score coefficients (``[L, J]`` for one score,
+        ``[L, J, S]`` for several; None without ``score``).
     """
     xx, xy = m.xx, m.xy
-    use = score and m.xz is not None and m.zz > 0
-    if use:  # Frisch–Waugh–Lovell: remove the score's direction from both sides
-        xx = xx - m.xz[..., :, None] * m.xz[..., None, :] / m.zz
-        xy = xy - m.xz * m.zy / m.zz
+    use = score and m.xz is not None and bool(torch.linalg.matrix_rank(m.zz) == len(m.zz))
+    if use:  # remove the scores' directions from both sides
+        zi = torch.linalg.inv(m.zz)
+        xx = xx - m.xz @ zi @ m.xz.transpose(-1, -2)
+        xy = xy - m.xz @ (zi @ m.zy)
     eye = torch.eye(xx.shape[-1], dtype=xx.dtype)
     w = torch.stack([torch.cholesky_solve(xy[..., None], torch.linalg.cholesky(xx + lam * eye))[..., 0]
                      for lam in l2], 1)  # [L, J, d]
     if not score:
         return w, None
-    if not use:
-        return w, torch.zeros(w.shape[:2], dtype=w.dtype)
-    return w, (m.zy - torch.einsum("ld,ljd->lj", m.xz, w)) / m.zz
+    k = 1 if m.zz is None else len(m.zz)
+    c = (torch.einsum("st,ljt->ljs", zi, m.zy - torch.einsum("lds,ljd->ljs", m.xz, w)) if use
+         else torch.zeros(*w.shape[:2], k, dtype=w.dtype))
+    return w, c[..., 0] if m.single else c
 
 
 def _rewards(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
-    """``[L, J, M]`` rewards of weights ``w [L, J, d]`` (+ ``c · z``, the coefficient kept positive)."""
+    """``[L, J, M]`` rewards of weights ``w [L, J, d]`` plus the score term: ``c · z`` for one
+    score (the coefficient kept positive, as the head's), ``Σ_k c_k z_k`` for several."""
     r = torch.einsum("lmd,ljd->ljm", x.double(), w)
-    if c is not None:
+    if c is not None and z.dim() == 1:
         r = r + c.clamp_min(MIN_SCORE_SCALE)[..., None] * z
+    elif c is not None:
+        r = r + torch.einsum("ms,ljs->ljm", z.double(), c)
     return r
 
 
+def _combination(z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``[S]`` least-squares weights of standardised scores ``z [M, S]`` alone (no hidden state)."""
+    zc, y = _centre(z.double()[None], idx)
+    return torch.linalg.lstsq(zc[0], y[:, None]).solution[:, 0]
+
+
 def cross_validate(states: torch.Tensor, s: torch.Tensor | None, groups: Groups, layers: Sequence[int], *,
-                   folds: int = 5, l2: Sequence[float] = L2_GRID, seed: int = 0) -> list[Candidate]:
+                   folds: int = 5, l2: Sequence[float] = L2_GRID, seed: int = 0,
+                   combo: torch.Tensor | None = None) -> list[Candidate]:
     """Out-of-fold choice accuracy of every candidate.
 
     Args:
@@ -176,38 +195,46 @@ def cross_validate(states: torch.Tensor, s: torch.Tensor | None, groups: Groups,
         layers: Layer of each ``states`` slice.
         folds: K of the K-fold split over groups (seeded by ``seed``).
         l2: The strengths λ searched.
+        combo: ``[M, S]`` several raw LM scores, entered together (free weights) as a further
+            variant: alone and beside each layer's state.
 
     Returns:
-        Candidates in preference order for ties: the score alone (with a score), then by layer,
-        without the score before with it, larger λ first.
+        Candidates in preference order for ties: the score alone (with a score), the scores'
+        combination alone, then by layer: no score, the score, the combination; larger λ first.
     """
     idx = padded_groups(groups)
     G = len(groups)
     perm = torch.randperm(G, generator=torch.Generator().manual_seed(seed))
     parts = [p for p in perm.chunk(max(2, min(folds, G))) if len(p)]
-    variants = [False] + ([True] if s is not None else [])
+    variants = ["none"] + (["score"] if s is not None else []) + (["combo"] if combo is not None else [])
     hits = {v: torch.zeros(len(layers), len(l2), dtype=torch.float64) for v in variants}
-    score_hits = 0.0
+    score_hits = combo_hits = 0.0
     for p in parts:
         test = torch.zeros(G, dtype=torch.bool)
         test[p] = True
         tr_idx, te_idx = idx[~test], idx[test]
         rows = tr_idx[tr_idx >= 0]
         x = _standardise(states, rows)
-        z = _standardise(s[:, None], rows)[:, 0] if s is not None else None
-        stats = moments(x, tr_idx, z)
-        for v in variants:
-            w, c = ridge_path(stats, l2, score=v)
-            hits[v] += group_wins(_rewards(x, w, c, z), te_idx).double().sum(-1)
+        zs = {"none": None}
         if s is not None:
+            zs["score"] = _standardise(s[:, None], rows)[:, 0]
             score_hits += float(group_wins(s, te_idx).double().sum())
+        if combo is not None:
+            zs["combo"] = _standardise(combo, rows)
+            combo_hits += float(group_wins(zs["combo"].double() @ _combination(zs["combo"], tr_idx), te_idx).double().sum())
+        for v in variants:
+            w, c = ridge_path(moments(x, tr_idx, zs[v]), l2, score=v != "none")
+            hits[v] += group_wins(_rewards(x, w, c, zs[v]), te_idx).double().sum(-1)
     out = []
     if s is not None:
         out.append(Candidate(None, True, 0.0, score_hits / G))
+    if combo is not None:
+        out.append(Candidate(None, True, 0.0, combo_hits / G, combo=True))
     order = sorted(range(len(l2)), key=lambda j: -l2[j])
     for li, layer in enumerate(layers):
         for v in variants:
-            out += [Candidate(layer, v, float(l2[j]), float(hits[v][li, j]) / G) for j in order]
+            out += [Candidate(layer, v != "none", float(l2[j]), float(hits[v][li, j]) / G, combo=v == "combo")
+                    for j in order]
     return out
 
 
@@ -218,15 +245,16 @@ def best(candidates: Sequence[Candidate]) -> Candidate:
 
 
 def build_head(pm: PreferenceModel, name: str, states: dict[int, torch.Tensor], s: torch.Tensor | None,
-               score_name: str | None, groups: Groups, choice: Candidate) -> object:
+               score_name: str | list[str] | None, groups: Groups, choice: Candidate) -> object:
     """Refit ``choice`` on all of ``groups`` and attach it to ``pm`` as head ``name``.
 
     Args:
         pm: A :class:`~prefheads.model.PreferenceModel`.
         states: ``{layer: [M, d]}`` raw states of every training row.
-        s: ``[M]`` raw LM score ``score_name`` of every row (None without).
-        choice: The winning candidate; ``layer=None`` gives the LM score alone (the head's
-            hidden-state part zeroed: exactly the score's ranking).
+        s: Raw LM score(s) of every row: ``[M]`` for ``score_name`` a name, ``[M, S]`` for a
+            list of names (the combination; ``choice.combo``); None without.
+        choice: The winning candidate; ``layer=None`` gives the LM score(s) alone (the head's
+            hidden-state part zeroed: exactly the score's ranking, or the combination's).
 
     Returns:
         The attached :class:`~prefheads.heads.RewardHead` (identity pooler, no dropout), whose
@@ -240,18 +268,24 @@ def build_head(pm: PreferenceModel, name: str, states: dict[int, torch.Tensor], 
     head.fit_standardizer(states[layer][rows])
     if choice.score:
         head.fit_score_standardizer(s[rows])
+    z = None
+    if choice.score:
+        z = _standardise(s[:, None], rows)[:, 0] if s.dim() == 1 else _standardise(s, rows)
     with torch.no_grad():
         if head.reward.bias is not None:
             head.reward.bias.zero_()
-        if choice.layer is None:  # the score alone
+        if choice.layer is None:  # the score(s) alone
             head.drop_hidden_state()
+            if z is not None and z.dim() == 2:
+                head.score_weight.copy_(_combination(z, idx).float())
             return head
         x = _standardise(states[layer][None], rows)
-        z = _standardise(s[:, None], rows)[:, 0] if choice.score else None
         w, c = ridge_path(moments(x, idx, z), [choice.l2], score=choice.score)
-        if c is not None:
+        if c is not None and c.dim() == 2:
             k = float(c[0, 0].clamp_min(MIN_SCORE_SCALE))
             head.score_scale.fill_(k + math.log(-math.expm1(-k)))  # softplus⁻¹(k)
+        elif c is not None:
+            head.score_weight.copy_(c[0, 0].float())
         head.reward.weight.copy_(w[0, 0].float()[None])
     return head
 
