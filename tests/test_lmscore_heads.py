@@ -156,3 +156,49 @@ def test_layer_auto_with_lm_score_auto_chooses_layer_and_score_on_validation(tmp
     head = pm.heads["default"]
     kept = "none" if not head.uses_scores else head.config.score_input
     assert by[str(rep["chosen"])][kept] == best
+
+
+def test_a_head_of_several_scores_from_both_views_round_trips_and_scores_on_every_path(tmp_path):
+    """``--lm-score all``: a fitted combination of the six scores (chat turn and raw view). The
+    saved head scores the same through score, score_all_heads, pooled encoded items (server,
+    bulk) and score_examples (eval); the raw view's pass comes with each of them."""
+    from prefheads.eval import score_examples
+    from prefheads.infer.scoring import encode_all, score_items
+    from prefheads.lmscores import score_names
+
+    bb, tok = make_backbone("llama")
+    pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
+    data = _pairs_file(tmp_path / "pairs.jsonl", n=40)
+    fit(FitConfig(data=str(data), out=str(tmp_path / "h"), lm_score="all", layer="-1", cache_dir=str(tmp_path / "c")),
+        pm=pm, progress=False)
+    saved = json.loads((tmp_path / "h" / "heads.json").read_text())["heads"]["default"]["config"]
+    assert saved["score_input"] == score_names() and saved["meta"]["lm_score"]["combined"] == score_names()
+    pm2 = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
+    pm2.load_heads(tmp_path / "h")
+    head = pm2.heads["default"]
+    assert head.uses_raw_view and head.score_weight.shape == (6,) and head.score_weight.abs().sum() > 0
+    q, cands = "Question 3: is the fox quick?", ["yes, the quick brown fox", "no lazy dog", "Paris"]
+    one = pm2.score(q, cands)
+    assert torch.allclose(one, pm.score(q, cands), atol=1e-5)
+    assert torch.allclose(pm2.score_all_heads(q, cands)["default"], one, atol=1e-5)
+    assert torch.allclose(score_items(pm2, encode_all(pm2, [q] * 3, cands))["default"], one, atol=1e-5)
+    ex = Example(id="e", prompt=[{"role": "user", "content": q}], choices=cands, label=0, task="t")
+    assert torch.allclose(torch.tensor(score_examples(pm2, [ex]).rewards["default"][0]), one, atol=1e-5)
+    with pytest.raises(ValueError, match="encode_all"):  # items without their raw view
+        score_items(pm2, pm2.encode([q] * 3, cands))
+    with pytest.raises(ValueError, match="raw view"):
+        pm2(pm2.features([q] * 3, cands, logprobs=True).states, "default",
+            pm2.lm_scores(pm2.features([q] * 3, cands, logprobs=True), cands))
+
+
+def test_score_combinations_and_raw_scores_are_the_ridge_solvers():
+    with pytest.raises(ValueError, match="ridge solver"):
+        FitConfig(task="x", lm_score="all", solver="adamw")
+    with pytest.raises(ValueError, match="ridge solver"):
+        FitConfig(task="x", lm_score="raw:logprob_sum", pooler="swiglu")
+    from prefheads.heads import HeadConfig
+
+    with pytest.raises(ValueError, match="distinct"):
+        HeadConfig(pooler="identity", hidden_size=8, score_input=["logprob_sum", "logprob_sum"])
+    with pytest.raises(KeyError, match="logprob_mean"):
+        HeadConfig(pooler="identity", hidden_size=8, score_input=["raw:nope"])

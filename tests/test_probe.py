@@ -130,3 +130,27 @@ def test_with_zero_states_the_solved_head_chooses_as_the_score(tmp_path, zero_st
         pm=pm, progress=False, cands=from_examples(_examples(40), "t"))
     sc = score_examples(pm, _examples(24, offset=1000))
     assert _choices(sc.rewards["h"]) == _choices(sc.logprob)
+
+
+def test_several_unpenalised_scores_solve_the_joint_normal_equations():
+    states, score, groups = _synthetic()
+    idx = padded_groups(groups)
+    g = torch.Generator().manual_seed(1)
+    z = torch.stack([score, torch.randn(len(score), generator=g), score * 0.5 + torch.randn(len(score), generator=g)], 1)
+    z = ((z - z.mean(0)) / z.std(0)).double()
+    x = states.double()
+    xc, y = _centre(x, idx)
+    zc = _centre(z[None], idx)[0][0]
+    n = len(y)
+    ws, cs = ridge_path(moments(x, idx, z), [0.1], score=True)
+    assert cs.shape == (2, 1, 3)
+    for li in range(2):
+        full = torch.cat([xc[li], zc], 1)
+        pen = torch.diag(torch.tensor([0.1] * 6 + [0.0] * 3, dtype=torch.float64))
+        sol = torch.linalg.solve(full.T @ full / n + pen, full.T @ y / n)
+        torch.testing.assert_close(ws[li, 0], sol[:6], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(cs[li, 0], sol[6:], rtol=1e-4, atol=1e-5)
+    # the combination is a candidate alone and beside every layer, after the single score
+    cands = cross_validate(states, score, groups, [5, -1], folds=4, l2=[0.1], seed=0, combo=z.float())
+    assert [(c.layer, c.score, c.combo) for c in cands[:2]] == [(None, True, False), (None, True, True)]
+    assert sum(c.combo for c in cands) == 1 + 2
