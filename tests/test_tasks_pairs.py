@@ -125,9 +125,9 @@ def test_hh_rlhf_bundled_slice_matches_the_release(data):
 
 def test_bundled_openbookqa():
     assert (T.bundled_data_dir() / "README.md").exists()
-    assert len(T.load_examples("openbookqa", data_dir="bundled")) == 200
+    assert len(T.load_examples("openbookqa", data_dir="bundled")) == 500
     train = T.load_pairs("openbookqa", data_dir="bundled")
-    assert len(train) == 500 and all(p.chosen != p.rejected for p in train)
+    assert len(train) == 1000 and all(p.chosen != p.rejected for p in train)
     with pytest.raises(ValueError, match="no bundled"):
         T.load_examples("glue/rte", data_dir="bundled")
 
@@ -288,3 +288,20 @@ def test_mix_group_weights_split_by_member_size():
         mix(["c"], pool.__getitem__, lambda n: [n], weights={"g": 1.0})
     with pytest.raises(ValueError, match="2 weights for 1"):
         mix(["c"], pool.__getitem__, lambda n: [n], weights=[1, 2])
+
+
+def test_pairs_from_files_of_the_same_name_in_different_folders_keep_distinct_ids(tmp_path):
+    """HH-RLHF's four subsets each have a ``test.jsonl.gz``: ids name the folder too."""
+    import gzip
+    import json as _json
+
+    from prefheads import tasks
+
+    row = {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
+    for sub in ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"):
+        (tmp_path / "hh-rlhf" / sub).mkdir(parents=True)
+        with gzip.open(tmp_path / "hh-rlhf" / sub / "test.jsonl.gz", "wt") as f:
+            f.write((_json.dumps(row) + "\n") * 2)
+    ids = [p.id for p in tasks.load_pairs("hh_rlhf", "eval", data_dir=tmp_path)]
+    assert len(ids) == 8 and len(set(ids)) == 8
+    assert "test:helpful-base/test.jsonl.gz:2" in ids

@@ -143,17 +143,22 @@ def build_example(spec: TaskSpec, src: SourceSpec, rec: Record, row: Row, split:
     meta = {"source": row.file, "row": row.line, "split": split, **rec.meta, **extra}
     if harness is not None:
         meta["lmeval"] = harness.meta  # the raw harness requests (prefheads.eval.lmeval scores them)
-    return Example(id=_row_id(split, rec.id, row), prompt=as_prompt(user, system=spec.system), choices=choices, label=label,
+    return Example(id=_row_id(spec, split, rec.id, row), prompt=as_prompt(user, system=spec.system), choices=choices, label=label,
                    task=spec.name, meta=meta)
 
 
-def _row_id(split: str, own_id: str | None, row: Row) -> str:
-    """The dataset's own id when it has one, else file name + line (a split may span files)."""
+def _row_id(spec: TaskSpec, split: str, own_id: str | None, row: Row) -> str:
+    """The dataset's own id when it has one, else file name + line (a split may span files;
+    where several of the split's files share a name, as HH-RLHF's subsets' ``test.jsonl.gz``,
+    the name keeps its folder so ids stay unique)."""
     if own_id:
         return f"{split}:{own_id}"
     if row.file.startswith("hub:"):
         return f"{split}:{row.line}"
-    return f"{split}:{Path(row.file).name}:{row.line}"
+    path = Path(row.file)
+    names = [Path(f).name for f in (spec.local.files.get(split, ()) if spec.local else ())]
+    name = f"{path.parent.name}/{path.name}" if names.count(path.name) > 1 else path.name
+    return f"{split}:{name}:{row.line}"
 
 
 def _located(e: DataError, row: Row) -> DataError:
@@ -188,7 +193,7 @@ def iter_records(spec: TaskSpec, split: str, *, data_dir: Any = None, path: Any 
 
 
 def _build_pair(spec: TaskSpec, rec: PairRecord, row: Row, split: str) -> PreferencePair:
-    pair = PreferencePair(id=_row_id(split, rec.id, row), prompt=rec.prompt, chosen=rec.chosen, rejected=rec.rejected, task=spec.name)
+    pair = PreferencePair(id=_row_id(spec, split, rec.id, row), prompt=rec.prompt, chosen=rec.chosen, rejected=rec.rejected, task=spec.name)
     pair.meta.update({"source": row.file, "row": row.line, "split": split, **rec.meta})
     return pair
 
