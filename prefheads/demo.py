@@ -32,7 +32,7 @@ def run_demo(out: Path = Path("runs/demo"), max_train: int | None = None, max_ev
              epochs: int = 10, seed: int = 0, base: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Fit the default head on the bundled OpenBookQA slice and evaluate it against log-prob.
 
-    Uses the bundled SmolLM2-135M-Instruct (or ``base``), 500 training and 200 test questions
+    Uses the bundled SmolLM2-135M-Instruct (or ``base``), 1,000 training and 500 test questions
     of OpenBookQA (Apache-2.0), and ``fit``'s defaults (the template family, layer and LM score
     chosen as ``prefheads fit`` chooses them). Log-prob is scored in the chat turn under both
     template families (mean and summed over the answer's tokens) and as lm-evaluation-harness
@@ -55,7 +55,7 @@ def run_demo(out: Path = Path("runs/demo"), max_train: int | None = None, max_ev
     how = (f"{cfg.cv_folds}-fold cross-validated choice accuracy {best['val_accuracy']:.3f}" if cfg.solver == "ridge"
            else f"best epoch {res.best_epoch}, validation pair accuracy {best['val_pair_accuracy']:.3f}")
     print(f"trained head {res.head_name!r} on {res.n_train} questions (template {cfg.template}; layer {hc.layer}; "
-          f"LM score {hc.score_input or 'none'}): {how}; backbone {res.setup_seconds:.0f}s"
+          f"LM score {', '.join(hc.score_names) or 'none'}): {how}; backbone {res.setup_seconds:.0f}s"
           f"{' (feature cache hit)' if res.cache_hit else ''}, head {res.train_seconds:.0f}s")
 
     def load(variant: str) -> list[Any]:

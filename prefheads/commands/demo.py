@@ -12,8 +12,8 @@ from prefheads.commands._common import quiet
 
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo head is saved.")] = Path("runs/demo"),
-    max_train: Annotated[Optional[int], typer.Option(help="Training questions (default: all 500 bundled).")] = None,
-    max_eval: Annotated[Optional[int], typer.Option(help="Test questions (default: all 200 bundled).")] = None,
+    max_train: Annotated[Optional[int], typer.Option(help="Training questions (default: all 1,000 bundled).")] = None,
+    max_eval: Annotated[Optional[int], typer.Option(help="Test questions (default: all 500 bundled).")] = None,
     epochs: Annotated[int, typer.Option(help="Head epochs.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
 ) -> None:

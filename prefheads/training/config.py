@@ -53,10 +53,10 @@ class FitConfig:
             (raw:... names: the ridge solver). The head starts from the score; if it does not
             beat the score alone on validation it is saved as the score alone. Default: auto in
             frozen mode, none in lora / full modes.
-        raw_view: With the ridge solver, also read the LM's scores in the raw view (the prompt's
-            plain text and the answer, no chat template, as lm-evaluation-harness scores a
-            question): one more log-prob-only backbone pass when fitting, and when scoring with
-            a head that uses them.
+        raw_view: Also offer the ridge solver the LM's scores in the raw view. The raw view is
+            the prompt's plain text and the answer, no chat template, as lm-evaluation-harness
+            scores a question: one more log-prob-only backbone pass when fitting, and when
+            scoring with a head that uses its scores.
         objective: DPH loss (any registered loss). separable or contrastive (a sampled wrong
             answer per question and epoch), or listwise (a softmax over all of a question's
             candidates). Default: listwise, or separable with the joint cDPO objective
