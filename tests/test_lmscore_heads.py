@@ -202,3 +202,15 @@ def test_score_combinations_and_raw_scores_are_the_ridge_solvers():
         HeadConfig(pooler="identity", hidden_size=8, score_input=["logprob_sum", "logprob_sum"])
     with pytest.raises(KeyError, match="logprob_mean"):
         HeadConfig(pooler="identity", hidden_size=8, score_input=["raw:nope"])
+
+
+def test_a_head_of_several_scores_cannot_start_a_training_loop(tmp_path):
+    bb, tok = make_backbone("llama")
+    pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
+    data = _pairs_file(tmp_path / "pairs.jsonl", n=16)
+    fit(FitConfig(data=str(data), out=str(tmp_path / "h"), lm_score="all", layer="-1", cache_dir=str(tmp_path / "c")),
+        pm=pm, progress=False)
+    with pytest.raises(ValueError, match="several scores, or the raw view"):
+        fit(FitConfig(data=str(data), out=str(tmp_path / "l"), mode="lora", init_head=str(tmp_path / "h"),
+                      cache_dir=str(tmp_path / "c")), pm=pm, progress=False)
+    assert not (tmp_path / "l").exists()  # refused before anything was written

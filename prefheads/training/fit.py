@@ -130,6 +130,10 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
     cands, items, budget = within_budget(cfg, pm, cands, items)
     tr, va = split(len(cands), cfg.val_fraction, cfg.seed)
     init = _initial_head(pm, cfg.init_head, cfg.head_dropout) if cfg.init_head else None
+    if init is not None and (not isinstance(init.config.score_input, (str, type(None))) or init.uses_raw_view):
+        raise ValueError(f"--init-head {cfg.init_head}: the head adds {init.config.score_input}, which the training "
+                         "loop does not compute (several scores, or the raw view's); start from a head fitted "
+                         "with --no-raw-view and one score (e.g. --lm-score logprob_sum), or none")
     if init is not None:  # the saved head decides what is read and how: record that, not the defaults
         hc = init.config
         cfg = dataclasses.replace(cfg, pooler=hc.pooler, layer=hc.layer,
