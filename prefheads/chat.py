@@ -13,7 +13,7 @@ every document (never a freshly added, untrained token).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefheads.types import Prompt, as_prompt, check_completion
@@ -130,7 +130,7 @@ class Encoded:
     prompt_len: int
     truncated: int = 0
     n_chars: int = 0
-    raw: "Encoded | None" = None
+    raw: "Encoded | None" = field(default=None, compare=False, repr=False)
 
 
 def _lcp(a: list[int], b: list[int]) -> int:

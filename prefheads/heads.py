@@ -88,7 +88,9 @@ class HeadConfig:
 
             if isinstance(self.score_input, (list, tuple)):
                 self.score_input = [check_score(n) for n in self.score_input]
-                if not self.score_input or len(set(self.score_input)) != len(self.score_input):
+                if not self.score_input:
+                    raise ValueError("score_input is an empty list: name at least one score, or use None")
+                if len(set(self.score_input)) != len(self.score_input):
                     raise ValueError(f"score_input must list distinct scores, got {self.score_input}")
             else:
                 check_score(self.score_input)  # unknown score -> clear error listing known names
@@ -216,8 +218,9 @@ class RewardHead(nn.Module):
 
         Args:
             h: Hidden states.
-            scores: ``[...]`` the LM's score of each candidate (``config.score_input``); required
-                by a log-prob-aware head, ignored otherwise.
+            scores: ``[...]`` the LM's score of each candidate (``config.score_input``), or
+                ``[..., S]`` for a head of several scores; required by a log-prob-aware head,
+                ignored otherwise.
         """
         h = (h.float() - self.input_mean) / self.input_std
         r = self.reward(self.dropout(self.pooler(h))).squeeze(-1)

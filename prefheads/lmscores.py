@@ -80,7 +80,8 @@ def check_score(name: object) -> str:
     """``name`` if it is a known score (``logprob_sum``, ``raw:logprob_char``, ...), else a clear error."""
     if not isinstance(name, str):
         raise TypeError(f"a score input must be a score name, got {name!r}")
-    LM_SCORES.get(name[len(RAW):] if name.startswith(RAW) else name)  # unknown -> error listing names
+    if name not in score_names():
+        raise KeyError(f"unknown LM score {name!r}; known: {', '.join(score_names())}")
     return name
 
 

@@ -8,7 +8,8 @@ model was trained on, laid out as lm-evaluation-harness lays out a multiple-choi
     continuation = " " + completion   (the harness's target delimiter)
 
 encoded jointly and split where the context's own encoding ends (``TemplateLM._encode_pair`` of
-lm-evaluation-harness 0.4.13; :func:`encode_pair`). For a prompt that is one user message the
+lm-evaluation-harness 0.4.13; :func:`encode_pair`; the special-token rules are described in
+:mod:`prefheads.eval.lmeval`). For a prompt that is one user message the
 context is that message's text, so the raw view's summed log-prob *is* the harness's ``acc``
 score of the same question; a longer conversation is rendered in the plain layout of
 :mod:`prefheads.chat` (``User: ...\\n\\nAssistant: ...``). Only log-probs are read from this view.
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from prefheads.chat import Encoded, _plain_text
+from prefheads.chat import Encoded, TooLongError, _plain_text
 from prefheads.types import Prompt, as_prompt, check_completion
 
 DELIMITER = " "
@@ -96,12 +97,18 @@ def raw_context(prompt: str | Prompt) -> str:
 
 
 def encode_raw(tokenizer: Any, prompt: str | Prompt, completion: str, *, max_length: int | None = None,
-               name: str = "example") -> Encoded:
+               name: str = "example", truncation: str = "left") -> Encoded:
     """One candidate in the raw view (``ids = context + continuation``, ``prompt_len`` = the
-    context's tokens); a sequence longer than ``max_length`` keeps its last tokens, as the harness.
+    context's tokens).
+
+    A sequence longer than ``max_length`` loses what the chat view's ``truncation`` policy says
+    (:func:`prefheads.chat.encode`): ``"left"`` its oldest context tokens (the harness keeps the
+    last ``max_length`` tokens too), ``"right"`` the end of the answer, ``"error"`` nothing.
 
     Raises:
         ValueError: An answer that gets no tokens of its own, or that alone exceeds ``max_length``.
+        TooLongError: A longer sequence under ``truncation="error"``, or a context that fills
+            the window under ``"right"``.
     """
     check_completion(completion, f"{name}: completion")
     ctx, cont, _ = encode_pair(tokenizer, raw_context(prompt), DELIMITER + completion,
@@ -110,6 +117,13 @@ def encode_raw(tokenizer: Any, prompt: str | Prompt, completion: str, *, max_len
     truncated = 0
     if max_length is not None and len(ids) > max_length:
         truncated = len(ids) - max_length
+        if truncation == "error":
+            raise TooLongError(f"{name}: {len(ids)} tokens exceed the model's context of {max_length} in the raw view "
+                               "(truncation='error')")
+        if truncation == "right":
+            if plen >= max_length:
+                raise TooLongError(f"{name}: the raw view's context alone ({plen} tokens) fills max_length={max_length}")
+            return Encoded(ids[:max_length], plen, truncated, len(completion))
         if truncated >= plen:
             raise ValueError(f"{name}: the answer alone exceeds max_length={max_length} in the raw view")
         ids, plen = ids[truncated:], plen - truncated
@@ -117,23 +131,24 @@ def encode_raw(tokenizer: Any, prompt: str | Prompt, completion: str, *, max_len
 
 
 def encode_raw_all(tokenizer: Any, prompts: Sequence[str | Prompt], completions: Sequence[str], *,
-                   max_length: int | None = None) -> list[Encoded]:
+                   max_length: int | None = None, truncation: str = "left") -> list[Encoded]:
     """:func:`encode_raw` of every (prompt, completion), in order."""
-    return [encode_raw(tokenizer, p, c, max_length=max_length, name=f"candidate {i}")
+    return [encode_raw(tokenizer, p, c, max_length=max_length, name=f"candidate {i}", truncation=truncation)
             for i, (p, c) in enumerate(zip(prompts, completions))]
 
 
 @torch.no_grad()
 def raw_logprobs(backbone: Any, profile: Any, tokenizer: Any, prompts: Sequence[str | Prompt],
                  completions: Sequence[str], *, items: Sequence[Encoded] | None = None,
-                 max_length: int | None = None, max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 max_length: int | None = None, max_tokens: int | None = None,
+                 truncation: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
     """``(logprob_sum [N], n_tokens [N])`` of every completion in the raw view: one shared-prefix
     pass of ``backbone`` (log-probs only); ``items`` if already encoded (:func:`encode_raw_all`)."""
     from prefheads.engine import extract
     from prefheads.hooks import FINAL
 
     if items is None:
-        items = encode_raw_all(tokenizer, prompts, completions, max_length=max_length)
+        items = encode_raw_all(tokenizer, prompts, completions, max_length=max_length, truncation=truncation)
     f = extract(backbone, profile, list(items), [FINAL], pad_id=tokenizer.pad_token_id or 0, logprobs=True,
                 shared_prefix=True, **({"max_tokens": max_tokens} if max_tokens else {}))
     return f.logprob_sum, f.n_tokens

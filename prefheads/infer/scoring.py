@@ -1,4 +1,5 @@
-"""Every head's reward for already-encoded candidates, from one backbone pass.
+"""Every head's reward for already-encoded candidates, from one backbone pass per group of heads
+(and a log-prob-only pass over the raw view for heads that add ``raw:`` scores).
 
 :meth:`PreferenceModel.score_all_heads <prefheads.model.PreferenceModel.score_all_heads>` encodes
 and scores in one call. Callers that encode first — to check each request on its own, count its
@@ -30,7 +31,7 @@ def encode_all(pm: PreferenceModel, prompts: Sequence[str | Prompt], candidates:
         from prefheads.rawtext import encode_raw
 
         for i, (it, p, c) in enumerate(zip(items, prompts, candidates)):
-            it.raw = encode_raw(pm.tokenizer, p, c, max_length=pm.max_length, name=f"item {i}")
+            it.raw = encode_raw(pm.tokenizer, p, c, max_length=pm.max_length, name=f"item {i}", truncation=pm.truncation)
     return items
 
 
@@ -65,12 +66,12 @@ def score_items(pm: PreferenceModel, items: list[Encoded], *, heads: Sequence[st
             feats = extract(pm.backbone, pm.profile, items, pm.layers_for(names), pad_id=pm.tokenizer.pad_token_id or 0,
                             logprobs=pm.needs_logprobs(names), shared_prefix=shared_prefix,
                             max_tokens=max_tokens or pm.max_tokens)
-        if pm.needs_raw_view(names):
-            if any(it.raw is None for it in items):
-                raise ValueError(f"heads {names} add raw-view scores: encode the items with encode_all")
-            feats.raw_logprob_sum, feats.raw_n_tokens = raw_logprobs(
-                pm.backbone, pm.profile, pm.tokenizer, [], [], items=[it.raw for it in items],
-                max_tokens=max_tokens or pm.max_tokens)
+            if pm.needs_raw_view(names):  # in the same backbone state as the group's own pass
+                if any(it.raw is None for it in items):
+                    raise ValueError(f"heads {names} add raw-view scores: encode the items with encode_all")
+                feats.raw_logprob_sum, feats.raw_n_tokens = raw_logprobs(
+                    pm.backbone, pm.profile, pm.tokenizer, [], [], items=[it.raw for it in items],
+                    max_tokens=max_tokens or pm.max_tokens)
         for name in names:
             head = pm.heads[name]
             was = head.training

@@ -295,7 +295,7 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
 
             feats.raw_logprob_sum, feats.raw_n_tokens = raw_logprobs(
                 self.backbone, self.profile, self.tokenizer, prompts, completions,
-                max_length=self.max_length, max_tokens=self.max_tokens)
+                max_length=self.max_length, max_tokens=self.max_tokens, truncation=self.truncation)
         return feats
 
     def layers_for(self, heads: Sequence[str]) -> list[int]:
@@ -310,7 +310,7 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
         Args:
             states: :class:`Features`, a ``{layer: [N, d]}`` dict, or a ``[N, d]`` tensor.
             head: Head name (default: the active head).
-            scores: ``[N]`` the LM's score a log-prob-aware head adds (see :meth:`lm_scores`).
+            scores: ``[N]`` (``[N, S]``) the LM's score(s) a log-prob-aware head adds (:meth:`lm_scores`).
         """
         h = self._get(head)
         if isinstance(states, Features):

@@ -330,6 +330,7 @@ def _fit_probe(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates
             combo = torch.stack([table[n] for n in combo_names], 1)
     stacked = torch.stack([feats.states[l].float() for l in layers])
     cands_cv = probe.cross_validate(stacked, values, groups, layers, folds=cfg.cv_folds, seed=cfg.seed, combo=combo)
+    alone = {("combination" if c.combo else "score"): round(c.cv_accuracy, 4) for c in cands_cv if c.layer is None}
     if wanted == "all":
         cands_cv = [c for c in cands_cv if c.combo]
     elif wanted != "auto" and score is not None:  # a named score is always used
@@ -347,7 +348,8 @@ def _fit_probe(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates
     kept = ("scores" if choice.combo else "score") if choice.layer is None else "head" if choice.score else "none"
     if score is not None:
         head.config.meta["lm_score"] = {**selection, "kept": kept, "combined": combo_names if choice.combo else None,
-                                        "cv_accuracy_score": round(cands_cv[0].cv_accuracy, 4)}
+                                        "cv_accuracy_score": alone.get("score"),
+                                        "cv_accuracy_combination": alone.get("combination")}
     chosen = head.config.layer if choice.layer is not None else None
     head.config.meta.update({"task": cfg.task or Path(cfg.data).name, "template": cfg.template,
                              "objective": "least squares (ridge)", "mode": cfg.mode, "solver": "ridge",
@@ -359,7 +361,7 @@ def _fit_probe(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates
     (out / "layer_scores.json").write_text(json.dumps(
         {"chosen": chosen, "choice": choice.to_dict(), "metric": f"{cfg.cv_folds}-fold cross-validated choice accuracy",
          "val_accuracy": best_by_layer,
-         "lm_score": score, "l2_grid": list(probe.L2_GRID), "val_accuracy_by_lm_score": by_layer,
+         "lm_score": score, "combined": combo_names if choice.combo else None, "l2_grid": list(probe.L2_GRID), "val_accuracy_by_lm_score": by_layer,
          "candidates": [c.to_dict() for c in cands_cv]}, indent=2))
     train_acc = probe.choice_accuracy_of(head, feats, used, groups)
     history = [{"epoch": 1, "val_accuracy": choice.cv_accuracy, "val_pair_accuracy": choice.cv_accuracy,

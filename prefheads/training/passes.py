@@ -26,16 +26,25 @@ def encode_candidates(pm: PreferenceModel, cands: Candidates, truncation: str) -
     from prefheads.chat import encode
     from prefheads.tasks import DataError
 
-    owner = {r: g for g, (w, ls) in enumerate(cands.groups) for r in [w, *ls]}
-    items = []
+    items, name = [], _namer(cands)
     for i, (p, c) in enumerate(zip(cands.prompts, cands.completions)):
-        g = owner.get(i)
-        name = f"{cands.ids[g]} candidate {[cands.groups[g][0], *cands.groups[g][1]].index(i)}" if g is not None else f"row {i}"
         try:
-            items.append(encode(pm.tokenizer, pm.chat, p, c, max_length=pm.max_length, name=name, truncation=truncation))
+            items.append(encode(pm.tokenizer, pm.chat, p, c, max_length=pm.max_length, name=name(i),
+                                truncation=truncation))
         except (ValueError, TypeError) as e:
             raise DataError(str(e), file=cands.source or None) from None
     return items, sum(it.truncated > 0 for it in items)
+
+
+def _namer(cands: Candidates) -> Any:
+    """``name(i)``: candidate ``i`` as error messages name it (its example's id and its place there)."""
+    owner = {r: g for g, (w, ls) in enumerate(cands.groups) for r in [w, *ls]}
+
+    def name(i: int) -> str:
+        g = owner.get(i)
+        return f"{cands.ids[g]} candidate {[cands.groups[g][0], *cands.groups[g][1]].index(i)}" if g is not None else f"row {i}"
+
+    return name
 
 
 def frozen_features(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, items: list[Any], layers: Sequence[int],
@@ -54,10 +63,11 @@ def raw_features(cfg: FitConfig, pm: PreferenceModel, cands: Candidates) -> tupl
     from prefheads.rawtext import encode_raw
     from prefheads.training.cache import FeatureCache, cached_features
 
-    items = []
+    items, name = [], _namer(cands)
     for i, (p, c) in enumerate(zip(cands.prompts, cands.completions)):
         try:
-            items.append(encode_raw(pm.tokenizer, p, c, max_length=pm.max_length, name=f"row {i}"))
+            items.append(encode_raw(pm.tokenizer, p, c, max_length=pm.max_length, name=name(i),
+                                    truncation=cfg.truncation))
         except (ValueError, TypeError) as e:
             from prefheads.tasks import DataError
 

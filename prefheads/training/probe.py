@@ -18,10 +18,13 @@ cross-validation on the training data, by choice accuracy (the preferred answer 
 strictly highest):
 
 * which layer's state the head reads (``--layer auto``: each candidate layer),
-* whether it adds the LM's own score (``--lm-score auto``: with and without),
+* whether it adds the LM's own score (``--lm-score auto``: with and without), and which: the
+  single best score on the training data, or the fitted combination of every score (chat turn
+  and raw view: several unpenalised columns, the projection done with a matrix),
 * the L2 strength ``λ`` (:data:`L2_GRID`),
 * or no head at all: the LM score alone is a candidate too, listed first, so a head that does
-  not beat it out of fold is saved as the score alone and reproduces its choices exactly.
+  not beat it out of fold is saved as the score alone and reproduces its choices exactly (the
+  combination alone is the next candidate).
 
 The winner is refitted on all the training data.
 """
@@ -131,14 +134,25 @@ def moments(x: torch.Tensor, idx: torch.Tensor, z: torch.Tensor | None = None) -
     """:class:`Moments` of standardised ``x [L, M, d]`` (and scores ``z``: ``[M]`` one, ``[M, S]``
     several) over ``idx``'s groups."""
     xc, y = _centre(x.float(), idx)
+    return with_scores(gram(xc, y), xc, y, idx, z)
+
+
+def gram(xc: torch.Tensor, y: torch.Tensor) -> Moments:
+    """The state part of :class:`Moments` from centred rows ``xc [L, R, d]`` and target ``y [R]``."""
     n = len(y)
     xt = xc.transpose(-1, -2)
-    m = Moments(xx=(xt @ xc).double() / n, xy=(xt @ y).double() / n)
-    if z is not None:
-        m.single = z.dim() == 1
-        zc = _centre(z.float().reshape(len(z), -1)[None], idx)[0][0].double()  # [R, S]
-        m.xz, m.zz, m.zy = (xt.double() @ zc) / n, zc.T @ zc / n, zc.T @ y.double() / n
-    return m
+    return Moments(xx=(xt @ xc).double() / n, xy=(xt @ y).double() / n)
+
+
+def with_scores(m: Moments, xc: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, z: torch.Tensor | None) -> Moments:
+    """``m`` with the score moments of ``z`` (``[M]`` or ``[M, S]``; None: ``m`` itself) added: the
+    states' Gram matrix is shared by every score variant of one fold."""
+    if z is None:
+        return m
+    n = len(y)
+    zc = _centre(z.float().reshape(len(z), -1)[None], idx)[0][0]  # [R, S]
+    return Moments(xx=m.xx, xy=m.xy, xz=(xc.transpose(-1, -2) @ zc).double() / n,
+                   zz=(zc.T @ zc).double() / n, zy=(zc.T @ y).double() / n, single=z.dim() == 1)
 
 
 def ridge_path(m: Moments, l2: Sequence[float], score: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -215,6 +229,8 @@ def cross_validate(states: torch.Tensor, s: torch.Tensor | None, groups: Groups,
         tr_idx, te_idx = idx[~test], idx[test]
         rows = tr_idx[tr_idx >= 0]
         x = _standardise(states, rows)
+        xc, y = _centre(x, tr_idx)
+        base = gram(xc, y)
         zs = {"none": None}
         if s is not None:
             zs["score"] = _standardise(s[:, None], rows)[:, 0]
@@ -223,7 +239,7 @@ def cross_validate(states: torch.Tensor, s: torch.Tensor | None, groups: Groups,
             zs["combo"] = _standardise(combo, rows)
             combo_hits += float(group_wins(zs["combo"].double() @ _combination(zs["combo"], tr_idx), te_idx).double().sum())
         for v in variants:
-            w, c = ridge_path(moments(x, tr_idx, zs[v]), l2, score=v != "none")
+            w, c = ridge_path(with_scores(base, xc, y, tr_idx, zs[v]), l2, score=v != "none")
             hits[v] += group_wins(_rewards(x, w, c, zs[v]), te_idx).double().sum(-1)
     out = []
     if s is not None:
