@@ -28,8 +28,10 @@ on real HH-RLHF pairs it has not seen, against the LM's own log-prob scores and 
   ``mcnemar_p`` on the same per-pair correctness, for all pairs and for the similar-length ones.
 
 Columns (percent): ``default`` (the head), ``logprob`` (mean log-prob), ``logprob_sum``,
-``length``, ``vs_logprob`` / ``vs_length`` (the head's margin with its 95 % interval) and their
-McNemar ``p``. Then the head's record (chosen layer, LM score kept, cross-validated accuracy),
+``length``, ``raw_mean`` / ``raw_sum`` (the reply's log-prob after the prompt's plain text, no chat
+template: the raw view a default head may also read, so a baseline too), ``vs_logprob`` /
+``vs_length`` (the head's margin with its 95 % interval) and their McNemar ``p``, and
+``vs_strongest_rule`` (the margin over the strongest of the four log-prob rules on all pairs). Then the head's record (chosen layer, LM score kept, cross-validated accuracy),
 ``fit_s`` (short when ``fit_cache_hit``: the training features came from the ``--cache`` folder),
 ``eval_s`` (the eval pass is never cached), ``wall_s`` (model loading included) and the machine.
 
@@ -71,7 +73,6 @@ def subset_of(pair: Any) -> str:
 
 
 def pair_id(pair: Any) -> str:
-    # the loader's ids name the file only (every subset's file is test.jsonl.gz): not unique
     return f"{subset_of(pair)}/{pair.meta['row']}"
 
 
@@ -173,7 +174,7 @@ def lm_score_text(meta: dict[str, Any]) -> str:
     if kept == "score":
         return f"{score} alone"
     if kept == "head":
-        return f"head + {score}" + (" (combined scores)" if sel.get("combined") else "")
+        return "head + " + ("+".join(sel["combined"]) if sel.get("combined") else str(score))
     return f"{kept} (best score tried: {score})"
 
 
@@ -240,18 +241,35 @@ def main() -> None:
     blocks = result["methods"]
     for k, m in methods.items():  # the same numbers as the package's
         assert abs(correct[k].mean() - blocks[m]["metrics"]["pair_accuracy"]) < 1e-9, (k, m)
+    # the raw view's log-prob rules too (the prompt's plain text, no chat template): the head may add
+    # these scores, so they are baselines as well (one log-prob-only pass over the eval pairs)
+    from prefheads.rawtext import raw_logprobs
+
+    t0 = time.perf_counter()
+    prompts = [p.prompt for p in ev_pairs for _ in (0, 1)]
+    with pm.reading(None):
+        lp, nt = raw_logprobs(pm.backbone, pm.profile, pm.tokenizer, prompts,
+                              [x for p in ev_pairs for x in (p.chosen, p.rejected)], max_length=pm.max_length,
+                              max_tokens=pm.max_tokens, truncation=pm.truncation)
+    raw_s = time.perf_counter() - t0
+    for k, v in (("raw_mean", lp / nt.clamp_min(1)), ("raw_sum", lp)):
+        v = v.double().view(-1, 2)
+        correct[k] = (v[:, 0] > v[:, 1]).numpy()
+    rules = ["logprob", "logprob_sum", "raw_mean", "raw_sum"]
+    strongest = max(rules, key=lambda k: (correct[k].mean(), -rules.index(k)))
     lengths = np.asarray([r["scores"][LENGTH] for r in records])  # reply characters, as the package counts them
     similar = similar_length(lengths[:, 0], lengths[:, 1])
     assert int(similar.sum()) == result["similar_length"]["n"]
     rows = []
     for label, mask in (("all", np.ones(len(records), bool)), ("similar length", similar)):
         row: dict[str, Any] = {"pairs": label, "n": int(mask.sum())}
-        for k in methods:
+        for k in correct:
             row[k] = float(correct[k][mask].mean()) if mask.any() else None
-        for k in ("logprob", "length"):
+        for k in ("logprob", "length", strongest):
             m = margin(correct[HEAD][mask], correct[k][mask], args.seed)
             row[f"vs_{k}"], row[f"vs_{k}_ci"], row[f"vs_{k}_p"] = m["vs"], m["ci"], m["p"]
             row[f"vs_{k}_text"] = margin_text(m)
+        row["vs_strongest_text"] = f"{row[f'vs_{strongest}_text']} ({strongest})"
         rows.append(row)
     if similar.any():  # the package's own similar-length accuracy agrees
         for k, m in methods.items():
@@ -267,18 +285,21 @@ def main() -> None:
         "vs_baseline": (margin_text({"vs": hb["vs_baseline"], "ci": hb["vs_baseline_ci"]}) if "vs_baseline_ci" in hb
                         else f"{100 * hb['vs_baseline']:+.1f}"),
         "p": f"{hb['vs_baseline_p']:.3g}" if hb.get("vs_baseline_p") is not None else "",
-        "fit_cache_hit": res.cache_hit, "fit_s": round(fit_s, 1), "eval_s": round(eval_s, 1), "wall_s": round(wall_s, 1),
+        "fit_cache_hit": res.cache_hit, "fit_s": round(fit_s, 1), "eval_s": round(eval_s, 1),
+        "raw_view_s": round(raw_s, 1), "wall_s": round(wall_s, 1),
     }
 
     print()
     print(f"HH-RLHF helpful-base + harmless-base, {len(tr_pairs)} train / {len(ev_pairs)} eval pairs, "
           f"seed {args.seed}, max-chars {args.max_chars or 'off'}, {pm.model_id}; pair accuracy in %, "
           f"similar length = replies within {100 * result['similar_length']['tolerance']:.0f} % in characters")
-    shown = [{**r, **{k: pct(r[k]) for k in methods}, "vs_logprob": r["vs_logprob_text"],
+    shown = [{**r, **{k: pct(r[k]) for k in correct}, "vs_logprob": r["vs_logprob_text"],
+              "vs_strongest_rule": r["vs_strongest_text"],
               "p (logprob)": "" if r["vs_logprob_p"] is None else f"{r['vs_logprob_p']:.3g}",
               "vs_length": r["vs_length_text"],
               "p (length)": "" if r["vs_length_p"] is None else f"{r['vs_length_p']:.3g}"} for r in rows]
-    print(table(shown, ["pairs", "n", *methods, "vs_logprob", "p (logprob)", "vs_length", "p (length)"]))
+    print(table(shown, ["pairs", "n", *correct, "vs_logprob", "p (logprob)", "vs_length", "p (length)",
+                        "vs_strongest_rule"]))
     print()
     print(table([summary], list(summary)))
     print(machine())
