@@ -154,3 +154,28 @@ def test_several_unpenalised_scores_solve_the_joint_normal_equations():
     cands = cross_validate(states, score, groups, [5, -1], folds=4, l2=[0.1], seed=0, combo=z.float())
     assert [(c.layer, c.score, c.combo) for c in cands[:2]] == [(None, True, False), (None, True, True)]
     assert sum(c.combo for c in cands) == 1 + 2
+
+
+def test_nearly_collinear_scores_on_few_rows_still_solve():
+    """Six scores, two of them twins (a summed log-prob in both views), fewer rows than state
+    dimensions: the projection stays positive semi-definite and the solution is the ridge fit of
+    the states' residuals off the scores' span."""
+    g = torch.Generator().manual_seed(3)
+    groups = [(i * 2, [i * 2 + 1]) for i in range(16)]
+    x = torch.randn(1, 32, 40, generator=g, dtype=torch.float64)
+    base = torch.randn(32, 4, generator=g, dtype=torch.float64)
+    z = torch.cat([base, base[:, :2] * 3.0 + 1e-9 * torch.randn(32, 2, generator=g, dtype=torch.float64)], 1)
+    z = (z - z.mean(0)) / z.std(0)
+    idx = padded_groups(groups)
+    w, c = ridge_path(moments(x, idx, z), [1e-3], score=True)
+    assert torch.isfinite(w).all() and torch.isfinite(c).all() and c.shape == (1, 1, 6)
+    xc, y = _centre(x, idx)
+    zc = _centre(z[None], idx)[0][0]
+    q = torch.linalg.svd(zc, full_matrices=False)[0][:, :4]  # the scores' span (rank 4)
+    xr, yr = xc[0] - q @ (q.T @ xc[0]), y - q @ (q.T @ y)
+    want = torch.linalg.solve(xr.T @ xr / len(y) + 1e-3 * torch.eye(40, dtype=torch.float64), xr.T @ yr / len(y))
+    torch.testing.assert_close(w[0, 0], want, rtol=1e-3, atol=1e-4)
+    fit_ = xc[0] @ w[0, 0] + zc @ c[0, 0]  # the scores take up what the states leave
+    torch.testing.assert_close(q.T @ (y - fit_), torch.zeros(4, dtype=torch.float64), rtol=0, atol=1e-6)
+    cands = cross_validate(x.float(), z[:, 0].float(), groups, [-1], folds=4, l2=[1e-3, 1.0], combo=z.float())
+    assert all(0.0 <= cand.cv_accuracy <= 1.0 for cand in cands)

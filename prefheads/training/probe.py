@@ -113,20 +113,27 @@ def _centre(x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 class Moments:
     """Second moments of question-centred rows: what every ridge solution needs.
 
+    The scores' part is kept in an orthonormal basis of the centred score columns ``Z = U S Vᵀ``
+    (thin SVD, directions below 1e-6 of the largest singular value dropped), so projecting the
+    states off several nearly collinear scores (a summed log-prob and its raw-view twin) stays
+    exact and positive semi-definite instead of inverting an ill-conditioned ``ZᵀZ``.
+
     Attributes:
         xx: ``[L, d, d]`` Xᵀ X / n.
         xy: ``[L, d]`` Xᵀ y / n.
-        xz: ``[L, d, S]`` Xᵀ Z / n (None without scores).
-        zz: ``[S, S]`` Zᵀ Z / n.
-        zy: ``[S]`` Zᵀ y / n.
+        ax: ``[L, S', d]`` Uᵀ X / √n (None without scores).
+        ay: ``[S']`` Uᵀ y / √n.
+        zmap: ``[S, S']`` V S⁻¹ √n: the score coefficients are ``zmap (ay − ax w)``.
+        k: Number of score columns S.
         single: Whether ``z`` was one score ``[M]`` (coefficients then come back as ``[L, J]``).
     """
 
     xx: torch.Tensor
     xy: torch.Tensor
-    xz: torch.Tensor | None = None
-    zz: torch.Tensor | None = None
-    zy: torch.Tensor | None = None
+    ax: torch.Tensor | None = None
+    ay: torch.Tensor | None = None
+    zmap: torch.Tensor | None = None
+    k: int = 1
     single: bool = True
 
 
@@ -150,9 +157,24 @@ def with_scores(m: Moments, xc: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
     if z is None:
         return m
     n = len(y)
-    zc = _centre(z.float().reshape(len(z), -1)[None], idx)[0][0]  # [R, S]
-    return Moments(xx=m.xx, xy=m.xy, xz=(xc.transpose(-1, -2) @ zc).double() / n,
-                   zz=(zc.T @ zc).double() / n, zy=(zc.T @ y).double() / n, single=z.dim() == 1)
+    zc = _centre(z.double().reshape(len(z), -1)[None], idx)[0][0]  # [R, S]
+    u, sv, vh = torch.linalg.svd(zc, full_matrices=False)
+    keep = sv > sv.max() * 1e-6 if sv.numel() and float(sv.max()) > 0 else torch.zeros_like(sv, dtype=torch.bool)
+    u, sv, vh = u[:, keep], sv[keep], vh[keep]
+    root = math.sqrt(n)
+    return Moments(xx=m.xx, xy=m.xy, ax=(u.T.to(xc.dtype) @ xc).double() / root, ay=(u.T @ y.double()) / root,
+                   zmap=vh.T / sv * root, k=zc.shape[1], single=z.dim() == 1)
+
+
+def _solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a⁻¹ b`` for symmetric positive-definite ``a [..., d, d]`` (Cholesky; LU where rounding
+    left a batch element not quite positive-definite)."""
+    chol, info = torch.linalg.cholesky_ex(a)
+    out = torch.cholesky_solve(b, chol)
+    bad = info != 0
+    if bad.any():
+        out[bad] = torch.linalg.solve(a[bad], b[bad])
+    return out
 
 
 def ridge_path(m: Moments, l2: Sequence[float], score: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -164,19 +186,17 @@ def ridge_path(m: Moments, l2: Sequence[float], score: bool = False) -> tuple[to
         ``[L, J, S]`` for several; None without ``score``).
     """
     xx, xy = m.xx, m.xy
-    use = score and m.xz is not None and bool(torch.linalg.matrix_rank(m.zz) == len(m.zz))
+    use = score and m.ax is not None and m.ax.shape[-2] > 0
     if use:  # remove the scores' directions from both sides
-        zi = torch.linalg.inv(m.zz)
-        xx = xx - m.xz @ zi @ m.xz.transpose(-1, -2)
-        xy = xy - m.xz @ (zi @ m.zy)
+        at = m.ax.transpose(-1, -2)
+        xx = xx - at @ m.ax
+        xy = xy - at @ m.ay
     eye = torch.eye(xx.shape[-1], dtype=xx.dtype)
-    w = torch.stack([torch.cholesky_solve(xy[..., None], torch.linalg.cholesky(xx + lam * eye))[..., 0]
-                     for lam in l2], 1)  # [L, J, d]
+    w = torch.stack([_solve(xx + lam * eye, xy[..., None])[..., 0] for lam in l2], 1)  # [L, J, d]
     if not score:
         return w, None
-    k = 1 if m.zz is None else len(m.zz)
-    c = (torch.einsum("st,ljt->ljs", zi, m.zy - torch.einsum("lds,ljd->ljs", m.xz, w)) if use
-         else torch.zeros(*w.shape[:2], k, dtype=w.dtype))
+    c = (torch.einsum("st,ljt->ljs", m.zmap, m.ay - torch.einsum("ltd,ljd->ljt", m.ax, w)) if use
+         else torch.zeros(*w.shape[:2], m.k, dtype=w.dtype))
     return w, c[..., 0] if m.single else c
 
 
