@@ -118,7 +118,9 @@ def test_init_head_starts_from_a_saved_probe(tmp_path):
     fit(FitConfig(data=str(data), out=str(tmp_path / "lora"), mode="lora", init_head=str(tmp_path / "probe"),
                   epochs=1, batch_size=8, lr=0.0, head_lr=0.0), pm=pm2, progress=False)
     got = pm2.heads["default"]
-    assert all(torch.equal(got.state_dict()[k], v) for k, v in probe.items())  # lr 0: the probe, unchanged
+    # lr 0: the probe, unchanged (a probe of several LM scores starts the loop without its score term)
+    assert all(torch.equal(got.state_dict()[k], v) for k, v in probe.items() if not k.startswith("score_"))
+    assert got.uses_scores == ("score_scale" in probe)
     assert got.dropout.p == 0.1 and got.config.meta["init_head"].endswith(":probe")
     assert json.loads((tmp_path / "lora" / "fit_config.json").read_text())["pooler"] == got.config.pooler
     fresh = PreferenceModel.from_backbone(*make_backbone("llama"), model_id="tiny/llama")

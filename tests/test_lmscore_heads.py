@@ -204,13 +204,23 @@ def test_score_combinations_and_raw_scores_are_the_ridge_solvers():
         HeadConfig(pooler="identity", hidden_size=8, score_input=["raw:nope"])
 
 
-def test_a_head_of_several_scores_cannot_start_a_training_loop(tmp_path):
+def test_a_head_of_several_scores_starts_a_training_loop_without_its_scores(tmp_path):
+    """The training loop computes one chat-turn score: a probe of six scores (raw view included)
+    starts a LoRA run from its hidden-state weights and standardiser, the score term left out."""
     bb, tok = make_backbone("llama")
     pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
     data = _pairs_file(tmp_path / "pairs.jsonl", n=16)
     fit(FitConfig(data=str(data), out=str(tmp_path / "h"), lm_score="all", layer="-1", cache_dir=str(tmp_path / "c")),
         pm=pm, progress=False)
-    with pytest.raises(ValueError, match="several scores, or the raw view"):
-        fit(FitConfig(data=str(data), out=str(tmp_path / "l"), mode="lora", init_head=str(tmp_path / "h"),
-                      cache_dir=str(tmp_path / "c")), pm=pm, progress=False)
-    assert not (tmp_path / "l").exists()  # refused before anything was written
+    probe = pm.heads["default"].state_dict()
+    pm2 = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
+    fit(FitConfig(data=str(data), out=str(tmp_path / "l"), mode="lora", init_head=str(tmp_path / "h"), epochs=1,
+                  batch_size=8, lr=0.0, head_lr=0.0, cache_dir=str(tmp_path / "c")), pm=pm2, progress=False)
+    got = pm2.heads["default"]
+    assert not got.uses_scores and got.config.meta["init_head_scores_dropped"] == probe_names(tmp_path / "h")
+    for k, v in got.state_dict().items():  # lr 0: the probe's hidden-state part, unchanged
+        assert torch.equal(v, probe[k]), k
+
+
+def probe_names(folder) -> list[str]:
+    return json.loads((folder / "heads.json").read_text())["heads"]["default"]["config"]["score_input"]

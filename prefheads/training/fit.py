@@ -93,7 +93,18 @@ def _initial_head(pm: PreferenceModel, spec: str, dropout: float) -> Any:
         raise ValueError(f"--init-head {spec}: no such head folder (give FOLDER or FOLDER:NAME)")
     head = pm.read_head(folder, name or None)
     name = name or next(iter(read_config(folder)["heads"]))
-    head.config = dataclasses.replace(head.config, dropout=dropout, meta={"init_head": f"{folder}:{name}"})
+    meta: dict[str, Any] = {"init_head": f"{folder}:{name}"}
+    if not isinstance(head.config.score_input, (str, type(None))) or head.uses_raw_view:
+        # the training loop computes one chat-turn score: a head of several (or raw-view) scores
+        # starts the run from its hidden-state part and standardiser, its score term left out
+        from prefheads.heads import RewardHead
+
+        meta["init_head_scores_dropped"] = head.config.score_names
+        state = {k: v for k, v in head.state_dict().items() if not k.startswith("score_")}
+        head, old = RewardHead(dataclasses.replace(head.config, score_input=None)), head
+        head.load_state_dict(state)
+        head.to(old.input_mean.device)
+    head.config = dataclasses.replace(head.config, dropout=dropout, meta=meta)
     head.dropout.p = dropout
     return head
 
@@ -130,10 +141,6 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
     cands, items, budget = within_budget(cfg, pm, cands, items)
     tr, va = split(len(cands), cfg.val_fraction, cfg.seed)
     init = _initial_head(pm, cfg.init_head, cfg.head_dropout) if cfg.init_head else None
-    if init is not None and (not isinstance(init.config.score_input, (str, type(None))) or init.uses_raw_view):
-        raise ValueError(f"--init-head {cfg.init_head}: the head adds {init.config.score_input}, which the training "
-                         "loop does not compute (several scores, or the raw view's); start from a head fitted "
-                         "with --no-raw-view and one score (e.g. --lm-score logprob_sum), or none")
     if init is not None:  # the saved head decides what is read and how: record that, not the defaults
         hc = init.config
         cfg = dataclasses.replace(cfg, pooler=hc.pooler, layer=hc.layer,
