@@ -113,8 +113,9 @@ def test_feature_cache_is_reused_across_runs_and_keyed(tmp_path):
     _, c = _run(tmp_path, "c", layer=0)
     _, d = _run(tmp_path, "d", cache_dtype="float16")
     assert not c.cache_hit and not d.cache_hit
-    # one file per (rows, weights, dtype): layer 0 joined the last layer's file
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    # one file per (rows, weights, dtype) and view (the chat turn's, and the raw view's log-probs of
+    # the default head's LM scores): layer 0 joined the last layer's file
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2 * 2
     _, e = _run(tmp_path, "e", layer=0)
     _, f = _run(tmp_path, "f")
     assert e.cache_hit and f.cache_hit
