@@ -328,9 +328,9 @@ def _fit_probe(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates
     groups = list(cands.groups)
     score, selection, values, combo, combo_names = None, {}, None, None, None
     if wanted != "none":
-        score, train_acc = choose_score(feats, cands.completions, groups, "auto" if wanted == "all" else wanted)
-        selection = {"score": score, "train_accuracy": {k: round(v, 4) for k, v in train_acc.items()}}
         table = all_scores(feats, cands.completions)
+        score, train_acc = choose_score(feats, cands.completions, groups, "auto" if wanted == "all" else wanted, table)
+        selection = {"score": score, "train_accuracy": {k: round(v, 4) for k, v in train_acc.items()}}
         values = table[score]
         if wanted in ("auto", "all") and len(table) > 1:
             combo_names = list(table)

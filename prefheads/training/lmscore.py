@@ -26,15 +26,18 @@ def rule_accuracy(values: torch.Tensor, groups: Groups) -> float:
     return choice_share(values.tolist(), groups)
 
 
-def choose_score(feats: Features, completions: Sequence[str], groups: Groups, wanted: str) -> tuple[str, dict[str, float]]:
+def choose_score(feats: Features, completions: Sequence[str], groups: Groups, wanted: str,
+                 table: dict[str, torch.Tensor] | None = None) -> tuple[str, dict[str, float]]:
     """The score a head adds: ``wanted`` itself, or for ``"auto"`` the score with the best choice
     accuracy on ``groups`` (the training split; ties keep registry order), among the registered
     scores and, where ``feats`` carries the raw view, their ``raw:`` versions.
 
+    ``table``: the scores already computed (:func:`~prefheads.lmscores.all_scores` of ``feats``).
+
     Returns:
         ``(name, {score: training choice accuracy})``.
     """
-    acc = {n: rule_accuracy(v, groups) for n, v in all_scores(feats, completions).items()}
+    acc = {n: rule_accuracy(v, groups) for n, v in (table or all_scores(feats, completions)).items()}
     if wanted != "auto":
         return wanted, acc
     order = list(acc)
