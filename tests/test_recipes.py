@@ -299,9 +299,13 @@ def test_frozen_head_recipes_run_on_a_tiny_backbone(shared_data, tmp_path):
         assert "lm-eval:acc_norm" in only["aggregates"]["gpt4all"]["values"]
         assert set(only["tasks"]) == {"glue/sst2", "openbookqa", "race/middle"}
         assert only["aggregates"]["gpt4all"]["partial"] and "dph:dph" in only["methods"]
-        p = _write(tmp_path, f"recipe: task_heads\nout: {tmp_path / 'th'}\nbase: {tmp_path / 'bb'}\n" + head + data
+        # task_heads with fit's default head (ridge solver, layer and LM scores by cross-validation)
+        ridge = "threads: 1\nhead: {pooler: identity, objective: null, layer: auto, lm_score: auto}\n"
+        p = _write(tmp_path, f"recipe: task_heads\nout: {tmp_path / 'th'}\nbase: {tmp_path / 'bb'}\n" + ridge + data
                    + "heads: {glue: [{task: glue/sst2, limit: 24}], gpt4all: [{task: openbookqa, limit: 24}]}\n")
         res = run(p)
+        fitted = json.loads((tmp_path / "th" / "runs" / "glue" / "fit_config.json").read_text())
+        assert (fitted["solver"], fitted["lm_score"], fitted["pooler"]) == ("ridge", "auto", "identity")
         table = (tmp_path / "th" / "table.md").read_text()
         assert "| head | GLUE | GPT4All | RACE |" in table and "| glue head |" in table and "| gpt4all head |" in table
         assert res["methods"] == ["logprob", "lm-eval:acc", "lm-eval:acc_norm", "lm-eval:mean", "dph:glue", "dph:gpt4all"]

@@ -289,8 +289,9 @@ class InHouseRecipe(RecipeBase):
 # ----------------------------------------------------------------------------- frozen heads
 _HeadOptions = fit_options(
     "HeadOptions", ("pooler", "objective", "dph_eps", "epochs", "batch_size", "lr", "weight_decay", "warmup_ratio",
-                    "final_lr_ratio", "val_fraction", "layer", "cache_dtype"),
-    pooler="swiglu", objective="separable", layer=-1)
+                    "final_lr_ratio", "val_fraction", "layer", "cache_dtype", "lm_score", "solver", "raw_view",
+                    "cv_folds"),
+    pooler="swiglu", objective="separable", layer=-1, lm_score="none")
 
 
 @dataclass
@@ -299,8 +300,10 @@ class HeadSpec(_HeadOptions):
 
     Its fields are :class:`~prefheads.training.FitConfig`'s (``pooler``, ``objective``, ``dph_eps``,
     ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``warmup_ratio``, ``final_lr_ratio``,
-    ``val_fraction``, ``layer``, ``cache_dtype``), defaulting to the paper's head: a SwiGLU pooler
-    read after the final norm, the separable loss, and no LM score.
+    ``val_fraction``, ``layer``, ``cache_dtype``, ``lm_score``, ``solver``, ``raw_view``,
+    ``cv_folds``), defaulting to the paper's head: a SwiGLU pooler read after the final norm, the
+    separable loss, and no LM score. ``prefheads fit``'s default head is ``{pooler: identity,
+    objective: null, layer: auto, lm_score: auto}``: the ridge solver with the LM's own scores.
     """
 
     def __post_init__(self) -> None:
@@ -308,8 +311,7 @@ class HeadSpec(_HeadOptions):
 
     def fit_config(self, **kw: Any) -> FitConfig:
         """The :class:`~prefheads.training.FitConfig` of one head."""
-        # lm_score none: the paper's pure DPH head
-        return FitConfig(**{**self.fit_options(), "mode": "frozen", "feature_cache": True, "lm_score": "none", **kw})
+        return FitConfig(**{**self.fit_options(), "mode": "frozen", "feature_cache": True, **kw})
 
 
 @dataclass
