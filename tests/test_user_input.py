@@ -236,3 +236,13 @@ def test_no_budget_estimate_when_the_rows_are_cached_or_capped(tmp_path):
     assert again.data["rows"] == 24 and "budget" not in again.data
     capped = _fit(tmp_path, tmp_path / "c", max_train=10, cache_dir=str(tmp_path / "c3"))
     assert "budget" not in capped.data
+
+
+def test_the_budget_prices_the_raw_view_pass_when_the_fit_reads_it(tmp_path):
+    """The default head also runs the raw view: its tokens join the estimate (same rows, same rate)."""
+    ridge = {"pooler": "identity", "objective": None, "solver": "ridge", "layer": -1, "lm_score": "auto"}
+    pm = _pm()
+    both = _fit(tmp_path, tmp_path / "both", pm=pm, cache_dir=str(tmp_path / "r1"), **ridge)
+    chat = _fit(tmp_path, tmp_path / "chat", pm=pm, cache_dir=str(tmp_path / "r2"), raw_view=False, **ridge)
+    assert both.data["budget"]["examples_used"] == chat.data["budget"]["examples_used"] == 24
+    assert both.data["budget"]["tokens"] > chat.data["budget"]["tokens"] > 0

@@ -3,7 +3,8 @@
 With the feature cache a frozen head costs one backbone pass over its training rows, and nothing
 after it; so by default a run takes *all* the training data that pass can cover within
 ``time_budget`` minutes. The estimate is the padded tokens the engine will run
-(:func:`prefheads.engine.plan_tokens`) over the throughput of a short timed pass on a sample of
+(:func:`prefheads.engine.plan_tokens`; the raw view's pass included where the fit reads it) over
+the throughput of a short timed pass on a sample of
 the same rows, so it holds for this model, this machine and this data.
 """
 
@@ -73,6 +74,7 @@ def within_budget(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, items:
     covers in ``cfg.time_budget``; with what was estimated, for the run's record."""
     from prefheads.training.cache import FeatureCache, feature_key
     from prefheads.training.modes import MODES
+    from prefheads.training.passes import raw_items, reads_raw_view
 
     if MODES.get(cfg.mode).trains_backbone or cfg.max_train is not None or not cfg.time_budget:
         return cands, items, {}
@@ -80,11 +82,14 @@ def within_budget(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, items:
             feature_key(pm.backbone, items, cfg.cache_dtype)):
         return cands, items, {}  # the pass is already paid for
     est = estimate_pass(pm, items, logprobs=cfg.lm_score != "none")
+    if reads_raw_view(cfg):  # the raw view's pass runs the same rows again, at the same rate
+        full, shared = plan_tokens(raw_items(cfg, pm, cands), pm.max_tokens)
+        est.tokens += min(full, shared) if pm.shared_prefix else full
     keep = affordable(len(cands), est, cfg.time_budget)
     info = {"budget": {"minutes": cfg.time_budget, "estimated_seconds": round(est.minutes * 60, 3),
                        "tokens": est.tokens, "tokens_per_second": round(est.tokens_per_second, 1),
                        "examples_available": len(cands), "examples_used": keep}}
-    log.warning("backbone pass over %d candidates (%d tokens) estimated at %.1f min (%.0f tokens/s)%s",
+    log.warning("backbone passes over %d candidates (%d tokens) estimated at %.1f min (%.0f tokens/s)%s",
                 len(items), est.tokens, est.minutes, est.tokens_per_second,
                 "" if keep == len(cands) else f"; the {cfg.time_budget:g}-min budget covers {keep} of "
                 f"{len(cands)} examples (seeded subset; --max-train {keep} reruns it exactly)")

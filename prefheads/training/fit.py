@@ -22,7 +22,8 @@ from prefheads.training.lmscore import choose_score, settle
 from prefheads.training.loop import choice_accuracy
 from prefheads.training.data import Candidates, from_examples, from_pairs, split
 from prefheads.training.modes import MODES
-from prefheads.training.passes import backbone_pass, encode_candidates, frozen_features, raw_features, score_values
+from prefheads.training.passes import (backbone_pass, encode_candidates, frozen_features, raw_features, reads_raw_view,
+                                       score_values)
 
 if TYPE_CHECKING:
     from prefheads.model import PreferenceModel
@@ -314,7 +315,7 @@ def _fit_probe(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates
     layers = ([cfg.layer] if cfg.layer != "auto" else
               parse_layers(cfg.layers, pm.num_layers) if cfg.layers else auto_layers(pm.num_layers))
     wanted = cfg.lm_score
-    raw = cfg.raw_view and wanted != "none" and (wanted in ("auto", "all") or is_raw(wanted))
+    raw = reads_raw_view(cfg)
     if is_raw(wanted) and not cfg.raw_view:
         raise ValueError(f"--lm-score {wanted} is read in the raw view: drop --no-raw-view")
     t0 = time.perf_counter()

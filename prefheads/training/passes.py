@@ -57,11 +57,18 @@ def frozen_features(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, item
         return cached_features(pm, cands.prompts, cands.completions, layers, cache, items=items, logprobs=logprobs)
 
 
-def raw_features(cfg: FitConfig, pm: PreferenceModel, cands: Candidates) -> tuple[Any, bool]:
-    """The base model's log-probs of every candidate in the raw view (:mod:`prefheads.rawtext`),
-    through the feature cache (its own entries: the raw view's token ids differ)."""
+def reads_raw_view(cfg: FitConfig) -> bool:
+    """Whether this fit reads the LM's scores in the raw view too (a second, raw-view backbone pass)."""
+    from prefheads.lmscores import is_raw
+
+    wanted = cfg.lm_score
+    return bool(cfg.solver == "ridge" and cfg.raw_view and wanted and wanted != "none"
+                and (wanted in ("auto", "all") or is_raw(wanted)))
+
+
+def raw_items(cfg: FitConfig, pm: PreferenceModel, cands: Candidates) -> list[Any]:
+    """Every candidate encoded in the raw view (:mod:`prefheads.rawtext`); a bad row is a DataError."""
     from prefheads.rawtext import encode_raw
-    from prefheads.training.cache import FeatureCache, cached_features
 
     items, name = [], _namer(cands)
     for i, (p, c) in enumerate(zip(cands.prompts, cands.completions)):
@@ -72,6 +79,15 @@ def raw_features(cfg: FitConfig, pm: PreferenceModel, cands: Candidates) -> tupl
             from prefheads.tasks import DataError
 
             raise DataError(f"raw view: {e}", file=cands.source or None) from None
+    return items
+
+
+def raw_features(cfg: FitConfig, pm: PreferenceModel, cands: Candidates) -> tuple[Any, bool]:
+    """The base model's log-probs of every candidate in the raw view (:mod:`prefheads.rawtext`),
+    through the feature cache (its own entries: the raw view's token ids differ)."""
+    from prefheads.training.cache import FeatureCache, cached_features
+
+    items = raw_items(cfg, pm, cands)
     cache = FeatureCache(cfg.cache_dir, cfg.cache_dtype) if cfg.feature_cache else None
     with pm.reading(None):
         return cached_features(pm, cands.prompts, cands.completions, [FINAL], cache, items=items, logprobs=True)
