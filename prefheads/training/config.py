@@ -81,8 +81,8 @@ class FitConfig:
         seed: Seed of sampling, initialisation and shuffling.
         max_train: Cap on training examples (seeded subset). Without it a frozen run takes all the
             training data its backbone pass can cover within time_budget.
-        time_budget: Minutes a frozen run's backbone pass may take without max_train. The pass
-            is priced before it runs (padded tokens over a timed sample) and the
+        time_budget: Minutes a frozen run's backbone pass may take without max_train (the raw
+            view's pass included). The pass is priced before it runs (padded tokens over a timed sample) and the
             data capped to a seeded subset that fits, with the count printed and recorded (pass
             --max-train with that count to rerun it exactly). 0: no cap.
         max_eval: Cap on evaluation examples (seeded subset).
