@@ -113,6 +113,16 @@ def test_type_and_value_errors_name_the_key(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_the_probe_recipes_resolve_their_heads():
+    """The paper's probe stays the paper's head; the reduced SmolLM2 one asks for fit's default head."""
+    paper = load_config(ROOT / "recipes/qwen15-probes.yaml").head.fit_config(task="glue")
+    assert (paper.pooler, paper.objective, paper.solver, paper.lm_score, paper.layer) == (
+        "swiglu", "separable", "adamw", "none", -1)
+    small = load_config(ROOT / "recipes/qwen15-probes-smollm2.yaml").head.fit_config(task="glue")
+    assert (small.pooler, small.objective, small.solver, small.lm_score, small.layer) == (
+        "identity", None, "ridge", "auto", "auto")
+
+
 def test_overrides_beat_the_file_which_beats_defaults():
     path = ROOT / "recipes/inhouse-tiny.yaml"
     base = load_config(path)
@@ -306,6 +316,8 @@ def test_frozen_head_recipes_run_on_a_tiny_backbone(shared_data, tmp_path):
         res = run(p)
         fitted = json.loads((tmp_path / "th" / "runs" / "glue" / "fit_config.json").read_text())
         assert (fitted["solver"], fitted["lm_score"], fitted["pooler"]) == ("ridge", "auto", "identity")
+        assert (tmp_path / "th" / "runs" / "glue" / "layer_scores.json").is_file()  # the ridge fit's record
+        assert res["train"]["glue"]["solver"] == "ridge"
         table = (tmp_path / "th" / "table.md").read_text()
         assert "| head | GLUE | GPT4All | RACE |" in table and "| glue head |" in table and "| gpt4all head |" in table
         assert res["methods"] == ["logprob", "lm-eval:acc", "lm-eval:acc_norm", "lm-eval:mean", "dph:glue", "dph:gpt4all"]

@@ -246,3 +246,13 @@ def test_the_budget_prices_the_raw_view_pass_when_the_fit_reads_it(tmp_path):
     chat = _fit(tmp_path, tmp_path / "chat", pm=pm, cache_dir=str(tmp_path / "r2"), raw_view=False, **ridge)
     assert both.data["budget"]["examples_used"] == chat.data["budget"]["examples_used"] == 24
     assert both.data["budget"]["tokens"] > chat.data["budget"]["tokens"] > 0
+    # the chat-turn features are cached now (r2): only the raw view's pass is left to price
+    raw = _fit(tmp_path, tmp_path / "raw", pm=pm, cache_dir=str(tmp_path / "r2"), **ridge)
+    assert raw.data["budget"]["tokens"] == both.data["budget"]["tokens"] - chat.data["budget"]["tokens"]
+    again = _fit(tmp_path, tmp_path / "again", pm=pm, cache_dir=str(tmp_path / "r2"), **ridge)
+    assert "budget" not in again.data  # both passes paid for
+
+
+def test_a_raw_view_score_without_the_raw_view_is_refused_before_anything_runs():
+    with pytest.raises(ValueError, match="read in the raw view: drop --no-raw-view"):
+        FitConfig(task="glue/sst2", out="x", lm_score="raw:logprob_sum", raw_view=False)

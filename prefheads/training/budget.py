@@ -1,11 +1,11 @@
-"""How much training data a frozen run can afford: the backbone pass, estimated before it runs.
+"""How much training data a frozen run can afford: the backbone passes, estimated before they run.
 
-With the feature cache a frozen head costs one backbone pass over its training rows, and nothing
-after it; so by default a run takes *all* the training data that pass can cover within
-``time_budget`` minutes. The estimate is the padded tokens the engine will run
-(:func:`prefheads.engine.plan_tokens`; the raw view's pass included where the fit reads it) over
-the throughput of a short timed pass on a sample of
-the same rows, so it holds for this model, this machine and this data.
+With the feature cache a frozen head costs one backbone pass over its training rows (two where
+the fit also reads the LM's scores in the raw view), and nothing after it; so by default a run
+takes *all* the training data those passes can cover within ``time_budget`` minutes. The
+estimate is the padded tokens the engine will run (:func:`prefheads.engine.plan_tokens`; only
+the passes the feature cache does not already hold) over the throughput of a short timed pass
+on a sample of the same rows, so it holds for this model, this machine and this data.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ log = logging.getLogger("prefheads.training.fit")  # what a run logs, under the 
 
 @dataclass
 class Estimate:
-    """A backbone pass, priced before it runs.
+    """Backbone passes, priced before they run.
 
     Attributes:
         candidates: Candidates to encode.
-        tokens: Padded tokens the engine runs over them.
+        tokens: Padded tokens the engine runs over them (every pass still due).
         tokens_per_second: Throughput measured on a sample.
         minutes: ``tokens / tokens_per_second / 60``.
     """
@@ -70,20 +70,28 @@ def affordable(n_groups: int, estimate: Estimate, budget_minutes: float) -> int:
 
 
 def within_budget(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, items: list[Any]) -> tuple[Candidates, list[Any], dict[str, Any]]:
-    """All the training data (and its encoded rows), or the seeded share of it a frozen backbone pass
-    covers in ``cfg.time_budget``; with what was estimated, for the run's record."""
+    """All the training data (and its encoded rows), or the seeded share of it a frozen run's
+    backbone passes cover in ``cfg.time_budget``; with what was estimated, for the run's record."""
     from prefheads.training.cache import FeatureCache, feature_key
     from prefheads.training.modes import MODES
     from prefheads.training.passes import raw_items, reads_raw_view
 
     if MODES.get(cfg.mode).trains_backbone or cfg.max_train is not None or not cfg.time_budget:
         return cands, items, {}
-    if cfg.feature_cache and FeatureCache(cfg.cache_dir, cfg.cache_dtype).has(
-            feature_key(pm.backbone, items, cfg.cache_dtype)):
-        return cands, items, {}  # the pass is already paid for
+    cache = FeatureCache(cfg.cache_dir, cfg.cache_dtype) if cfg.feature_cache else None
+
+    def due(rows: list[Any]) -> bool:  # a pass the feature cache has not paid for yet
+        return bool(rows) and not (cache is not None and cache.has(feature_key(pm.backbone, rows, cfg.cache_dtype)))
+
+    raw = raw_items(cfg, pm, cands) if reads_raw_view(cfg) else []
+    chat_due, raw_due = due(items), due(raw)
+    if not (chat_due or raw_due):
+        return cands, items, {}  # the passes are already paid for
     est = estimate_pass(pm, items, logprobs=cfg.lm_score != "none")
-    if reads_raw_view(cfg):  # the raw view's pass runs the same rows again, at the same rate
-        full, shared = plan_tokens(raw_items(cfg, pm, cands), pm.max_tokens)
+    if not chat_due:
+        est.tokens = 0
+    if raw_due:  # the raw view's pass runs the same rows again, at the same rate
+        full, shared = plan_tokens(raw, pm.max_tokens)
         est.tokens += min(full, shared) if pm.shared_prefix else full
     keep = affordable(len(cands), est, cfg.time_budget)
     info = {"budget": {"minutes": cfg.time_budget, "estimated_seconds": round(est.minutes * 60, 3),

@@ -250,6 +250,8 @@ class FitConfig:
         if self.lm_score and (self.lm_score == "all" or is_raw(self.lm_score)) and self.solver != "ridge":
             raise ValueError(f"--lm-score {self.lm_score} is fitted by the ridge solver (a combination of scores, "
                              "or a raw-view score): use --solver ridge (frozen mode, identity pooler)")
+        if is_raw(self.lm_score or "") and not self.raw_view:
+            raise ValueError(f"--lm-score {self.lm_score} is read in the raw view: drop --no-raw-view")
         if self.objective is None and self.solver == "adamw":
             self.objective = "separable" if self.dpo_weight else "listwise"
         if self.template is None:

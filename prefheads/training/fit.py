@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prefheads.hooks import auto_layers, parse_layers
-from prefheads.lmscores import all_scores, is_raw
+from prefheads.lmscores import all_scores
 from prefheads.poolers import is_multi_layer
 from prefheads.training.budget import within_budget
 from prefheads.training.config import FitConfig
@@ -316,8 +316,6 @@ def _fit_probe(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates
               parse_layers(cfg.layers, pm.num_layers) if cfg.layers else auto_layers(pm.num_layers))
     wanted = cfg.lm_score
     raw = reads_raw_view(cfg)
-    if is_raw(wanted) and not cfg.raw_view:
-        raise ValueError(f"--lm-score {wanted} is read in the raw view: drop --no-raw-view")
     t0 = time.perf_counter()
     feats, hit = backbone_pass(progress, f"{len(items)} candidates, {len(layers)} layer(s)",
                                 lambda: frozen_features(cfg, pm, cands, items, layers, wanted != "none"))
