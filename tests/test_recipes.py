@@ -323,8 +323,69 @@ def test_frozen_head_recipes_run_on_a_tiny_backbone(shared_data, tmp_path):
         assert res["methods"] == ["logprob", "lm-eval:acc", "lm-eval:acc_norm", "lm-eval:mean", "dph:glue", "dph:gpt4all"]
         assert (tmp_path / "th" / "heads" / "heads.json").is_file()
         assert (tmp_path / "probes" / "resolved_config.yaml").is_file()
+        # per-task probes: one head per task (BoolQ trains on dev rows its benchmark does not score)
+        p = _write(tmp_path, f"recipe: probes\nout: {tmp_path / 'pt'}\nmodels: [{tmp_path / 'bb'}]\nper_task: true\n"
+                   + ridge + f"data_dir: {shared_data}\n"
+                   + "train: [{task: glue/sst2, limit: 24}, {task: boolq, split: validation, offset: 12, limit: 24}]\n"
+                   + "eval: [{task: glue/sst2, limit: 12}, {task: boolq, limit: 12}]\n")
+        (only,) = run(p).values()
+        assert set(only["train"]) == {"glue/sst2", "boolq"} and only["train"]["boolq"]["tasks"] == {"boolq": 24}
+        for head in ("dph-glue_sst2", "dph-boolq"):
+            assert (next((tmp_path / "pt").iterdir()) / head / "layer_scores.json").is_file()
+        assert only["methods"][-1] == "dph:dph" and set(only["tasks"]) == {"glue/sst2", "boolq"}
     finally:
         if old is None:
             os.environ.pop("PREFHEADS_CACHE", None)
         else:
             os.environ["PREFHEADS_CACHE"] = old
+
+
+def test_offset_trains_on_rows_the_benchmark_does_not_score(shared_data):
+    """A source's offset skips the first rows of the seeded order a benchmark scores; a mix that
+    shares rows with a benchmark is refused, naming the task and the offset that fixes it."""
+    from prefheads.recipes.config import EvalSource, TaskSource
+    from prefheads.recipes.data import check_disjoint, load_rows
+
+    d = str(shared_data)
+    scored = [r.id for r in load_rows(TaskSource(task="boolq", split="eval", limit=12), d, 0)]
+    first = [r.id for r in load_rows(TaskSource(task="boolq", split="validation", limit=20), d, 0)]
+    carved = [r.id for r in load_rows(TaskSource(task="boolq", split="validation", limit=8, offset=12), d, 0)]
+    assert first[:12] == scored and carved == first[12:20]
+    bench = [EvalSource(task="boolq", limit=12)]
+    with pytest.raises(ValueError, match=r"boolq \[validation\] holds 12 of the rows .* offset: 12"):
+        check_disjoint([TaskSource(task="boolq", split="validation", limit=20)], bench, d, 0)
+    check_disjoint([TaskSource(task="boolq", split="validation", limit=20, offset=12),
+                    TaskSource(task="glue/sst2", limit=5)], bench, d, 0)
+    with pytest.raises(ValueError, match="offset must be >= 0"):
+        TaskSource(task="boolq", split="validation", offset=-1)
+    with pytest.raises(ValueError, match="offset is for training sources"):
+        EvalSource(task="boolq", offset=3)
+
+
+def test_per_task_probes_need_training_rows_for_every_benchmark(tmp_path):
+    p = _write(tmp_path, "recipe: probes\nper_task: true\ntrain: [glue/sst2]\neval: [glue/sst2, {task: piqa}]\n")
+    with pytest.raises(ConfigError, match=r"benchmark tasks \['piqa'\] have no training source"):
+        load_config(p)
+    p = _write(tmp_path, "recipe: probes\nper_task: true\ntrain: [glue/sst2, {task: piqa, split: validation, "
+                         "offset: 10}]\neval: [glue/sst2, {task: piqa, limit: 10}]\n")
+    assert load_config(p).per_task
+
+
+def test_routed_evaluation_scores_each_task_with_its_own_head(two_head_pm, shared_data):
+    """route: one head name (the DPH column) served per task by that task's head."""
+    from prefheads.recipes.bench import evaluate
+    from prefheads.recipes.config import EvalSource
+
+    srcs = [EvalSource(task="glue/sst2", limit=6), EvalSource(task="openbookqa", limit=6)]
+    both = evaluate(two_head_pm, srcs, data_dir=str(shared_data), seed=0, heads=["a", "b"])
+    routed = evaluate(two_head_pm, srcs, data_dir=str(shared_data), seed=0, heads=["dph"],
+                      route={"glue/sst2": "a", "openbookqa": "b"})
+    try:
+        for task, head in (("glue/sst2", "a"), ("openbookqa", "b")):
+            got, want = routed["tasks"][task]["methods"]["dph:dph"], both["tasks"][task]["methods"][f"dph:{head}"]
+            assert got["predicted"] == want["predicted"] and got["score"] == want["score"]
+        assert routed["methods"][-1] == "dph:dph"
+        with pytest.raises(ValueError, match="no head for benchmark task 'glue/sst2'"):
+            evaluate(two_head_pm, srcs, data_dir=str(shared_data), seed=0, heads=["dph"], route={"openbookqa": "b"})
+    finally:
+        two_head_pm.remove_head("dph")

@@ -21,11 +21,16 @@ LABELS = {"glue": "GLUE", "gpt4all": "GPT4All", "race": "RACE"}
 
 
 def evaluate(pm: PreferenceModel, sources: Sequence[Any], *, data_dir: str | None, seed: int,
-             heads: Sequence[str] | None = None, progress: Any = None) -> dict[str, Any]:
+             heads: Sequence[str] | None = None, progress: Any = None,
+             route: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Score every benchmark task (its eval split, ``limit`` examples) with log-prob and every head.
 
     Uses :func:`prefheads.eval.evaluate_task` per task (so each task keeps its own limit)
     and :func:`prefheads.eval.aggregates` for the GLUE / GPT4All / RACE scores.
+
+    Args:
+        route: Task → head: each task is scored by its own head, attached as ``heads[0]`` (the
+            one head named) while that task is scored.
 
     Returns:
         ``{"tasks": {task: result block}, "aggregates": {group: ...}, "methods": [...]}``.
@@ -34,8 +39,14 @@ def evaluate(pm: PreferenceModel, sources: Sequence[Any], *, data_dir: str | Non
     from prefheads.recipes.data import expand
 
     heads = list(pm.heads) if heads is None else list(heads)
+    if route is not None and len(heads) != 1:
+        raise ValueError(f"route serves one head name, got {heads}")
     results: dict[str, Any] = {}
     for src in expand(sources):
+        if route is not None:
+            if src.task not in route:
+                raise ValueError(f"route has no head for benchmark task {src.task!r}")
+            pm.attach_head(heads[0], pm.heads[route[src.task]], activate=False)
         if progress:
             progress(f"scoring {src.task} ({src.limit or 'all'} examples)")
         results[src.task], _ = evaluate_task(pm, src.task, data_dir=data_dir, max_eval=src.limit, seed=seed,

@@ -41,11 +41,16 @@ class TaskSource:
             (for training without the members it excludes, e.g. WNLI).
         split: ``train``, ``eval`` (the paper's evaluation split) or a concrete split name.
         limit: At most this many rows per task (a seeded random subset); null = all.
+        offset: Skip the first this many rows of that seeded order. A benchmark scores the first
+            ``limit`` rows of the same order, so ``offset`` ≥ the benchmark's ``limit`` trains on
+            other rows of the split it scores (tasks with no local training split); recipes
+            refuse a mix that shares rows with a benchmark.
     """
 
     task: str
     split: str = "train"
     limit: int | None = None
+    offset: int = 0
 
     @classmethod
     def from_shorthand(cls, value: Any) -> Any:
@@ -54,6 +59,8 @@ class TaskSource:
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 or null, got {self.limit}")
+        if self.offset < 0:
+            raise ValueError(f"offset must be >= 0, got {self.offset}")
         try:
             _check_task(self.task, self.split)
         except KeyError as e:
@@ -76,6 +83,8 @@ class EvalSource(TaskSource):
         super().__post_init__()
         if self.split != "eval":
             raise ValueError(f"benchmarks are scored on their evaluation split: split must be 'eval', got {self.split!r}")
+        if self.offset:
+            raise ValueError("benchmarks score the first `limit` rows of their seeded order: offset is for training sources")
 
 
 @dataclass
@@ -321,10 +330,14 @@ class ProbesRecipe(RecipeBase):
     Attributes:
         models: Backbones (hub ids, folders, GGUF files; null = the bundled SmolLM2).
         dtype: Backbone weight dtype (``float32``, ``bfloat16``, ``float16``).
-        head_name: Name of each model's head.
+        head_name: Name of each model's head (the DPH column).
         head: Head training settings.
         train: Training mix of every head.
         eval: Benchmarks (groups are reported as GLUE / GPT4All / RACE scores).
+        per_task: One head per training task (``<head_name>-<task>``, each fitted and validated on
+            its own task's rows alone), and each benchmark scored by its own task's head; every
+            benchmark task then needs training rows. False: one head on the whole mix (the paper's
+            Table 6 probe).
         glue_wnli: Count WNLI in the GLUE score.
         max_length: Longest sequence (tokens); longer prompts lose their oldest tokens.
     """
@@ -336,6 +349,7 @@ class ProbesRecipe(RecipeBase):
     head: HeadSpec = field(default_factory=HeadSpec)
     train: list[TaskSource] = field(default_factory=list)
     eval: list[EvalSource] = field(default_factory=list)
+    per_task: bool = False
     glue_wnli: bool = False
     max_length: int | None = None
 
@@ -344,6 +358,14 @@ class ProbesRecipe(RecipeBase):
             raise ValueError("models, train and eval must be non-empty")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.per_task:
+            from prefheads import tasks
+
+            trained = {n for s in self.train for n in tasks.expand(s.task, train=s.split == "train")}
+            missing = [n for s in self.eval for n in tasks.expand(s.task) if n not in trained]
+            if missing:
+                raise ValueError(f"per_task: benchmark tasks {missing} have no training source (each is scored "
+                                 "by its own task's head)")
 
 
 @dataclass

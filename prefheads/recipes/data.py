@@ -24,21 +24,50 @@ def expand(sources: Sequence[TaskSource]) -> list[TaskSource]:
     out = []
     for s in sources:
         for name in tasks.expand(s.task, train=s.split == "train"):
-            out.append(TaskSource(task=name, split=s.split, limit=s.limit))
+            out.append(TaskSource(task=name, split=s.split, limit=s.limit, offset=s.offset))
     return out
 
 
 def load_rows(src: TaskSource, data_dir: str | None, seed: int) -> list[Example] | list[PreferencePair]:
-    """Examples (choice tasks) or pairs (preference datasets) of one expanded source."""
+    """Examples (choice tasks) or pairs (preference datasets) of one expanded source.
+
+    The split's seeded order (the one benchmarks take their first ``limit`` rows of) without its
+    first ``offset`` rows, then at most ``limit`` rows.
+    """
     from prefheads import tasks
 
-    kw = dict(split=src.split, data_dir=data_dir, limit=src.limit, seed=seed, shuffle=src.limit is not None)
+    limit = None if src.limit is None else src.offset + src.limit
+    kw = dict(split=src.split, data_dir=data_dir, limit=limit, seed=seed, shuffle=src.limit is not None or src.offset > 0)
     if tasks.get_task(src.task).kind == "pairs":
-        return list(tasks.load_pairs(src.task, **kw))
-    rows = [ex for ex in tasks.load_examples(src.task, **kw) if ex.label is not None]
+        return list(tasks.load_pairs(src.task, **kw))[src.offset:]
+    rows = [ex for ex in list(tasks.load_examples(src.task, **kw))[src.offset:] if ex.label is not None]
     if not rows:
         raise ValueError(f"{src.task} [{src.split}]: no labelled examples (hub test splits hide labels)")
     return rows
+
+
+def check_disjoint(train: Sequence[TaskSource], benchmarks: Sequence[TaskSource], data_dir: str | None,
+                   seed: int) -> None:
+    """Refuse a training mix that holds any row a benchmark scores (same task, same row id).
+
+    Raises:
+        ValueError: Naming the task, the training split, how many rows are shared and the
+            ``offset`` that would skip them.
+    """
+    scored: dict[str, tuple[set[str], int | None]] = {}
+    for b in expand(benchmarks):
+        ids = {r.id for r in load_rows(TaskSource(task=b.task, split="eval", limit=b.limit), data_dir, seed)}
+        scored[b.task] = (scored.get(b.task, (set(), None))[0] | ids, b.limit)
+    for s in expand(train):
+        if s.task not in scored:
+            continue
+        ids, limit = scored[s.task]
+        shared = ids & {r.id for r in load_rows(s, data_dir, seed)}
+        if shared:
+            hint = (f"offset: {limit} skips the rows the benchmark scores" if limit is not None else
+                    "the benchmark scores the whole split: give it a limit and the training source an offset")
+            raise ValueError(f"train: {s.task} [{s.split}] holds {len(shared)} of the rows its benchmark scores "
+                             f"(e.g. {min(shared)}); {hint}")
 
 
 def lm_samples(sources: Sequence[TaskSource], data_dir: str | None, seed: int) -> list[LMSample]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefheads.recipes.bench import SUBSET_NOTE, evaluate, heads_table, probes_table, tasks_table
 from prefheads.recipes.config import HeadSpec, ProbesRecipe, TaskHeadsRecipe, TaskSource
-from prefheads.recipes.data import candidates, encodable
+from prefheads.recipes.data import candidates, check_disjoint, encodable, expand
 
 if TYPE_CHECKING:
     from prefheads.model import PreferenceModel
@@ -73,20 +73,33 @@ def train_head(pm: PreferenceModel, name: str, sources: Sequence[TaskSource], sp
 def probes(cfg: ProbesRecipe, progress: bool = False) -> dict[str, Any]:
     """For each model: a head on the frozen backbone, then log-prob vs DPH on every benchmark.
 
-    Writes ``<out>/<model>/`` (head folder, ``results.json``), ``<out>/results.json`` and
-    ``<out>/table.md`` (paper Table 6 layout, then per-task metrics per model).
+    Writes ``<out>/<model>/`` (head folder, ``results.json``; with ``per_task`` one head folder per
+    task inside it), ``<out>/results.json`` and ``<out>/table.md`` (paper Table 6 layout, then
+    per-task metrics per model). A training mix sharing rows with a benchmark is refused first.
     """
     import gc
 
     root = Path(cfg.out)
+    check_disjoint(cfg.train, cfg.eval, cfg.data_dir, cfg.seed)
     rows, out = [], {}
     for base in cfg.models:
         label = base or "SmolLM2-135M-Instruct (bundled)"
         d = root / _slug(base or "smollm2-135m-instruct")
         pm = load_model(base, cfg.dtype, cfg.max_length)
-        train = train_head(pm, cfg.head_name, cfg.train, cfg.head, out=d, seed=cfg.seed, data_dir=cfg.data_dir,
-                           base=base, progress=progress)
-        res = evaluate(pm, cfg.eval, data_dir=cfg.data_dir, seed=cfg.seed, heads=[cfg.head_name], progress=_say)
+        route: dict[str, str] | None = None
+        if cfg.per_task:
+            by_task: dict[str, list[TaskSource]] = {}
+            for src in expand(cfg.train):
+                by_task.setdefault(src.task, []).append(src)
+            route = {t: f"{cfg.head_name}-{_slug(t)}" for t in by_task}
+            train: dict[str, Any] = {t: train_head(pm, route[t], srcs, cfg.head, out=d / route[t], seed=cfg.seed,
+                                                   data_dir=cfg.data_dir, base=base, progress=progress)
+                                     for t, srcs in by_task.items()}
+        else:
+            train = train_head(pm, cfg.head_name, cfg.train, cfg.head, out=d, seed=cfg.seed, data_dir=cfg.data_dir,
+                               base=base, progress=progress)
+        res = evaluate(pm, cfg.eval, data_dir=cfg.data_dir, seed=cfg.seed, heads=[cfg.head_name], progress=_say,
+                       route=route)
         res["train"] = train
         (d / "results.json").write_text(json.dumps(res, indent=2))
         rows.append((label, res))
@@ -110,6 +123,7 @@ def task_heads(cfg: TaskHeadsRecipe, progress: bool = False) -> dict[str, Any]:
     ``<out>/results.json`` and ``<out>/table.md`` (paper Table 5 layout, then per-task metrics).
     """
     root = Path(cfg.out)
+    check_disjoint([s for srcs in cfg.heads.values() for s in srcs], cfg.eval, cfg.data_dir, cfg.seed)
     pm = load_model(cfg.base, cfg.dtype, cfg.max_length)
     names = pm.load_heads(cfg.base_heads) if cfg.base_heads else []
     train = {}
