@@ -121,6 +121,8 @@ def test_the_probe_recipes_resolve_their_heads():
     small = load_config(ROOT / "recipes/qwen15-probes-smollm2.yaml").head.fit_config(task="glue")
     assert (small.pooler, small.objective, small.solver, small.lm_score, small.layer) == (
         "identity", None, "ridge", "auto", "auto")
+    assert paper.template == "paper" and small.template == "paper"  # GLUE's STS-B has no harness template
+    assert load_config(ROOT / "recipes/qwen15-probes-smollm2.yaml").head.fit_config(task="arc_easy").template == "lm-eval"
 
 
 def test_overrides_beat_the_file_which_beats_defaults():
@@ -325,7 +327,7 @@ def test_frozen_head_recipes_run_on_a_tiny_backbone(shared_data, tmp_path):
         assert (tmp_path / "probes" / "resolved_config.yaml").is_file()
         # per-task probes: one head per task (BoolQ trains on dev rows its benchmark does not score)
         p = _write(tmp_path, f"recipe: probes\nout: {tmp_path / 'pt'}\nmodels: [{tmp_path / 'bb'}]\nper_task: true\n"
-                   + ridge + f"data_dir: {shared_data}\n"
+                   + ridge.replace("auto}", "auto, template: null}") + f"data_dir: {shared_data}\n"
                    + "train: [{task: glue/sst2, limit: 24}, {task: boolq, split: validation, offset: 12, limit: 24}]\n"
                    + "eval: [{task: glue/sst2, limit: 12}, {task: boolq, limit: 12}]\n")
         (only,) = run(p).values()
@@ -333,6 +335,9 @@ def test_frozen_head_recipes_run_on_a_tiny_backbone(shared_data, tmp_path):
         for head in ("dph-glue_sst2", "dph-boolq"):
             assert (next((tmp_path / "pt").iterdir()) / head / "layer_scores.json").is_file()
         assert only["methods"][-1] == "dph:dph" and set(only["tasks"]) == {"glue/sst2", "boolq"}
+        # template: null is fit's default: the harness's template for both tasks, trained and scored
+        assert {t["template"] for t in only["train"].values()} == {"lm-eval"}
+        assert {r["variant"] for r in only["tasks"].values()} == {"lm-eval"}
     finally:
         if old is None:
             os.environ.pop("PREFHEADS_CACHE", None)

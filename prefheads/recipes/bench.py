@@ -36,6 +36,7 @@ def evaluate(pm: PreferenceModel, sources: Sequence[Any], *, data_dir: str | Non
         ``{"tasks": {task: result block}, "aggregates": {group: ...}, "methods": [...]}``.
     """
     from prefheads.eval import LMEVAL_METHODS, LOGPROB, aggregates, evaluate_task, method_name
+    from prefheads.eval.evaluate import heads_template
     from prefheads.recipes.data import expand
 
     heads = list(pm.heads) if heads is None else list(heads)
@@ -47,13 +48,25 @@ def evaluate(pm: PreferenceModel, sources: Sequence[Any], *, data_dir: str | Non
             if src.task not in route:
                 raise ValueError(f"route has no head for benchmark task {src.task!r}")
             pm.attach_head(heads[0], pm.heads[route[src.task]], activate=False)
+        variant = scoring_template(src.task, heads_template(pm, heads) if heads else "paper")
         if progress:
-            progress(f"scoring {src.task} ({src.limit or 'all'} examples)")
+            progress(f"scoring {src.task} ({src.limit or 'all'} examples, {variant} template)")
         results[src.task], _ = evaluate_task(pm, src.task, data_dir=data_dir, max_eval=src.limit, seed=seed,
-                                             heads=heads)
+                                             heads=heads, variant=variant)
     harness = [m for m in LMEVAL_METHODS if any(m in r["methods"] for r in results.values())]
     methods = [LOGPROB] + harness + [method_name(h) for h in heads]
     return {"methods": methods, "tasks": results, "aggregates": aggregates(results, methods)}
+
+
+def scoring_template(task: str, template: str) -> str:
+    """The template ``task`` is scored with: its heads' ``template`` where the task has one, else the paper's."""
+    from prefheads import tasks
+
+    try:
+        tasks.get_task(task, template)
+    except (KeyError, ValueError):
+        return "paper"
+    return template
 
 
 def group_value(res: Mapping[str, Any], method: str, group: str, glue_wnli: bool = False) -> tuple[float, bool] | None:

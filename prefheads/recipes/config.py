@@ -299,8 +299,8 @@ class InHouseRecipe(RecipeBase):
 _HeadOptions = fit_options(
     "HeadOptions", ("pooler", "objective", "dph_eps", "epochs", "batch_size", "lr", "weight_decay", "warmup_ratio",
                     "final_lr_ratio", "val_fraction", "layer", "cache_dtype", "lm_score", "solver", "raw_view",
-                    "cv_folds"),
-    pooler="swiglu", objective="separable", layer=-1, lm_score="none")
+                    "cv_folds", "template"),
+    pooler="swiglu", objective="separable", layer=-1, lm_score="none", template="paper")
 
 
 @dataclass
@@ -310,9 +310,12 @@ class HeadSpec(_HeadOptions):
     Its fields are :class:`~prefheads.training.FitConfig`'s (``pooler``, ``objective``, ``dph_eps``,
     ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``warmup_ratio``, ``final_lr_ratio``,
     ``val_fraction``, ``layer``, ``cache_dtype``, ``lm_score``, ``solver``, ``raw_view``,
-    ``cv_folds``), defaulting to the paper's head: a SwiGLU pooler read after the final norm, the
-    separable loss, and no LM score. ``prefheads fit``'s default head is ``{pooler: identity,
-    objective: null, layer: auto, lm_score: auto}``: the ridge solver with the LM's own scores.
+    ``cv_folds``, ``template``), defaulting to the paper's head: a SwiGLU pooler read after the
+    final norm, the separable loss, no LM score, the paper's templates. ``prefheads fit``'s default
+    head is ``{pooler: identity, objective: null, layer: auto, lm_score: auto, template: null}``:
+    the ridge solver with the LM's own scores, on lm-evaluation-harness's template where every task
+    of the head has one (``template: null``), else the paper's. A benchmark is scored with the
+    template its head was trained on where the task has it, else the paper's.
     """
 
     def __post_init__(self) -> None:

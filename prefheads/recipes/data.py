@@ -28,16 +28,18 @@ def expand(sources: Sequence[TaskSource]) -> list[TaskSource]:
     return out
 
 
-def load_rows(src: TaskSource, data_dir: str | None, seed: int) -> list[Example] | list[PreferencePair]:
+def load_rows(src: TaskSource, data_dir: str | None, seed: int,
+              variant: str = "paper") -> list[Example] | list[PreferencePair]:
     """Examples (choice tasks) or pairs (preference datasets) of one expanded source.
 
     The split's seeded order (the one benchmarks take their first ``limit`` rows of) without its
-    first ``offset`` rows, then at most ``limit`` rows.
+    first ``offset`` rows, then at most ``limit`` rows, rendered with template ``variant``.
     """
     from prefheads import tasks
 
     limit = None if src.limit is None else src.offset + src.limit
-    kw = dict(split=src.split, data_dir=data_dir, limit=limit, seed=seed, shuffle=src.limit is not None or src.offset > 0)
+    kw = dict(split=src.split, data_dir=data_dir, limit=limit, seed=seed, shuffle=src.limit is not None or src.offset > 0,
+              variant=variant)
     if tasks.get_task(src.task).kind == "pairs":
         return list(tasks.load_pairs(src.task, **kw))[src.offset:]
     rows = [ex for ex in list(tasks.load_examples(src.task, **kw))[src.offset:] if ex.label is not None]
@@ -108,7 +110,8 @@ def merge(parts: Sequence[Candidates]) -> Candidates:
 
 
 def candidates(sources: Sequence[TaskSource], data_dir: str | None, seed: int,
-               keep: Callable[[Any, str], bool] | None = None) -> tuple[Candidates, dict[str, int]]:
+               keep: Callable[[Any, str], bool] | None = None,
+               variant: str = "paper") -> tuple[Candidates, dict[str, int]]:
     """Head-training candidates of a mix, and the number of examples per task.
 
     Choice examples keep all their choices (the loop draws a fresh wrong answer every epoch);
@@ -120,10 +123,11 @@ def candidates(sources: Sequence[TaskSource], data_dir: str | None, seed: int,
         seed: Sampling seed.
         keep: Optional ``(prompt, completion) -> bool``; an example or pair any of whose
             candidates it rejects is left out (e.g. one that would not fit the context).
+        variant: Template family the choice tasks are rendered with.
     """
     parts, counts = [], {}
     for src in expand(sources):
-        rows = load_rows(src, data_dir, seed)
+        rows = load_rows(src, data_dir, seed, variant)
         if keep is not None:
             before = len(rows)
             rows = [r for r in rows if all(keep(r.prompt, c) for c in _completions(r))]

@@ -52,20 +52,23 @@ def train_head(pm: PreferenceModel, name: str, sources: Sequence[TaskSource], sp
                data_dir: str | None, base: str | None, progress: bool = False) -> dict[str, Any]:
     """Fit head ``name`` on ``sources`` (frozen backbone, cached features); returns a summary."""
     from prefheads.training import fit
+    from prefheads.training.config import default_template
 
-    cands, counts = candidates(sources, data_dir, seed, keep=encodable(pm))
-    _say(f"[{name}] training on {len(cands)} examples from {len(counts)} tasks: "
+    template = spec.template or ("lm-eval" if all(default_template(s.task) == "lm-eval" for s in expand(sources))
+                                 else "paper")
+    cands, counts = candidates(sources, data_dir, seed, keep=encodable(pm), variant=template)
+    _say(f"[{name}] training on {len(cands)} examples ({template} template) from {len(counts)} tasks: "
          + ", ".join(f"{t} {n}" for t, n in counts.items()))
     # the recipe's limits say how much data: no time budget on top of them
     fcfg = spec.fit_config(task="mix(" + ",".join(sorted(counts)) + ")", out=str(out), seed=seed,
-                           head_name=name, base=base, time_budget=0)
+                           head_name=name, base=base, time_budget=0, template=template)
     res = fit(fcfg, pm=pm, progress=progress, cands=cands)
     best = res.history[res.best_epoch - 1]
     chosen = (f"cross-validated choice accuracy {best['val_accuracy']:.3f}" if fcfg.solver == "ridge" else
               f"best epoch {res.best_epoch}: val pair accuracy {best['val_pair_accuracy']:.3f}")
     _say(f"[{name}] {chosen}; backbone {res.setup_seconds:.0f}s{' (cache hit)' if res.cache_hit else ''}, "
          f"head {res.train_seconds:.0f}s")
-    return {"tasks": counts, "n_train": res.n_train, "n_val": res.n_val, "solver": fcfg.solver,
+    return {"tasks": counts, "n_train": res.n_train, "n_val": res.n_val, "solver": fcfg.solver, "template": template,
             "best_epoch": res.best_epoch, "val_pair_accuracy": best["val_pair_accuracy"],
             "setup_seconds": res.setup_seconds, "train_seconds": res.train_seconds, "cache_hit": res.cache_hit}
 
