@@ -332,12 +332,15 @@ def test_frozen_head_recipes_run_on_a_tiny_backbone(shared_data, tmp_path):
                    + "eval: [{task: glue/sst2, limit: 12}, {task: boolq, limit: 12}]\n")
         (only,) = run(p).values()
         assert set(only["train"]) == {"glue/sst2", "boolq"} and only["train"]["boolq"]["tasks"] == {"boolq": 24}
+        (model_dir,) = [d for d in (tmp_path / "pt").iterdir() if d.is_dir()]
         for head in ("dph-glue_sst2", "dph-boolq"):
-            assert (next((tmp_path / "pt").iterdir()) / head / "layer_scores.json").is_file()
+            assert (model_dir / head / "layer_scores.json").is_file()
         assert only["methods"][-1] == "dph:dph" and set(only["tasks"]) == {"glue/sst2", "boolq"}
         # template: null is fit's default: the harness's template for both tasks, trained and scored
         assert {t["template"] for t in only["train"].values()} == {"lm-eval"}
         assert {r["variant"] for r in only["tasks"].values()} == {"lm-eval"}
+        # the paper template's log-prob stays in the table (the paper's Log column) beside the harness-template one
+        assert only["methods"][1] == "logprob:paper" and all("logprob:paper" in r["methods"] for r in only["tasks"].values())
     finally:
         if old is None:
             os.environ.pop("PREFHEADS_CACHE", None)
@@ -377,20 +380,40 @@ def test_per_task_probes_need_training_rows_for_every_benchmark(tmp_path):
 
 
 def test_routed_evaluation_scores_each_task_with_its_own_head(two_head_pm, shared_data):
-    """route: one head name (the DPH column) served per task by that task's head."""
+    """route: one head name (the DPH column) served per task by that task's head, removed afterwards."""
     from prefheads.recipes.bench import evaluate
     from prefheads.recipes.config import EvalSource
 
     srcs = [EvalSource(task="glue/sst2", limit=6), EvalSource(task="openbookqa", limit=6)]
     both = evaluate(two_head_pm, srcs, data_dir=str(shared_data), seed=0, heads=["a", "b"])
+    # the two heads disagree somewhere, so a head served to the wrong task would show
+    def seen(block):
+        return block["predicted"], block["metrics"]
+
+    assert any(seen(both["tasks"][t]["methods"]["dph:a"]) != seen(both["tasks"][t]["methods"]["dph:b"])
+               for t in both["tasks"])
     routed = evaluate(two_head_pm, srcs, data_dir=str(shared_data), seed=0, heads=["dph"],
                       route={"glue/sst2": "a", "openbookqa": "b"})
-    try:
-        for task, head in (("glue/sst2", "a"), ("openbookqa", "b")):
-            got, want = routed["tasks"][task]["methods"]["dph:dph"], both["tasks"][task]["methods"][f"dph:{head}"]
-            assert got["predicted"] == want["predicted"] and got["score"] == want["score"]
-        assert routed["methods"][-1] == "dph:dph"
-        with pytest.raises(ValueError, match="no head for benchmark task 'glue/sst2'"):
-            evaluate(two_head_pm, srcs, data_dir=str(shared_data), seed=0, heads=["dph"], route={"openbookqa": "b"})
-    finally:
-        two_head_pm.remove_head("dph")
+    assert "dph" not in two_head_pm.heads  # the alias does not outlive the evaluation
+    for task, head in (("glue/sst2", "a"), ("openbookqa", "b")):
+        got, want = routed["tasks"][task]["methods"]["dph:dph"], both["tasks"][task]["methods"][f"dph:{head}"]
+        assert seen(got) == seen(want)
+    assert routed["methods"][-1] == "dph:dph"
+    with pytest.raises(ValueError, match=r"no head for benchmark tasks \['glue/sst2'\]"):
+        evaluate(two_head_pm, srcs, data_dir=str(shared_data), seed=0, heads=["dph"], route={"openbookqa": "b"})
+    with pytest.raises(ValueError, match="a head named 'a' is attached already"):
+        evaluate(two_head_pm, srcs, data_dir=str(shared_data), seed=0, heads=["a"], route={"glue/sst2": "b",
+                                                                                          "openbookqa": "b"})
+    assert set(two_head_pm.heads) == {"a", "b"}
+
+
+def test_head_templates_are_checked_when_the_recipe_loads(tmp_path):
+    base = "recipe: probes\neval: [glue/sst2]\n"
+    with pytest.raises(ConfigError, match="template must be one of"):
+        load_config(_write(tmp_path, base + "train: [glue/sst2]\nhead: {template: lmeval}\n"))
+    with pytest.raises(ConfigError, match=r"head.template: glue/stsb: no 'lm-eval' template"):
+        load_config(_write(tmp_path, base + "train: [glue/sst2, glue/stsb]\nhead: {template: lm-eval}\n"))
+    th = ("recipe: task_heads\neval: [glue/sst2]\nhead: {template: null}\n"
+          "heads: {glue: [glue/stsb], obqa: [openbookqa]}\n")
+    with pytest.raises(ConfigError, match=r"would train on different templates \(\{'glue': 'paper', 'obqa': 'lm-eval'\}\)"):
+        load_config(_write(tmp_path, th))

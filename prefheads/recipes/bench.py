@@ -20,17 +20,25 @@ GROUPS = ("glue", "gpt4all", "race")
 LABELS = {"glue": "GLUE", "gpt4all": "GPT4All", "race": "RACE"}
 
 
+PAPER_LOGPROB = "logprob:paper"
+"""The chat-turn log-prob under the paper's template, added where a task is scored on another one."""
+
+
 def evaluate(pm: PreferenceModel, sources: Sequence[Any], *, data_dir: str | None, seed: int,
              heads: Sequence[str] | None = None, progress: Any = None,
              route: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Score every benchmark task (its eval split, ``limit`` examples) with log-prob and every head.
 
     Uses :func:`prefheads.eval.evaluate_task` per task (so each task keeps its own limit)
-    and :func:`prefheads.eval.aggregates` for the GLUE / GPT4All / RACE scores.
+    and :func:`prefheads.eval.aggregates` for the GLUE / GPT4All / RACE scores. A task is scored
+    under its heads' template where it has one (:func:`scoring_template`); when any task is
+    scored on another template than the paper's, every task also gets the paper template's
+    chat-turn log-prob (method ``logprob:paper``, a log-prob pass of those rows under the paper's
+    prompt), so the paper's baseline stays in the table.
 
     Args:
         route: Task → head: each task is scored by its own head, attached as ``heads[0]`` (the
-            one head named) while that task is scored.
+            one head named, which must not exist yet) while that task is scored, then removed.
 
     Returns:
         ``{"tasks": {task: result block}, "aggregates": {group: ...}, "methods": [...]}``.
@@ -40,20 +48,37 @@ def evaluate(pm: PreferenceModel, sources: Sequence[Any], *, data_dir: str | Non
     from prefheads.recipes.data import expand
 
     heads = list(pm.heads) if heads is None else list(heads)
-    if route is not None and len(heads) != 1:
-        raise ValueError(f"route serves one head name, got {heads}")
+    srcs = expand(sources)
+    if route is not None:
+        if len(heads) != 1:
+            raise ValueError(f"route serves one head name, got {heads}")
+        if heads[0] in pm.heads:
+            raise ValueError(f"route: a head named {heads[0]!r} is attached already")
+        missing = [s.task for s in srcs if s.task not in route]
+        if missing:
+            raise ValueError(f"route has no head for benchmark tasks {missing}")
     results: dict[str, Any] = {}
-    for src in expand(sources):
-        if route is not None:
-            if src.task not in route:
-                raise ValueError(f"route has no head for benchmark task {src.task!r}")
-            pm.attach_head(heads[0], pm.heads[route[src.task]], activate=False)
-        variant = scoring_template(src.task, heads_template(pm, heads) if heads else "paper")
-        if progress:
-            progress(f"scoring {src.task} ({src.limit or 'all'} examples, {variant} template)")
-        results[src.task], _ = evaluate_task(pm, src.task, data_dir=data_dir, max_eval=src.limit, seed=seed,
-                                             heads=heads, variant=variant)
+    try:
+        for src in srcs:
+            if route is not None:
+                pm.attach_head(heads[0], pm.heads[route[src.task]], activate=False)
+            variant = scoring_template(src.task, heads_template(pm, heads) if heads else "paper")
+            if progress:
+                progress(f"scoring {src.task} ({src.limit or 'all'} examples, {variant} template)")
+            results[src.task], _ = evaluate_task(pm, src.task, data_dir=data_dir, max_eval=src.limit, seed=seed,
+                                                 heads=heads, variant=variant)
+            if variant != "paper":
+                paper, _ = evaluate_task(pm, src.task, data_dir=data_dir, max_eval=src.limit, seed=seed, heads=[],
+                                         lm_eval_baseline=False, bootstrap=0)
+                results[src.task]["methods"][PAPER_LOGPROB] = paper["methods"][LOGPROB]
+    finally:
+        if route is not None and heads[0] in pm.heads:
+            pm.remove_head(heads[0])
     harness = [m for m in LMEVAL_METHODS if any(m in r["methods"] for r in results.values())]
+    if any(PAPER_LOGPROB in r["methods"] for r in results.values()):
+        for r in results.values():
+            r["methods"].setdefault(PAPER_LOGPROB, r["methods"][LOGPROB])
+        harness = [PAPER_LOGPROB] + harness
     methods = [LOGPROB] + harness + [method_name(h) for h in heads]
     return {"methods": methods, "tasks": results, "aggregates": aggregates(results, methods)}
 
@@ -97,7 +122,8 @@ def probes_table(rows: Sequence[tuple[str, Mapping[str, Any]]], head: str, glue_
     cols = " / ".join(LABELS[g] for g in GROUPS)
     lines = [f"| model | Log {cols} | DPH {cols} | strongest log-prob {cols} |", "|---|---|---|---|"]
     for model, res in rows:
-        lp = " / ".join(_cell(group_value(res, "logprob", g, glue_wnli)) for g in GROUPS)
+        log = PAPER_LOGPROB if PAPER_LOGPROB in res["methods"] else "logprob"  # the paper's Log column
+        lp = " / ".join(_cell(group_value(res, log, g, glue_wnli)) for g in GROUPS)
         dph = " / ".join(_cell(group_value(res, f"dph:{head}", g, glue_wnli)) for g in GROUPS)
         best = " / ".join(_cell(strongest_baseline(res, g, glue_wnli)) for g in GROUPS)
         lines.append(f"| {model} | {lp} | {dph} | {best} |")

@@ -43,8 +43,9 @@ class TaskSource:
         limit: At most this many rows per task (a seeded random subset); null = all.
         offset: Skip the first this many rows of that seeded order. A benchmark scores the first
             ``limit`` rows of the same order, so ``offset`` ≥ the benchmark's ``limit`` trains on
-            other rows of the split it scores (tasks with no local training split); recipes
-            refuse a mix that shares rows with a benchmark.
+            other rows of the split it scores (tasks with no local training split); the
+            frozen-head recipes refuse a mix that shares rows with a benchmark. Only for a split
+            that is one concrete split (not MNLI's two-part eval).
     """
 
     task: str
@@ -293,115 +294,3 @@ class InHouseRecipe(RecipeBase):
             raise ValueError("stages.align.data is empty")
         if self.model.base is None and self.model.tokenizer.source == "train" and not self.stages.vocab.data:
             raise ValueError("model.tokenizer.source=train needs stages.vocab.data to train on")
-
-
-# ----------------------------------------------------------------------------- frozen heads
-_HeadOptions = fit_options(
-    "HeadOptions", ("pooler", "objective", "dph_eps", "epochs", "batch_size", "lr", "weight_decay", "warmup_ratio",
-                    "final_lr_ratio", "val_fraction", "layer", "cache_dtype", "lm_score", "solver", "raw_view",
-                    "cv_folds", "template"),
-    pooler="swiglu", objective="separable", layer=-1, lm_score="none", template="paper")
-
-
-@dataclass
-class HeadSpec(_HeadOptions):
-    """How each head is trained on the frozen backbone's cached features (``fit`` mode ``frozen``).
-
-    Its fields are :class:`~prefheads.training.FitConfig`'s (``pooler``, ``objective``, ``dph_eps``,
-    ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``warmup_ratio``, ``final_lr_ratio``,
-    ``val_fraction``, ``layer``, ``cache_dtype``, ``lm_score``, ``solver``, ``raw_view``,
-    ``cv_folds``, ``template``), defaulting to the paper's head: a SwiGLU pooler read after the
-    final norm, the separable loss, no LM score, the paper's templates. ``prefheads fit``'s default
-    head is ``{pooler: identity, objective: null, layer: auto, lm_score: auto, template: null}``:
-    the ridge solver with the LM's own scores, on lm-evaluation-harness's template where every task
-    of the head has one (``template: null``), else the paper's. A benchmark is scored with the
-    template its head was trained on where the task has it, else the paper's.
-    """
-
-    def __post_init__(self) -> None:
-        self.fit_config(task="check")
-
-    def fit_config(self, **kw: Any) -> FitConfig:
-        """The :class:`~prefheads.training.FitConfig` of one head."""
-        return FitConfig(**{**self.fit_options(), "mode": "frozen", "feature_cache": True, **kw})
-
-
-@dataclass
-class ProbesRecipe(RecipeBase):
-    """Frozen-backbone probes (paper Table 6): one head per model, log-prob vs DPH per benchmark.
-
-    Attributes:
-        models: Backbones (hub ids, folders, GGUF files; null = the bundled SmolLM2).
-        dtype: Backbone weight dtype (``float32``, ``bfloat16``, ``float16``).
-        head_name: Name of each model's head (the DPH column).
-        head: Head training settings.
-        train: Training mix of every head.
-        eval: Benchmarks (groups are reported as GLUE / GPT4All / RACE scores).
-        per_task: One head per training task (``<head_name>-<task>``, each fitted and validated on
-            its own task's rows alone), and each benchmark scored by its own task's head; every
-            benchmark task then needs training rows. False: one head on the whole mix (the paper's
-            Table 6 probe).
-        glue_wnli: Count WNLI in the GLUE score.
-        max_length: Longest sequence (tokens); longer prompts lose their oldest tokens.
-    """
-
-    recipe: str = "probes"
-    models: list[str | None] = field(default_factory=lambda: [None])
-    dtype: str = "float32"
-    head_name: str = "dph"
-    head: HeadSpec = field(default_factory=HeadSpec)
-    train: list[TaskSource] = field(default_factory=list)
-    eval: list[EvalSource] = field(default_factory=list)
-    per_task: bool = False
-    glue_wnli: bool = False
-    max_length: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.models or not self.train or not self.eval:
-            raise ValueError("models, train and eval must be non-empty")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.per_task:
-            from prefheads import tasks
-
-            trained = {n for s in self.train for n in tasks.expand(s.task, train=s.split == "train")}
-            missing = [n for s in self.eval for n in tasks.expand(s.task) if n not in trained]
-            if missing:
-                raise ValueError(f"per_task: benchmark tasks {missing} have no training source (each is scored "
-                                 "by its own task's head)")
-
-
-@dataclass
-class TaskHeadsRecipe(RecipeBase):
-    """Task-specific heads on one frozen backbone (paper Table 5): heads × benchmarks.
-
-    Attributes:
-        base: The (trained) backbone: hub id, folder, GGUF; null = the bundled SmolLM2.
-        base_heads: Optional head folder whose heads join the table (e.g. the pipeline's
-            general head in ``<out>/align``).
-        dtype: Backbone weight dtype.
-        heads: Head name → its training mix (one head per task group).
-        head: Head training settings.
-        eval: Benchmarks (columns of the table).
-        glue_wnli: Count WNLI in the GLUE score.
-        max_length: Longest sequence (tokens).
-    """
-
-    recipe: str = "task_heads"
-    base: str | None = None
-    base_heads: str | None = None
-    dtype: str = "float32"
-    heads: dict[str, list[TaskSource]] = field(default_factory=dict)
-    head: HeadSpec = field(default_factory=HeadSpec)
-    eval: list[EvalSource] = field(default_factory=list)
-    glue_wnli: bool = False
-    max_length: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.heads or not self.eval:
-            raise ValueError("heads and eval must be non-empty")
-        empty = [k for k, v in self.heads.items() if not v]
-        if empty:
-            raise ValueError(f"heads {empty} have no training data")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")

@@ -40,26 +40,35 @@ def load_rows(src: TaskSource, data_dir: str | None, seed: int,
     limit = None if src.limit is None else src.offset + src.limit
     kw = dict(split=src.split, data_dir=data_dir, limit=limit, seed=seed, shuffle=src.limit is not None or src.offset > 0,
               variant=variant)
+    loaded = list((tasks.load_pairs if tasks.get_task(src.task).kind == "pairs" else tasks.load_examples)(src.task, **kw))
+    if src.offset and len({r.meta.get("split") for r in loaded}) > 1:
+        raise ValueError(f"{src.task} [{src.split}]: offset needs one concrete split (this one has several): "
+                         "name the split, e.g. split: validation_matched")
     if tasks.get_task(src.task).kind == "pairs":
-        return list(tasks.load_pairs(src.task, **kw))[src.offset:]
-    rows = [ex for ex in list(tasks.load_examples(src.task, **kw))[src.offset:] if ex.label is not None]
+        return loaded[src.offset:]
+    rows = [ex for ex in loaded[src.offset:] if ex.label is not None]
     if not rows:
         raise ValueError(f"{src.task} [{src.split}]: no labelled examples (hub test splits hide labels)")
     return rows
 
 
 def check_disjoint(train: Sequence[TaskSource], benchmarks: Sequence[TaskSource], data_dir: str | None,
-                   seed: int) -> None:
+                   seed: int, field: str = "train") -> None:
     """Refuse a training mix that holds any row a benchmark scores (same task, same row id).
 
+    Args:
+        field: The config field of ``train`` (named in the error).
+
     Raises:
-        ValueError: Naming the task, the training split, how many rows are shared and the
-            ``offset`` that would skip them.
+        ValueError: Naming the field, the task, the training split, how many rows are shared and
+            the ``offset`` that would skip them.
     """
     scored: dict[str, tuple[set[str], int | None]] = {}
     for b in expand(benchmarks):
         ids = {r.id for r in load_rows(TaskSource(task=b.task, split="eval", limit=b.limit), data_dir, seed)}
-        scored[b.task] = (scored.get(b.task, (set(), None))[0] | ids, b.limit)
+        old_ids, old_limit = scored.get(b.task, (set(), 0))
+        limit = None if b.limit is None or old_limit is None else max(b.limit, old_limit)
+        scored[b.task] = (old_ids | ids, limit)
     for s in expand(train):
         if s.task not in scored:
             continue
@@ -68,7 +77,7 @@ def check_disjoint(train: Sequence[TaskSource], benchmarks: Sequence[TaskSource]
         if shared:
             hint = (f"offset: {limit} skips the rows the benchmark scores" if limit is not None else
                     "the benchmark scores the whole split: give it a limit and the training source an offset")
-            raise ValueError(f"train: {s.task} [{s.split}] holds {len(shared)} of the rows its benchmark scores "
+            raise ValueError(f"{field}: {s.task} [{s.split}] holds {len(shared)} of the rows its benchmark scores "
                              f"(e.g. {min(shared)}); {hint}")
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prefheads.recipes.bench import SUBSET_NOTE, evaluate, heads_table, probes_table, tasks_table
-from prefheads.recipes.config import HeadSpec, ProbesRecipe, TaskHeadsRecipe, TaskSource
+from prefheads.recipes.config import TaskSource
+from prefheads.recipes.frozen_config import HeadSpec, ProbesRecipe, TaskHeadsRecipe
 from prefheads.recipes.data import candidates, check_disjoint, encodable, expand
 
 if TYPE_CHECKING:
@@ -52,10 +53,8 @@ def train_head(pm: PreferenceModel, name: str, sources: Sequence[TaskSource], sp
                data_dir: str | None, base: str | None, progress: bool = False) -> dict[str, Any]:
     """Fit head ``name`` on ``sources`` (frozen backbone, cached features); returns a summary."""
     from prefheads.training import fit
-    from prefheads.training.config import default_template
 
-    template = spec.template or ("lm-eval" if all(default_template(s.task) == "lm-eval" for s in expand(sources))
-                                 else "paper")
+    template = spec.resolved_template(list(sources))
     cands, counts = candidates(sources, data_dir, seed, keep=encodable(pm), variant=template)
     _say(f"[{name}] training on {len(cands)} examples ({template} template) from {len(counts)} tasks: "
          + ", ".join(f"{t} {n}" for t, n in counts.items()))
@@ -83,7 +82,7 @@ def probes(cfg: ProbesRecipe, progress: bool = False) -> dict[str, Any]:
     import gc
 
     root = Path(cfg.out)
-    check_disjoint(cfg.train, cfg.eval, cfg.data_dir, cfg.seed)
+    check_disjoint(cfg.train, cfg.eval, cfg.data_dir, cfg.seed, field="train")
     rows, out = [], {}
     for base in cfg.models:
         label = base or "SmolLM2-135M-Instruct (bundled)"
@@ -126,7 +125,8 @@ def task_heads(cfg: TaskHeadsRecipe, progress: bool = False) -> dict[str, Any]:
     ``<out>/results.json`` and ``<out>/table.md`` (paper Table 5 layout, then per-task metrics).
     """
     root = Path(cfg.out)
-    check_disjoint([s for srcs in cfg.heads.values() for s in srcs], cfg.eval, cfg.data_dir, cfg.seed)
+    for name, srcs in cfg.heads.items():
+        check_disjoint(srcs, cfg.eval, cfg.data_dir, cfg.seed, field=f"heads.{name}")
     pm = load_model(cfg.base, cfg.dtype, cfg.max_length)
     names = pm.load_heads(cfg.base_heads) if cfg.base_heads else []
     train = {}

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from prefheads.recipes.config import InHouseRecipe, ProbesRecipe, RecipeBase, TaskHeadsRecipe
+from prefheads.recipes.config import InHouseRecipe, RecipeBase
+from prefheads.recipes.frozen_config import ProbesRecipe, TaskHeadsRecipe
 from prefheads.recipes.schema import ConfigError, apply_overrides, build, dump_yaml
 from prefheads.registry import Registry
 
