@@ -417,3 +417,20 @@ def test_head_templates_are_checked_when_the_recipe_loads(tmp_path):
           "heads: {glue: [glue/stsb], obqa: [openbookqa]}\n")
     with pytest.raises(ConfigError, match=r"would train on different templates \(\{'glue': 'paper', 'obqa': 'lm-eval'\}\)"):
         load_config(_write(tmp_path, th))
+
+
+def test_a_task_without_the_heads_template_is_scored_on_the_papers_with_a_warning(two_head_pm, shared_data, caplog):
+    from prefheads.recipes.bench import evaluate
+    from prefheads.recipes.config import EvalSource
+
+    meta = two_head_pm.heads["a"].config.meta
+    old = meta.get("template")
+    meta["template"] = "lm-eval"
+    try:
+        with caplog.at_level("WARNING", logger="prefheads.recipes.bench"):
+            res = evaluate(two_head_pm, [EvalSource(task="race/middle", limit=2)], data_dir=str(shared_data), seed=0,
+                           heads=["a"])
+    finally:
+        meta["template"] = old
+    assert res["tasks"]["race/middle"]["variant"] == "paper"
+    assert "race/middle has no 'lm-eval' template" in caplog.text

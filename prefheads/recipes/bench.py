@@ -9,12 +9,15 @@ A group score over fewer members than the paper's is marked ``*`` in the tables.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prefheads.model import PreferenceModel
 
+
+log = logging.getLogger(__name__)
 
 GROUPS = ("glue", "gpt4all", "race")
 LABELS = {"glue": "GLUE", "gpt4all": "GPT4All", "race": "RACE"}
@@ -62,7 +65,11 @@ def evaluate(pm: PreferenceModel, sources: Sequence[Any], *, data_dir: str | Non
         for src in srcs:
             if route is not None:
                 pm.attach_head(heads[0], pm.heads[route[src.task]], activate=False)
-            variant = scoring_template(src.task, heads_template(pm, heads) if heads else "paper")
+            trained = heads_template(pm, heads) if heads else "paper"
+            variant = scoring_template(src.task, trained)
+            if variant != trained:
+                log.warning("%s has no %r template: its heads (trained on it) score the paper's prompts", src.task,
+                            trained)
             if progress:
                 progress(f"scoring {src.task} ({src.limit or 'all'} examples, {variant} template)")
             results[src.task], _ = evaluate_task(pm, src.task, data_dir=data_dir, max_eval=src.limit, seed=seed,
