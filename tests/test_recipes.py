@@ -360,10 +360,10 @@ def test_offset_trains_on_rows_the_benchmark_does_not_score(shared_data):
     carved = [r.id for r in load_rows(TaskSource(task="boolq", split="validation", limit=8, offset=12), d, 0)]
     assert first[:12] == scored and carved == first[12:20]
     bench = [EvalSource(task="boolq", limit=12)]
-    with pytest.raises(ValueError, match=r"boolq \[validation\] holds 12 of the rows .* offset: 12"):
-        check_disjoint([TaskSource(task="boolq", split="validation", limit=20)], bench, d, 0)
-    check_disjoint([TaskSource(task="boolq", split="validation", limit=20, offset=12),
-                    TaskSource(task="glue/sst2", limit=5)], bench, d, 0)
+    with pytest.raises(ValueError, match=r"^train: boolq \[validation\] holds 12 of the rows .* offset: 12"):
+        check_disjoint({"train": [TaskSource(task="boolq", split="validation", limit=20)]}, bench, d, 0)
+    check_disjoint({"train": [TaskSource(task="boolq", split="validation", limit=20, offset=12),
+                              TaskSource(task="glue/sst2", limit=5)]}, bench, d, 0)
     with pytest.raises(ValueError, match="offset must be >= 0"):
         TaskSource(task="boolq", split="validation", offset=-1)
     with pytest.raises(ValueError, match="offset is for training sources"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prefheads.recipes.config import TaskSource
@@ -40,11 +40,12 @@ def load_rows(src: TaskSource, data_dir: str | None, seed: int,
     limit = None if src.limit is None else src.offset + src.limit
     kw = dict(split=src.split, data_dir=data_dir, limit=limit, seed=seed, shuffle=src.limit is not None or src.offset > 0,
               variant=variant)
-    loaded = list((tasks.load_pairs if tasks.get_task(src.task).kind == "pairs" else tasks.load_examples)(src.task, **kw))
+    pairs = tasks.get_task(src.task).kind == "pairs"
+    loaded = list((tasks.load_pairs if pairs else tasks.load_examples)(src.task, **kw))
     if src.offset and len({r.meta.get("split") for r in loaded}) > 1:
         raise ValueError(f"{src.task} [{src.split}]: offset needs one concrete split (this one has several): "
                          "name the split, e.g. split: validation_matched")
-    if tasks.get_task(src.task).kind == "pairs":
+    if pairs:
         return loaded[src.offset:]
     rows = [ex for ex in loaded[src.offset:] if ex.label is not None]
     if not rows:
@@ -52,33 +53,39 @@ def load_rows(src: TaskSource, data_dir: str | None, seed: int,
     return rows
 
 
-def check_disjoint(train: Sequence[TaskSource], benchmarks: Sequence[TaskSource], data_dir: str | None,
-                   seed: int, field: str = "train") -> None:
+def check_disjoint(mixes: Mapping[str, Sequence[TaskSource]], benchmarks: Sequence[TaskSource],
+                   data_dir: str | None, seed: int) -> None:
     """Refuse a training mix that holds any row a benchmark scores (same task, same row id).
 
     Args:
-        field: The config field of ``train`` (named in the error).
+        mixes: Config field (``train``, ``heads.<name>``) → its training mix. Each benchmark a
+            mix trains on is loaded once for all of them.
 
     Raises:
         ValueError: Naming the field, the task, the training split, how many rows are shared and
             the ``offset`` that would skip them.
     """
+    sources = {f: expand(m) for f, m in mixes.items()}
+    trained = {s.task for srcs in sources.values() for s in srcs}
     scored: dict[str, tuple[set[str], int | None]] = {}
     for b in expand(benchmarks):
+        if b.task not in trained:
+            continue
         ids = {r.id for r in load_rows(TaskSource(task=b.task, split="eval", limit=b.limit), data_dir, seed)}
         old_ids, old_limit = scored.get(b.task, (set(), 0))
         limit = None if b.limit is None or old_limit is None else max(b.limit, old_limit)
         scored[b.task] = (old_ids | ids, limit)
-    for s in expand(train):
-        if s.task not in scored:
-            continue
-        ids, limit = scored[s.task]
-        shared = ids & {r.id for r in load_rows(s, data_dir, seed)}
-        if shared:
-            hint = (f"offset: {limit} skips the rows the benchmark scores" if limit is not None else
-                    "the benchmark scores the whole split: give it a limit and the training source an offset")
-            raise ValueError(f"{field}: {s.task} [{s.split}] holds {len(shared)} of the rows its benchmark scores "
-                             f"(e.g. {min(shared)}); {hint}")
+    for field, srcs in sources.items():
+        for s in srcs:
+            if s.task not in scored:
+                continue
+            ids, limit = scored[s.task]
+            shared = ids & {r.id for r in load_rows(s, data_dir, seed)}
+            if shared:
+                hint = (f"offset: {limit} skips the rows the benchmark scores" if limit is not None else
+                        "the benchmark scores the whole split: give it a limit and the training source an offset")
+                raise ValueError(f"{field}: {s.task} [{s.split}] holds {len(shared)} of the rows its benchmark "
+                                 f"scores (e.g. {min(shared)}); {hint}")
 
 
 def lm_samples(sources: Sequence[TaskSource], data_dir: str | None, seed: int) -> list[LMSample]:

@@ -82,7 +82,7 @@ def probes(cfg: ProbesRecipe, progress: bool = False) -> dict[str, Any]:
     import gc
 
     root = Path(cfg.out)
-    check_disjoint(cfg.train, cfg.eval, cfg.data_dir, cfg.seed, field="train")
+    check_disjoint({"train": cfg.train}, cfg.eval, cfg.data_dir, cfg.seed)
     rows, out = [], {}
     for base in cfg.models:
         label = base or "SmolLM2-135M-Instruct (bundled)"
@@ -125,8 +125,7 @@ def task_heads(cfg: TaskHeadsRecipe, progress: bool = False) -> dict[str, Any]:
     ``<out>/results.json`` and ``<out>/table.md`` (paper Table 5 layout, then per-task metrics).
     """
     root = Path(cfg.out)
-    for name, srcs in cfg.heads.items():
-        check_disjoint(srcs, cfg.eval, cfg.data_dir, cfg.seed, field=f"heads.{name}")
+    check_disjoint({f"heads.{name}": srcs for name, srcs in cfg.heads.items()}, cfg.eval, cfg.data_dir, cfg.seed)
     pm = load_model(cfg.base, cfg.dtype, cfg.max_length)
     names = pm.load_heads(cfg.base_heads) if cfg.base_heads else []
     train = {}
