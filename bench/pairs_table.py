@@ -35,10 +35,19 @@ template: the raw view a default head may also read, so a baseline too), ``vs_lo
 ``fit_s`` (short when ``fit_cache_hit``: the training features came from the ``--cache`` folder),
 ``eval_s`` (the eval pass is never cached), ``wall_s`` (model loading included) and the machine.
 
+With ``--lora`` two more heads are measured on the same eval pairs: ``probe``, a frozen
+last-layer head with no LM score (``layer=-1, lm_score="none"``: the pure DPH reader, fitted from
+the cached features) and ``lora``, LoRA (rank 8) started from that probe (``--init-head``, linear
+probing then fine-tuning) for one epoch at lr 1e-4 (head and adapters), 30 % warmup, batch 8, on
+the same training pairs (10 % carved for validation). The LoRA backbone is scored in a second
+pass; a table gives each head's accuracy and margins over ``logprob`` and ``length``, all and
+similar-length pairs, and ``lora_fit_s`` its training time.
+
 Run (from the repository root)::
 
     .venv/bin/python bench/pairs_table.py --n-train 2000 --n-eval 1200 --json pairs.json
     .venv/bin/python bench/pairs_table.py --n-train 40 --n-eval 30 --cache /tmp/pairs_cache   # smoke run
+    .venv/bin/python bench/pairs_table.py --n-train 1000 --n-eval 1000 --max-chars 800 --lora   # + LoRA (≈ 75 min more)
 """
 
 from __future__ import annotations
@@ -65,6 +74,7 @@ SUBSETS = ("helpful-base", "harmless-base")
 HEAD = "default"
 SUM = "logprob_sum"
 SHOW = 3  # first / last ids recorded per split
+PROBE, LORA = "probe", "lora"  # the --lora heads
 
 
 def subset_of(pair: Any) -> str:
@@ -178,6 +188,45 @@ def lm_score_text(meta: dict[str, Any]) -> str:
     return f"{kept} (best score tried: {score})"
 
 
+def fit_lora(args: argparse.Namespace, train_file: Path, eval_file: Path, tmp: Path, n_eval: int,
+             extra: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """LoRA started from the frozen probe in ``tmp/probe``, fitted on ``train_file`` and scored on
+    ``eval_file`` with its own backbone; returns per-pair correctness and ``extra`` with timings."""
+    from prefheads import PreferenceModel
+    from prefheads.eval.evaluate import evaluate_task
+    from prefheads.eval.scores import method_name
+    from prefheads.training import FitConfig, fit
+
+    cfg = FitConfig(data=str(train_file), out=str(tmp / LORA), head_name=LORA, mode="lora",
+                    init_head=f"{tmp / PROBE}:{PROBE}", lr=1e-4, head_lr=1e-4, warmup_ratio=0.3, epochs=1,
+                    batch_size=8, seed=args.seed)
+    pm = PreferenceModel.from_pretrained(resolve_bench_base(args.base))
+    t0 = time.perf_counter()
+    res = fit(cfg, pm=pm, progress=False)
+    extra = {**extra, "lora_fit_s": round(time.perf_counter() - t0, 1), "lora_history": res.history,
+             "lora_config": cfg.to_dict()}
+    t0 = time.perf_counter()
+    _, records = evaluate_task(pm, f"pairs:{eval_file}", seed=args.seed, heads=[LORA], lm_eval_baseline=False)
+    extra["lora_eval_s"] = round(time.perf_counter() - t0, 1)
+    if len(records) != n_eval:
+        raise SystemExit(f"the LoRA evaluation scored {len(records)} of the {n_eval} eval pairs")
+    m = method_name(LORA)
+    return np.array([r["scores"][m][0] > r["scores"][m][1] for r in records]), extra
+
+
+def head_rows(heads: list[str], correct: dict[str, np.ndarray], similar: np.ndarray, seed: int) -> list[dict[str, Any]]:
+    """Each head's accuracy and margins over mean log-prob and length, all pairs and similar-length ones."""
+    rows = []
+    for h in heads:
+        for label, mask in (("all", np.ones(len(similar), bool)), ("similar length", similar)):
+            if not mask.any():
+                continue
+            rows.append({"head": h, "pairs": label, "n": int(mask.sum()), "accuracy": pct(float(correct[h][mask].mean())),
+                         **{f"vs_{k}": margin_text(margin(correct[h][mask], correct[k][mask], seed))
+                            for k in ("logprob", "length")}})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -189,6 +238,8 @@ def main() -> None:
                     help="keep pairs whose prompt text + longer reply is at most this many characters (0: all)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the shuffle, the fit and the bootstrap")
     ap.add_argument("--cache", default=None, help="feature cache folder (default: $PREFHEADS_CACHE/features)")
+    ap.add_argument("--lora", action="store_true", help="also measure a frozen last-layer probe and LoRA started "
+                    "from it (one epoch)")
     ap.add_argument("--json", default=None, help="also write everything here")
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -223,11 +274,20 @@ def main() -> None:
     entry = read_config(res.out)["heads"][head_name]
     meta = entry["config"]["meta"]
 
+    extra: dict[str, Any] = {}
+    if args.lora:  # the pure last-layer reader, from the features the default fit cached
+        probe_cfg = FitConfig(data=str(train_file), out=str(tmp / PROBE), head_name=PROBE, layer=-1, lm_score="none",
+                              seed=args.seed, cache_dir=args.cache)
+        t0 = time.perf_counter()
+        fit(probe_cfg, pm=pm, progress=False)
+        extra["probe_fit_s"] = round(time.perf_counter() - t0, 1)
+    heads = [head_name] + ([PROBE] if args.lora else [])
+
     # the package's evaluation of the generic pairs task on the eval file
     t0 = time.perf_counter()
     with with_summed_logprob():
-        result, records = evaluate_task(pm, f"pairs:{eval_file}", seed=args.seed, heads=[head_name],
-                                        variant=heads_template(pm, [head_name]), lm_eval_baseline=False)
+        result, records = evaluate_task(pm, f"pairs:{eval_file}", seed=args.seed, heads=heads,
+                                        variant=heads_template(pm, heads), lm_eval_baseline=False)
     eval_s = time.perf_counter() - t0
     if len(records) != len(ev_pairs):
         raise SystemExit(f"evaluate_task scored {len(records)} of the {len(ev_pairs)} eval pairs")
@@ -237,7 +297,11 @@ def main() -> None:
     # per-pair correctness (chosen strictly above rejected, as the package counts pairs)
     hm = method_name(head_name)
     methods = {HEAD: hm, "logprob": LOGPROB, "logprob_sum": SUM, "length": LENGTH}
+    if args.lora:
+        methods[PROBE] = method_name(PROBE)
     correct = {k: np.array([r["scores"][m][0] > r["scores"][m][1] for r in records]) for k, m in methods.items()}
+    if args.lora:
+        correct[LORA], extra = fit_lora(args, train_file, eval_file, tmp, len(ev_pairs), extra)
     blocks = result["methods"]
     for k, m in methods.items():  # the same numbers as the package's
         assert abs(correct[k].mean() - blocks[m]["metrics"]["pair_accuracy"]) < 1e-9, (k, m)
@@ -302,6 +366,11 @@ def main() -> None:
                         "vs_strongest_rule"]))
     print()
     print(table([summary], list(summary)))
+    if args.lora:
+        extra["heads"] = head_rows([HEAD, PROBE, LORA], correct, similar, args.seed)
+        print()
+        print(table(extra["heads"], ["head", "pairs", "n", "accuracy", "vs_logprob", "vs_length"]))
+        print(f"probe fit {extra['probe_fit_s']} s, LoRA fit {extra['lora_fit_s']} s, LoRA eval {extra['lora_eval_s']} s")
     print(machine())
 
     if args.json:
@@ -310,7 +379,7 @@ def main() -> None:
                "fit": {"seconds": fit_s, "n_train": res.n_train, "n_val": res.n_val, "cache_hit": res.cache_hit,
                        "setup_seconds": res.setup_seconds, "train_seconds": res.train_seconds, "data": res.data,
                        "config": cfg.to_dict(), "head_config": entry["config"], "sha256": entry["sha256"]},
-               "eval": {"seconds": eval_s, "result": result}, "wall_seconds": wall_s}
+               "eval": {"seconds": eval_s, "result": result}, "extra_heads": extra, "wall_seconds": wall_s}
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))
         print(f"wrote {args.json}")
 
