@@ -193,7 +193,7 @@ def fit_lora(args: argparse.Namespace, train_file: Path, eval_file: Path, tmp: P
     """LoRA started from the frozen probe in ``tmp/probe``, fitted on ``train_file`` and scored on
     ``eval_file`` with its own backbone; returns per-pair correctness and ``extra`` with timings."""
     from prefheads import PreferenceModel
-    from prefheads.eval.evaluate import evaluate_task
+    from prefheads.eval.evaluate import evaluate_task, heads_template
     from prefheads.eval.scores import method_name
     from prefheads.training import FitConfig, fit
 
@@ -206,7 +206,8 @@ def fit_lora(args: argparse.Namespace, train_file: Path, eval_file: Path, tmp: P
     extra = {**extra, "lora_fit_s": round(time.perf_counter() - t0, 1), "lora_history": res.history,
              "lora_config": cfg.to_dict()}
     t0 = time.perf_counter()
-    _, records = evaluate_task(pm, f"pairs:{eval_file}", seed=args.seed, heads=[LORA], lm_eval_baseline=False)
+    _, records = evaluate_task(pm, f"pairs:{eval_file}", seed=args.seed, heads=[LORA],
+                               variant=heads_template(pm, [LORA]), lm_eval_baseline=False)
     extra["lora_eval_s"] = round(time.perf_counter() - t0, 1)
     if len(records) != n_eval:
         raise SystemExit(f"the LoRA evaluation scored {len(records)} of the {n_eval} eval pairs")
