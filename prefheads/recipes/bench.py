@@ -129,8 +129,8 @@ def probes_table(rows: Sequence[tuple[str, Mapping[str, Any]]], head: str, glue_
     cols = " / ".join(LABELS[g] for g in GROUPS)
     lines = [f"| model | Log {cols} | DPH {cols} | strongest log-prob {cols} |", "|---|---|---|---|"]
     for model, res in rows:
-        log = PAPER_LOGPROB if PAPER_LOGPROB in res["methods"] else "logprob"  # the paper's Log column
-        lp = " / ".join(_cell(group_value(res, log, g, glue_wnli)) for g in GROUPS)
+        paper = PAPER_LOGPROB if PAPER_LOGPROB in res["methods"] else "logprob"  # the paper's Log column
+        lp = " / ".join(_cell(group_value(res, paper, g, glue_wnli)) for g in GROUPS)
         dph = " / ".join(_cell(group_value(res, f"dph:{head}", g, glue_wnli)) for g in GROUPS)
         best = " / ".join(_cell(strongest_baseline(res, g, glue_wnli)) for g in GROUPS)
         lines.append(f"| {model} | {lp} | {dph} | {best} |")

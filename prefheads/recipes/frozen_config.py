@@ -48,9 +48,10 @@ class HeadSpec(_HeadOptions):
             ValueError: A task of the mix has no such template (naming it and ``head.template``).
         """
         from prefheads import tasks
+        from prefheads.recipes.data import expand
         from prefheads.training.config import default_template
 
-        names = [n for s in sources for n in tasks.expand(s.task, train=s.split == "train")]
+        names = [s.task for s in expand(sources)]
         if self.template is None:
             return "lm-eval" if all(default_template(n) == "lm-eval" for n in names) else "paper"
         for n in names:
@@ -101,10 +102,10 @@ class ProbesRecipe(RecipeBase):
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.per_task:
-            from prefheads import tasks
+            from prefheads.recipes.data import expand
 
-            trained = {n for s in self.train for n in tasks.expand(s.task, train=s.split == "train")}
-            missing = [n for s in self.eval for n in tasks.expand(s.task) if n not in trained]
+            trained = {s.task for s in expand(self.train)}
+            missing = [s.task for s in expand(self.eval) if s.task not in trained]
             if missing:
                 raise ValueError(f"per_task: benchmark tasks {missing} have no training source (each is scored "
                                  "by its own task's head; a group trains without its excluded members, e.g. "
