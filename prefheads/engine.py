@@ -141,12 +141,42 @@ def _group_chunks(plen: list[int], smax: list[int], nmem: list[int], max_tokens:
 AUTO_MARGIN = 1.2
 
 
-def _prompt_groups(items: list[Encoded]) -> dict[tuple[int, ...], list[int]]:
-    """Candidates by their prompt ids (the shared prefix), in first-seen order."""
+def _prompt_groups(items: list[Encoded], max_tokens: int | None = None,
+                   max_batch: int | None = None) -> list[tuple[tuple[int, ...], list[int]]]:
+    """Candidates by their prompt ids (the shared prefix), in first-seen order: ``(prefix, members)``.
+
+    With ``max_tokens`` / ``max_batch`` a group too large for one forward (thousands of answers
+    to one prompt) is split, its members ordered by answer length, into pieces of at most
+    ``max_batch`` members whose prefix plus padded answers fit ``max_tokens`` (a piece always
+    holds at least one member); each piece encodes the prefix again, which is cheap beside the
+    memory a single unbounded forward would take.
+    """
     groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, it in enumerate(items):
         groups[tuple(it.ids[: it.prompt_len])].append(i)
-    return groups
+    if max_tokens is None and max_batch is None:
+        return list(groups.items())
+    out: list[tuple[tuple[int, ...], list[int]]] = []
+    for key, members in groups.items():
+        members = sorted(members, key=lambda i: len(items[i].ids))
+        piece: list[int] = []
+        for i in members:
+            longest = len(items[i].ids) - len(key)  # members are sorted: the newest is the longest
+            if piece and ((max_batch is not None and len(piece) >= max_batch)
+                          or (max_tokens is not None and len(key) + (len(piece) + 1) * longest > max_tokens)):
+                out.append((key, piece))
+                piece = []
+            piece.append(i)
+        out.append((key, piece))
+    return out
+
+
+def _group_sizes(items: list[Encoded], groups: list[tuple[tuple[int, ...], list[int]]]
+                 ) -> tuple[list[int], list[int], list[int]]:
+    """Per group: prefix length, longest answer, members."""
+    plen = [len(k) for k, _ in groups]
+    smax = [max(len(items[i].ids) - len(k) for i in m) for k, m in groups]
+    return plen, smax, [len(m) for _, m in groups]
 
 
 def plan_tokens(items: list[Encoded], max_tokens: int = 4096, max_batch: int = 64) -> tuple[int, int]:
@@ -159,11 +189,7 @@ def plan_tokens(items: list[Encoded], max_tokens: int = 4096, max_batch: int = 6
     lengths = [len(it.ids) for it in items]
     order = sorted(range(len(items)), key=lambda i: lengths[i])
     full = sum(len(b) * max(lengths[i] for i in b) for b in _buckets(lengths, order, max_tokens, max_batch))
-    groups = _prompt_groups(items)
-    keys = list(groups)
-    plen = [len(k) for k in keys]
-    smax = [max(len(items[i].ids) - len(k) for i in groups[k]) for k in keys]
-    nmem = [len(groups[k]) for k in keys]
+    plen, smax, nmem = _group_sizes(items, _prompt_groups(items, max_tokens, max_batch))
     shared = sum(len(c) * max(plen[g] for g in c) + sum(nmem[g] for g in c) * max(smax[g] for g in c)
                  for c in _group_chunks(plen, smax, nmem, max_tokens, max_batch))
     return full, shared
@@ -294,13 +320,10 @@ def _extract_shared(model, profile, items, layers, pad_id, logprobs, max_tokens,
     logits_fn = _logits_fn(model) if logprobs else None
     n = len(items)
     states, lp, nt = _init(n, logprobs)
-    groups = _prompt_groups(items)
-    keys = list(groups)
-    plen = [len(k) for k in keys]
-    smax = [max(len(items[i].ids) - len(k) for i in groups[k]) for k in keys]
-    nmem = [len(groups[k]) for k in keys]
+    groups = _prompt_groups(items, max_tokens, max_batch)
+    plen, smax, nmem = _group_sizes(items, groups)
     for chunk in _group_chunks(plen, smax, nmem, max_tokens, max_batch):
-        prefixes = [list(keys[g]) for g in chunk]
+        prefixes = [list(groups[g][0]) for g in chunk]
         pids, pmask = _pad(prefixes, pad_id, "left")
         ppos = (pmask.cumsum(-1) - 1).clamp_min(0)
         cache = DynamicCache()
@@ -310,12 +333,12 @@ def _extract_shared(model, profile, items, layers, pad_id, logprobs, max_tokens,
                      early_exit=not logprobs) as pcap:
             dec(input_ids=pids.to(dev), attention_mask=pmask.to(dev), position_ids=ppos.to(dev),
                 use_cache=True, **{ckw: cache})
-        members = [i for g in chunk for i in groups[keys[g]]]
-        owner = torch.tensor([j for j, g in enumerate(chunk) for _ in groups[keys[g]]])
+        members = [i for g in chunk for i in groups[g][1]]
+        owner = torch.tensor([j for j, g in enumerate(chunk) for _ in groups[g][1]])
         cache.reorder_cache(owner.to(dev))
         suffixes = [items[i].ids[items[i].prompt_len:] for i in members]
         sids, smask = _pad(suffixes, pad_id, "right")
-        plens = torch.tensor([len(keys[chunk[int(o)]]) for o in owner])
+        plens = torch.tensor([len(groups[chunk[int(o)]][0]) for o in owner])
         spos = plens[:, None] + torch.arange(sids.shape[1])[None, :]
         mask = torch.cat([pmask[owner], smask], dim=1)
         read = torch.tensor([len(s) - 1 for s in suffixes])

@@ -63,3 +63,35 @@ def test_extract_refuses_an_unknown_choice():
     pm.add_head("h", "identity")
     with pytest.raises(ValueError, match="shared_prefix must be"):
         pm.score("q", ["a"], shared_prefix="sometimes")
+
+
+def test_a_large_prompt_group_is_split_to_the_forward_budget():
+    # 40 answers to one 20-token prompt: one group, split into pieces whose prefix plus padded
+    # answers fit max_tokens and max_batch, the shortest answers together
+    items = [enc(20, 1 + k % 13) for k in range(40)]
+    pieces = engine._prompt_groups(items, max_tokens=100, max_batch=8)
+    assert sorted(i for _, m in pieces for i in m) == list(range(40))
+    for key, members in pieces:
+        assert len(key) == 20 and 1 <= len(members) <= 8
+        assert 20 + len(members) * max(len(items[i].ids) - 20 for i in members) <= 100
+    assert len(engine._prompt_groups(items)) == 1  # unbounded: the plain grouping
+    # an answer longer than the budget still gets a piece of its own
+    assert [m for _, m in engine._prompt_groups([enc(20, 200), enc(20, 2)], max_tokens=100)] == [[1], [0]]
+
+
+def test_many_answers_to_one_prompt_run_in_bounded_forwards(monkeypatch):
+    pm = tiny_pm()
+    pm.add_head("h", "identity", init_std=0.5)
+    comps = [f"answer {k} " + "x" * (k % 17) for k in range(120)]
+    ref = pm.features(["Which one?"] * len(comps), comps, layers=[-1], logprobs=True, shared_prefix=False)
+    seen: list[int] = []
+    dec = engine._decoder(pm.backbone)
+    hook = dec.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].numel()), with_kwargs=True)
+    monkeypatch.setattr(pm, "max_tokens", 256)
+    try:
+        got = pm.features(["Which one?"] * len(comps), comps, layers=[-1], logprobs=True, shared_prefix=True)
+    finally:
+        hook.remove()
+    assert len(seen) > 2 and max(seen) <= 256  # before: one prefix forward, then all 120 answers at once
+    assert torch.allclose(got.states[-1], ref.states[-1], atol=1e-4)
+    assert torch.allclose(got.logprob_sum, ref.logprob_sum, atol=1e-3) and torch.equal(got.n_tokens, ref.n_tokens)
