@@ -188,6 +188,11 @@ def lm_score_text(meta: dict[str, Any]) -> str:
     return f"{kept} (best score tried: {score})"
 
 
+def pair_correct(records: list[dict[str, Any]], method: str) -> np.ndarray:
+    """Per pair: the chosen reply (first) scored strictly above the rejected one, as the package counts."""
+    return np.array([r["scores"][method][0] > r["scores"][method][1] for r in records])
+
+
 def fit_lora(args: argparse.Namespace, train_file: Path, eval_file: Path, tmp: Path, n_eval: int,
              extra: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     """LoRA started from the frozen probe in ``tmp/probe``, fitted on ``train_file`` and scored on
@@ -211,8 +216,7 @@ def fit_lora(args: argparse.Namespace, train_file: Path, eval_file: Path, tmp: P
     extra["lora_eval_s"] = round(time.perf_counter() - t0, 1)
     if len(records) != n_eval:
         raise SystemExit(f"the LoRA evaluation scored {len(records)} of the {n_eval} eval pairs")
-    m = method_name(LORA)
-    return np.array([r["scores"][m][0] > r["scores"][m][1] for r in records]), extra
+    return pair_correct(records, method_name(LORA)), extra
 
 
 def head_rows(heads: list[str], correct: dict[str, np.ndarray], similar: np.ndarray, seed: int) -> list[dict[str, Any]]:
@@ -300,7 +304,7 @@ def main() -> None:
     methods = {HEAD: hm, "logprob": LOGPROB, "logprob_sum": SUM, "length": LENGTH}
     if args.lora:
         methods[PROBE] = method_name(PROBE)
-    correct = {k: np.array([r["scores"][m][0] > r["scores"][m][1] for r in records]) for k, m in methods.items()}
+    correct = {k: pair_correct(records, m) for k, m in methods.items()}
     if args.lora:
         correct[LORA], extra = fit_lora(args, train_file, eval_file, tmp, len(ev_pairs), extra)
     blocks = result["methods"]

@@ -143,7 +143,8 @@ AUTO_MARGIN = 1.2
 
 def _prompt_groups(items: list[Encoded], max_tokens: int | None = None,
                    max_batch: int | None = None) -> list[tuple[tuple[int, ...], list[int]]]:
-    """Candidates by their prompt ids (the shared prefix), in first-seen order: ``(prefix, members)``.
+    """Candidates by their prompt ids (the shared prefix): ``(prefix, members)``, groups in first-seen
+    order, members by length.
 
     With ``max_tokens`` / ``max_batch`` a group too large for one forward (thousands of answers
     to one prompt) is split, its members ordered by answer length, into pieces of at most
@@ -154,8 +155,6 @@ def _prompt_groups(items: list[Encoded], max_tokens: int | None = None,
     groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, it in enumerate(items):
         groups[tuple(it.ids[: it.prompt_len])].append(i)
-    if max_tokens is None and max_batch is None:
-        return list(groups.items())
     out: list[tuple[tuple[int, ...], list[int]]] = []
     for key, members in groups.items():
         members = sorted(members, key=lambda i: len(items[i].ids))
