@@ -75,7 +75,7 @@ def test_every_row_scored_by_every_head_in_input_order(pm, tmp_path, monkeypatch
     write_jsonl(tmp_path / "in.jsonl", inputs)
     windows = []
     real = bulk.score_window
-    monkeypatch.setattr(bulk, "score_window", lambda pm_, w, sp: windows.append(len(w)) or real(pm_, w, sp))
+    monkeypatch.setattr(bulk, "score_window", lambda pm_, w, *a: windows.append(len(w)) or real(pm_, w, *a))
     res = score_file(pm, tmp_path / "in.jsonl", tmp_path / "out.jsonl", batch_rows=5, progress=False)
     assert (res.rows, res.resumed) == (23, 0)
     assert windows == [5, 5, 5, 5, 3]  # read and scored a window at a time
@@ -98,8 +98,30 @@ def test_rows_are_read_lazily_and_bad_rows_are_named(tmp_path):
 def test_a_row_the_model_cannot_score_stops_the_run_naming_it(pm, tmp_path):
     write_jsonl(tmp_path / "in.jsonl", [{"prompt": "q", "candidates": ["a"]},
                                         {"id": "x7", "prompt": [{"role": "assistant", "content": "q"}], "candidates": ["a"]}])
-    with pytest.raises(DataError, match=r"in.jsonl:2: row id 'x7'.*user turn"):
+    with pytest.raises(DataError, match=r"in.jsonl:2: field 'prompt':.*user turn"):
         score_file(pm, tmp_path / "in.jsonl", tmp_path / "out.jsonl", progress=False)
+    assert not (tmp_path / "out.jsonl").exists()  # every row is checked before the output is opened
+    for row, msg in [({"prompt": 5, "candidates": ["a"]}, "field 'prompt': a prompt is a string"),
+                     ({"prompt": "q", "candidates": ["a", "  "]}, "field 'candidates': candidate 1: empty reply"),
+                     ({"prompt": "q", "chosen": "", "rejected": "b"}, "field 'chosen': chosen: empty reply")]:
+        write_jsonl(tmp_path / "in.jsonl", [row])
+        with pytest.raises(DataError, match=rf"in.jsonl:1: {msg}"):
+            score_file(pm, tmp_path / "in.jsonl", tmp_path / "out.jsonl", progress=False)
+
+
+def test_a_bad_row_never_costs_an_existing_output_and_the_input_is_not_the_output(pm, tmp_path):
+    write_jsonl(tmp_path / "in.jsonl", rows(5))
+    score_file(pm, tmp_path / "in.jsonl", tmp_path / "out.jsonl", progress=False)
+    before = (tmp_path / "out.jsonl").read_bytes()
+    (tmp_path / "bad.jsonl").write_text((tmp_path / "in.jsonl").read_text() + "{not json\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:6: invalid JSON"):
+        score_file(pm, tmp_path / "bad.jsonl", tmp_path / "out.jsonl", overwrite=True, progress=False)
+    assert (tmp_path / "out.jsonl").read_bytes() == before
+    src = (tmp_path / "in.jsonl").read_bytes()
+    for kw in ({"overwrite": True}, {"resume": True}):
+        with pytest.raises(BulkOutputError, match="is the input file"):
+            score_file(pm, tmp_path / "in.jsonl", tmp_path / "in.jsonl", progress=False, **kw)
+    assert (tmp_path / "in.jsonl").read_bytes() == src
 
 
 def test_crash_then_resume_equals_an_uninterrupted_run(pm, tmp_path, monkeypatch):
@@ -110,11 +132,11 @@ def test_crash_then_resume_equals_an_uninterrupted_run(pm, tmp_path, monkeypatch
 
     real, calls = bulk.score_window, []
 
-    def crash_on_third(pm_, w, sp):
+    def crash_on_third(pm_, w, *a):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt  # the process dies between windows
-        return real(pm_, w, sp)
+        return real(pm_, w, *a)
 
     monkeypatch.setattr(bulk, "score_window", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
@@ -144,6 +166,61 @@ def test_resume_refuses_the_output_of_another_input(pm, tmp_path):
         score_file(pm, tmp_path / "short.jsonl", tmp_path / "out.jsonl", batch_rows=4, resume=True, progress=False)
     res = score_file(pm, tmp_path / "b.jsonl", tmp_path / "out.jsonl", overwrite=True, progress=False)
     assert res.rows == 6
+
+
+def test_resume_checks_each_written_row_against_its_input_row_even_without_ids(pm, tmp_path):
+    """Rows without ids match by position; their number of rewards and heads must match too."""
+    two = [{"prompt": f"q{i}", "candidates": ["a", "b"]} for i in range(4)]
+    three = [{"prompt": f"q{i}", "candidates": ["a", "b", "c"]} for i in range(4)]
+    pairs = [{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(4)]
+    write_jsonl(tmp_path / "two.jsonl", two)
+    write_jsonl(tmp_path / "three.jsonl", three)
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    score_file(pm, tmp_path / "two.jsonl", tmp_path / "out.jsonl", batch_rows=2, progress=False)
+    cut = b"".join((tmp_path / "out.jsonl").read_bytes().splitlines(keepends=True)[:3])
+    for src, msg in [("three.jsonl", "does not hold 3 rewards"), ("pairs.jsonl", "does not hold a chosen / rejected pair")]:
+        (tmp_path / "out.jsonl").write_bytes(cut)
+        with pytest.raises(BulkOutputError, match=msg):
+            score_file(pm, tmp_path / src, tmp_path / "out.jsonl", batch_rows=2, resume=True, progress=False)
+    head = pm.head_names[0]
+    (tmp_path / "out.jsonl").write_bytes(cut)
+    with pytest.raises(BulkOutputError, match="rewards of heads"):
+        score_file(pm, tmp_path / "two.jsonl", tmp_path / "out.jsonl", resume=True, heads=[head], progress=False)
+    res = score_file(pm, tmp_path / "two.jsonl", tmp_path / "out.jsonl", batch_rows=2, resume=True, progress=False)
+    assert (res.resumed, res.rows) == (3, 1)
+    assert_matches(pm, two, read_jsonl(tmp_path / "out.jsonl"))
+
+
+def test_one_head_of_several_is_scored_when_asked(pm, tmp_path):
+    inputs = rows(6)
+    write_jsonl(tmp_path / "in.jsonl", inputs)
+    head = pm.head_names[-1]
+    score_file(pm, tmp_path / "in.jsonl", tmp_path / "out.jsonl", heads=[head], progress=False)
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert all(list(r["rewards"]) == [head] for r in out)
+    full = score_records(pm, inputs)
+    assert all(torch.allclose(torch.tensor(_flat(a["rewards"][head])), torch.tensor(_flat(b["rewards"][head])), atol=1e-4)
+               for a, b in zip(out, full))
+    with pytest.raises(ValueError, match="no head named 'nope'"):
+        score_file(pm, tmp_path / "in.jsonl", tmp_path / "o2.jsonl", heads=["nope"], progress=False)
+
+
+def test_dataframe_records_are_read_as_rows(pm, tmp_path):
+    """What Ray Data / Spark hand a batch function: DataFrame records, with array cells and NaN
+    or None where a row lacks a key other rows have."""
+    pd = pytest.importorskip("pandas")
+    inputs = rows(7)
+    write_jsonl(tmp_path / "in.jsonl", inputs)
+    frame = pd.read_json(tmp_path / "in.jsonl", lines=True, dtype=False)
+    records = frame.to_dict("records")
+    assert any(isinstance(v, float) for r in records for v in r.values())  # the NaN of a missing key
+    got = score_records(pm, records)
+    want = score_records(pm, inputs)
+    assert [r["id"] for r in got] == [w["id"] if not isinstance(w["id"], int) or "id" in inputs[i] else i
+                                     for i, w in enumerate(want)]
+    for a, b in zip(got, want):
+        for h in b["rewards"]:
+            assert torch.allclose(torch.tensor(_flat(a["rewards"][h])), torch.tensor(_flat(b["rewards"][h])), atol=1e-4)
 
 
 def test_score_records_is_one_batch_step(pm):

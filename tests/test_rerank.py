@@ -116,6 +116,11 @@ def test_rerank_file(pm, tmp_path):
     with pytest.raises(ValueError, match=r"in.jsonl:1: expected"):
         with open(out, "w") as f:
             rerank_file(pm, src, f)
+    for prompt, msg in [(5, "a prompt is a string or a list of message dicts"), ([], "empty message list")]:
+        src.write_text(json.dumps({"prompt": prompt, "candidates": ["a", "b"]}) + "\n")
+        with pytest.raises(ValueError, match=f"in.jsonl:1: .*{msg}"):
+            with open(out, "w") as f:
+                rerank_file(pm, src, f)
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +154,16 @@ def test_cli_rerank_prompt_and_candidates(saved, tmp_path):
     res = runner.invoke(app, common + ["--candidates", str(src), "--out", str(tmp_path / "o.jsonl")])
     assert res.exit_code == 0, res.output
     assert len(json.loads((tmp_path / "o.jsonl").read_text())["ranked"]) == 3
+    # a bad row leaves the earlier ranking untouched and no partial file; the input is never the output
+    before = (tmp_path / "o.jsonl").read_bytes()
+    src.write_text(json.dumps({"prompt": PROMPT, "candidates": ["Paris"]}) + "\n"
+                   + json.dumps({"prompt": 5, "candidates": ["Rome"]}) + "\n")
+    res = runner.invoke(app, common + ["--candidates", str(src), "--out", str(tmp_path / "o.jsonl")])
+    assert res.exit_code != 0 and "c.jsonl:2" in str(res.exception or res.output)
+    assert (tmp_path / "o.jsonl").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "o.jsonl"]
+    res = runner.invoke(app, common + ["--candidates", str(src), "--out", str(src)])
+    assert res.exit_code != 0 and "is the --candidates file" in res.output and "Rome" in src.read_text()
     res = runner.invoke(app, common)
     assert res.exit_code != 0 and "exactly one of --prompt" in res.output
     res = runner.invoke(app, common + ["--prompt", "x", "--top-p", "0"])

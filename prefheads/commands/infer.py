@@ -47,14 +47,16 @@ def rerank_command(
     if candidates is not None:
         from prefheads.infer.rerank import rerank_file
 
-        f = open(out, "w", encoding="utf-8") if out is not None else sys.stdout
-        try:
+        if out is None:
+            rerank_file(pm, candidates, sys.stdout, head=head)
+            return
+        if out.resolve() == candidates.resolve():
+            raise typer.BadParameter(f"--out {out} is the --candidates file: write the ranking to another file")
+        from prefheads.headio import atomic_open
+
+        with atomic_open(out) as f:  # a bad row leaves no half-written ranking behind
             count = rerank_file(pm, candidates, f, head=head)
-        finally:
-            if out is not None:
-                f.close()
-        if out is not None:
-            typer.echo(f"reranked {count} prompts with head {head!r}: {out}")
+        typer.echo(f"reranked {count} prompts with head {head!r}: {out}")
         return
     gens = generate_candidates(pm, prompt, n, settings)
     empty = sum(not g.text.strip() for g in gens)

@@ -28,8 +28,9 @@ def check_one_process_launch(num_processes: int, env: Mapping[str, str] | None =
                            "several CPU processes only under mpirun); " + MULTI_CPU_HINT)
 
 
-def _bulk(pm, input: Path, out: Path, resume: bool, overwrite: bool, batch_rows: int, progress: bool) -> None:
-    """Score ``input`` into ``out``, sharded over the processes of an ``accelerate launch``."""
+def _bulk(pm, input: Path, out: Path, resume: bool, overwrite: bool, batch_rows: int, progress: bool,
+          head: str | None = None) -> None:
+    """Score ``input`` into ``out`` (every head, or ``head``), sharded over the processes of an ``accelerate launch``."""
     import torch
     from accelerate import PartialState
 
@@ -45,12 +46,12 @@ def _bulk(pm, input: Path, out: Path, resume: bool, overwrite: bool, batch_rows:
     pm.to(state.device)
     res = score_file(pm, input, out, resume=resume, overwrite=overwrite, batch_rows=batch_rows,
                      rank=state.process_index, world=state.num_processes, barrier=state.wait_for_everyone,
-                     progress=progress)
+                     progress=progress, heads=[head] if head else None)
     if state.is_main_process:
         rate = res.rows / res.seconds if res.seconds else 0.0
         typer.echo(f"scored {res.rows} rows ({res.resumed} already done) in {res.seconds:.1f}s, {rate:.2f} rows/s"
                    + (f" on process 0 of {state.num_processes}" if state.num_processes > 1 else "")
-                   + f", heads {pm.head_names}: {res.out}")
+                   + f", heads {[head] if head else pm.head_names}: {res.out}")
 
 
 def score_command(
@@ -71,7 +72,7 @@ def score_command(
     load_in_8bit: Load8 = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (--prompt form).")] = False,
 ) -> None:
-    """Print each candidate's reward, best first; or score a JSONL file of rows with every head (--input, --out).
+    """Print each candidate's reward, best first; or score a JSONL file of rows with every head, or --head's (--input, --out).
 
     The bulk form runs unchanged under `accelerate launch --num_processes N` or `torchrun` (each
     process scores its share of rows; the first merges them in input order).
@@ -84,7 +85,9 @@ def score_command(
         raise typer.BadParameter("--input needs --out")
     pm = load_heads(heads, base, allow_base_mismatch, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
     if input is not None:
-        _bulk(pm, input, out, resume, overwrite, batch_rows, progress)
+        if head is not None and head not in pm.heads:
+            raise typer.BadParameter(f"no head named {head!r}; heads: {pm.head_names}")
+        _bulk(pm, input, out, resume, overwrite, batch_rows, progress, head)
         return
     rewards = pm.score(prompt, candidate, head=head).tolist()
     ranked = sorted(zip(candidate, rewards), key=lambda x: -x[1])

@@ -212,7 +212,7 @@ def rerank_file(pm: PreferenceModel, path: str | os.PathLike, out: Any, head: st
                 raise ValueError(f"{where}: expected {{\"prompt\": ..., \"candidates\": [non-empty list of strings]}}")
             try:
                 rewards = pm.score(row["prompt"], row["candidates"], head=head).tolist()
-            except ValueError as e:
+            except (ValueError, TypeError) as e:
                 raise ValueError(f"{where}: {e}") from None
             ranked = [{"rank": k + 1, "index": i, "candidate": c, "reward": r}
                       for k, (i, c, r) in enumerate(rank(row["candidates"], rewards))]

@@ -26,7 +26,7 @@ from prefheads.hooks import check_layer, hook_module, num_layers
 from prefheads.model.folders import HeadFolders
 from prefheads.model.states import BackboneStates
 from prefheads.poolers import pooler_defaults
-from prefheads.types import Prompt
+from prefheads.types import Prompt, as_prompt
 
 
 class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
@@ -395,4 +395,6 @@ def _broadcast(prompts: Any, completions: Any) -> tuple[list, list[str]]:
     completions = list(completions)
     if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
         prompts = [prompts] * len(completions)
+    elif not isinstance(prompts, (list, tuple)) or not prompts:
+        as_prompt(prompts)  # a clear error for what is neither a prompt nor a list of prompts
     return list(prompts), completions
