@@ -35,6 +35,26 @@ def is_peft(model: nn.Module) -> bool:
     return all(hasattr(model, a) for a in ("peft_config", "set_adapter", "disable_adapter", "load_adapter"))
 
 
+def _tuner_layers(model: nn.Module) -> list[nn.Module]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def adapters_off(model: nn.Module) -> bool:
+    """Whether ``model`` computes the base model outside a pass: a plain model, or a
+    ``peft.PeftModel`` whose adapter layers are all disabled."""
+    return not is_peft(model) or all(getattr(m, "_disable_adapters", False) for m in _tuner_layers(model))
+
+
+def rest_adapters_off(model: nn.Module) -> None:
+    """Disable every adapter layer of a ``peft.PeftModel`` outside a pass (what ``model(...)`` and
+    ``generate`` then compute is the base model's); :func:`reading` turns one on for its pass only."""
+    if is_peft(model):
+        for m in _tuner_layers(model):
+            m.enable_adapters(False)
+
+
 def active_adapter(model: nn.Module) -> str | None:
     """The adapter ``model`` runs with now (None for a plain model)."""
     if not is_peft(model):
@@ -83,14 +103,18 @@ def _switchable(model: nn.Module) -> list[nn.Module] | None:
 
 @contextmanager
 def _peft_switch(model: nn.Module, adapter: str | None) -> Iterator[None]:
-    """:func:`reading` through peft's API, restoring which parameters require grad."""
+    """:func:`reading` through peft's API, restoring which parameters require grad and whether
+    the adapter layers rest disabled (peft's switches leave them enabled)."""
     grads = [(p, p.requires_grad) for p in model.parameters()]
     current = active_adapter(model)
+    off = adapters_off(model)
     try:
         if adapter is None:
             with model.disable_adapter():
                 yield
         else:
+            if off:
+                model.base_model.enable_adapter_layers()
             if adapter != current:
                 model.set_adapter(adapter)
             try:
@@ -99,6 +123,8 @@ def _peft_switch(model: nn.Module, adapter: str | None) -> Iterator[None]:
                 if adapter != current:
                     model.set_adapter(current)
     finally:
+        if off:
+            rest_adapters_off(model)
         for p, g in grads:
             p.requires_grad_(g)
 

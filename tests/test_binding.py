@@ -155,7 +155,8 @@ def test_scoring_leaves_the_backbone_as_it_was(folders, use_peft_api, monkeypatc
 
     def unchanged():
         status = pm.backbone.get_model_status()  # what every LoRA layer says
-        assert status.enabled is True and status.active_adapters == [active] == [pm.backbone.active_adapter]
+        # adapters rest disabled: outside a pass the backbone computes the base model
+        assert status.enabled is False and status.active_adapters == [active] == [pm.backbone.active_adapter]
         assert {n: p.requires_grad for n, p in pm.backbone.named_parameters()} == grads
 
     pm.score_all_heads(PROMPT, CANDS)
@@ -356,6 +357,41 @@ def test_log_prob_and_sampling_are_the_base_models(folders):
     kw = dict(n=2, max_new_tokens=6, temperature=1.0, seed=3)
     assert [g.text for g in generate_candidates(pm, PROMPT, **kw)] == \
         [g.text for g in generate_candidates(plain, PROMPT, **kw)]
+
+
+def test_the_callers_own_model_stays_the_base_model_after_lora_folders_load(folders, alone):
+    """peft injects adapter layers into the model object the caller passed in: they rest
+    disabled, so that object's logits and generations are the base model's, before and after
+    scoring through either switch, while each LoRA head still reads its adapter."""
+    from prefheads.binding import reading
+
+    model, tok = make_backbone("llama")
+    ids = torch.tensor([tok(PROMPT)["input_ids"]])
+    gen = dict(max_new_tokens=5, do_sample=False, pad_token_id=tok.eos_token_id)
+    with torch.no_grad():
+        logits, sample = model(input_ids=ids).logits, model.generate(ids, **gen)
+    pm = PreferenceModel.from_backbone(model, tok, model_id="tiny/llama")
+    for f in ("l1", "fz", "pair"):
+        pm.load_heads(folders / f)
+    assert "lora" in type(model.model.layers[0].self_attn.q_proj).__module__  # injected in place
+
+    def base_model_still():
+        with torch.no_grad():
+            assert torch.equal(model(input_ids=ids).logits, logits)
+            assert torch.equal(model.generate(ids, **gen), sample)
+
+    base_model_still()
+    got = pm.score_all_heads(PROMPT, CANDS)
+    assert all(_close(got[h], alone[h]) for h in ("l1", "fz", "pa", "pb"))
+    base_model_still()
+    for api in (False, True):
+        for state in (None, "l1"):
+            with reading(pm.backbone, state, use_peft_api=api):
+                pass
+            base_model_still()
+    with pm.reading("l1"):  # the adapter is there and does change the model inside a pass
+        with torch.no_grad():
+            assert not torch.allclose(model(input_ids=ids).logits, logits)
 
 
 # ----------------------------------------------------------------------------- serving

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from prefheads.binding import active_adapter, adapter_digest, is_peft, reading, unique_name
+from prefheads.binding import active_adapter, adapter_digest, adapters_off, is_peft, reading, rest_adapters_off, unique_name
 from prefheads.heads import RewardHead
 
 
@@ -68,11 +68,16 @@ class BackboneStates:
 
         An adapter whose files are identical to one loaded already is not loaded again: its name is
         returned. A plain backbone becomes a ``peft.PeftModel``: :meth:`pin` unbound heads first.
+        peft injects the adapter's layers into the backbone's modules (the caller's model object
+        too); they rest disabled, so that model's own logits and generations stay the base
+        model's, and only a pass that reads the adapter (:meth:`reading`) turns it on. A backbone
+        with an adapter in training (:meth:`new_adapter`) is left running it.
         """
         digest = adapter_digest(path)
         for name, d in self.adapter_digests.items():
             if d == digest and is_peft(self.backbone) and name in self.backbone.peft_config:
                 return name
+        off = adapters_off(self.backbone)
         name = unique_name(self.backbone, label)
         if is_peft(self.backbone):
             self.backbone.load_adapter(str(path), adapter_name=name)
@@ -81,6 +86,8 @@ class BackboneStates:
 
             self.backbone = PeftModel.from_pretrained(self.backbone, str(path), adapter_name=name)
         self.backbone.eval()
+        if off:
+            rest_adapters_off(self.backbone)
         self.adapter_folders[name] = str(path.resolve())
         self.adapter_digests[name] = digest
         return name
@@ -102,6 +109,8 @@ class BackboneStates:
 
             self.backbone = get_peft_model(self.backbone, config, adapter_name=adapter)
         self.backbone.set_adapter(adapter)  # active, and trainable; every other adapter frozen
+        if adapters_off(self.backbone):  # loaded adapters rest disabled; a trained one runs
+            self.backbone.base_model.enable_adapter_layers()
         for h in heads:
             self.head_adapters[h] = adapter
         return self.backbone
