@@ -47,6 +47,11 @@ def adapters_off(model: nn.Module) -> bool:
     return not is_peft(model) or all(getattr(m, "_disable_adapters", False) for m in _tuner_layers(model))
 
 
+def forget_layers(model: nn.Module) -> None:
+    """Drop the cached LoRA layer list of ``model`` (after its adapters changed)."""
+    _LAYERS.pop(model, None)
+
+
 def rest_adapters_off(model: nn.Module) -> None:
     """Disable every adapter layer of a ``peft.PeftModel`` outside a pass (what ``model(...)`` and
     ``generate`` then compute is the base model's); :func:`reading` turns one on for its pass only."""
@@ -81,7 +86,9 @@ def _switchable(model: nn.Module) -> list[nn.Module] | None:
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils.other import AuxiliaryTrainingWrapper
 
-    key = tuple(model.peft_config)
+    # keyed by each adapter's config object, not only its name: an adapter dropped and another
+    # loaded under the same name (on other modules) must not reuse the old layer list
+    key = tuple((name, id(cfg)) for name, cfg in model.peft_config.items())
     hit = _LAYERS.get(model)
     if hit is None or hit[0] != key:
         layers: list[nn.Module] | None = []

@@ -202,6 +202,34 @@ def test_a_head_added_beside_adapters_reads_the_active_one_and_replaced_adapters
     assert pm.adapter_folders == {}
 
 
+def test_an_adapter_replaced_under_the_same_name_on_other_modules_is_switched(tmp_path):
+    """Pruning an adapter and loading another of the same folder name (other target modules)
+    must switch the new adapter's layers, not a stale list of the old one's."""
+    from peft import LoraConfig
+
+    def folder(path, head, targets, seed):
+        pm = _pm()
+        pm.add_head(head, "identity", init_std=0.5)
+        pm.new_adapter("x", LoraConfig(r=4, target_modules=targets), heads=[head])
+        _perturb(pm, "x", seed)
+        pm.save_heads(path)
+
+    folder(tmp_path / "A", "ha", ["q_proj", "v_proj"], 1)
+    folder(tmp_path / "one" / "B", "hb", ["q_proj", "v_proj"], 2)
+    folder(tmp_path / "two" / "B", "hb2", ["o_proj", "down_proj"], 3)
+    alone = _pm()
+    alone.load_heads(tmp_path / "two" / "B")
+    want = alone.score(PROMPT, CANDS)
+    pm = _pm()
+    pm.load_heads(tmp_path / "A")  # stays loaded: the backbone remains the same PeftModel
+    pm.load_heads(tmp_path / "one" / "B")
+    pm.score_all_heads(PROMPT, CANDS)  # the switchable layers of adapters A and B (q, v) are listed
+    pm.remove_head("hb")
+    pm.load_heads(tmp_path / "two" / "B")
+    assert pm.adapter_of("hb2") == "B" and sorted(pm.backbone.peft_config) == ["A", "B"]
+    assert _close(pm.score_all_heads(PROMPT, CANDS)["hb2"], want)
+
+
 # ----------------------------------------------------------------------------- full fine-tunes
 
 

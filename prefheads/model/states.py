@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from prefheads.binding import active_adapter, adapter_digest, adapters_off, is_peft, reading, rest_adapters_off, unique_name
+from prefheads.binding import (active_adapter, adapter_digest, adapters_off, forget_layers, is_peft, reading,
+                               rest_adapters_off, unique_name)
 from prefheads.heads import RewardHead
 
 
@@ -86,6 +87,7 @@ class BackboneStates:
 
             self.backbone = PeftModel.from_pretrained(self.backbone, str(path), adapter_name=name)
         self.backbone.eval()
+        forget_layers(self.backbone)
         if off:
             rest_adapters_off(self.backbone)
         self.adapter_folders[name] = str(path.resolve())
@@ -108,6 +110,7 @@ class BackboneStates:
             from peft import get_peft_model
 
             self.backbone = get_peft_model(self.backbone, config, adapter_name=adapter)
+        forget_layers(self.backbone)
         self.backbone.set_adapter(adapter)  # active, and trainable; every other adapter frozen
         if adapters_off(self.backbone):  # loaded adapters rest disabled; a trained one runs
             self.backbone.base_model.enable_adapter_layers()
@@ -128,6 +131,7 @@ class BackboneStates:
         else:
             for a in unused:
                 self.backbone.delete_adapter(a)
+            forget_layers(self.backbone)
         for a in unused:
             self.adapter_folders.pop(a, None)
             self.adapter_digests.pop(a, None)
