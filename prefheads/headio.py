@@ -15,7 +15,9 @@ and is written as format version 2, which older prefheads refuse rather than mis
 Weight files are content-addressed (the name carries the first 12 hex digits of their sha256),
 so a save writes new files first, then swaps ``heads.json`` in one ``os.replace``: a crash at any
 point leaves a folder that loads either the old or the new set, never a mix. Files the new
-config no longer references are deleted last. Each weight file's sha256 is checked on load.
+config no longer references are deleted last. A LoRA adapter is rewritten in its fixed folder
+before the swap; the digest recorded per head (``adapter_sha256``) lets a load refuse an
+adapter that a stopped save left newer than ``heads.json``. Each weight file's sha256 is checked on load.
 
 This module is file I/O only: it writes and reads ``{name: RewardHead}`` plus the record of the
 backbone they read, and compares records. Putting heads onto a model (adapters, the backbone
@@ -138,7 +140,8 @@ def adapter_dirs(adapters: Sequence[str]) -> dict[str, str]:
 
 
 def write_heads(directory: str | os.PathLike, heads: Mapping[str, RewardHead], *, base: dict[str, Any],
-                active: str | None, adapters: Mapping[str, str | None]) -> Path:
+                active: str | None, adapters: Mapping[str, str | None],
+                adapter_digests: Mapping[str, str] | None = None) -> Path:
     """Write ``heads`` into ``directory`` (weights, ``heads.json``, README card); returns the folder.
 
     Args:
@@ -148,6 +151,9 @@ def write_heads(directory: str | os.PathLike, heads: Mapping[str, RewardHead], *
         active: The default head (the first one when it is not among ``heads``).
         adapters: Name -> the adapter folder (relative, already written there) the head reads,
             or None for the base model.
+        adapter_digests: Adapter folder (relative) -> the digest of what it holds
+            (``binding.adapter_digest``), recorded per head as ``adapter_sha256`` so that a load
+            can tell an adapter rewritten by a save that never reached ``heads.json``.
     """
     names = list(heads)
     if not names:
@@ -166,6 +172,8 @@ def write_heads(directory: str | os.PathLike, heads: Mapping[str, RewardHead], *
             atomic_write(out / fname, blob)
         entries[name] = {"config": head.config.to_dict(), "file": fname, "sha256": digest,
                          "num_parameters": head.num_parameters(), "adapter": adapters.get(name)}
+        if adapters.get(name) and adapter_digests and adapters[name] in adapter_digests:
+            entries[name]["adapter_sha256"] = adapter_digests[adapters[name]]
     reads = {adapters.get(n) for n in names}
     mixed = len(reads) > 1
     # base.adapter: what prefheads before per-head adapters reads (applied to every head)

@@ -202,6 +202,42 @@ def test_a_head_added_beside_adapters_reads_the_active_one_and_replaced_adapters
     assert pm.adapter_folders == {}
 
 
+def test_a_lora_folder_whose_save_stopped_before_heads_json_is_refused_not_mixed(tmp_path, monkeypatch):
+    """A re-save writes the adapter, then swaps heads.json: stopped in between, the folder holds
+    the old heads beside the new adapter. Loading it must fail, naming the adapter, not mix them."""
+    import os
+
+    from prefheads import headio
+
+    pm = _pm()
+    pm.add_head("h", "swiglu", init_std=0.5)
+    pm.new_adapter("run", _lora(), heads=["h"])
+    _perturb(pm, "run", seed=1)
+    pm.save_heads(tmp_path)
+    assert read_config(tmp_path)["heads"]["h"]["adapter_sha256"]
+    again = _pm()
+    again.load_heads(tmp_path)  # a finished save loads
+    assert _close(again.score(PROMPT, CANDS), pm.score(PROMPT, CANDS))
+    _perturb(pm, "run", seed=2)  # trained further
+    real = os.replace
+
+    def stop_at_heads_json(src, dst):
+        if str(dst).endswith(headio.CONFIG):
+            raise OSError("killed")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", stop_at_heads_json)
+    with pytest.raises(OSError, match="killed"):
+        pm.save_heads(tmp_path)
+    monkeypatch.undo()
+    with pytest.raises(HeadFileError, match=r"adapter's files do not match what heads.json records for head 'h'"):
+        _pm().load_heads(tmp_path)
+    pm.save_heads(tmp_path)  # saving again repairs it
+    again = _pm()
+    again.load_heads(tmp_path)
+    assert _close(again.score(PROMPT, CANDS), pm.score(PROMPT, CANDS))
+
+
 def test_an_adapter_replaced_under_the_same_name_on_other_modules_is_switched(tmp_path):
     """Pruning an adapter and loading another of the same folder name (other target modules)
     must switch the new adapter's layers, not a stale list of the old one's."""

@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from prefheads import headio
-from prefheads.binding import save_adapter
+from prefheads.binding import adapter_digest, save_adapter
 from prefheads.chat import ChatFormat
 from prefheads.families import unwrap
 from prefheads.heads import RewardHead
@@ -91,7 +91,8 @@ class HeadFolders:
         for a, rel in dirs.items():  # each head's adapter is saved before heads.json names it
             save_adapter(self.backbone, a, out / rel)
         return headio.write_heads(out, {n: self._get(n) for n in names}, base=self.base_record(), active=self.active,
-                                  adapters={n: dirs.get(a) for n, a in reads.items()})
+                                  adapters={n: dirs.get(a) for n, a in reads.items()},
+                                  adapter_digests={rel: adapter_digest(out / rel) for rel in dirs.values()})
 
     def load_heads(self, directory: str | os.PathLike, *, names: Sequence[str] | None = None,
                    allow_base_mismatch: bool = False) -> list[str]:
@@ -116,6 +117,7 @@ class HeadFolders:
                 raise headio.HeadFileError(f"{where}: {e} (base {config['base'].get('model_id')!r})") from e
         reads = {n: headio.recorded_adapter(config, n) for n in loaded}
         paths = {rel: headio.adapter_path(directory, rel, where) for rel in dict.fromkeys(reads.values()) if rel}
+        _check_adapter_digests(config, reads, paths)
         if paths:
             self.pin()  # heads attached already keep reading what they read now
         label = directory.resolve().name
@@ -169,3 +171,22 @@ class HeadFolders:
             raise headio.HeadFileError(
                 f"{directory}: cannot be loaded beside the heads of {full}, which were trained with --mode full "
                 "and read the fine-tuned backbone saved there; load each folder into its own PreferenceModel")
+
+
+def _check_adapter_digests(config: dict[str, Any], reads: dict[str, str | None], paths: dict[str, Path]) -> None:
+    """Each adapter folder must hold what ``heads.json`` recorded for the heads that read it.
+
+    A save writes a head's adapter before it swaps ``heads.json``: one stopped in between leaves
+    the previous heads beside a rewritten adapter, refused here rather than read as a mix.
+    Folders written before digests were recorded are not checked.
+    """
+    for name, rel in reads.items():
+        want = config["heads"][name].get("adapter_sha256") if rel else None
+        if want is None:
+            continue
+        got = adapter_digest(paths[rel])
+        if got != want:
+            raise headio.HeadFileError(
+                f"{paths[rel]}: the adapter's files do not match what heads.json records for head {name!r} "
+                f"(sha256 {got[:12]}…, recorded {want[:12]}…): a save into this folder stopped before it "
+                "finished, or the files were changed; save the heads again")
