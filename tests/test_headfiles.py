@@ -123,6 +123,27 @@ def test_digest_of_the_base_ignores_lora_adapters_and_dtype():
     assert base_weights_digest(bb) != plain
 
 
+def test_the_exact_digest_sees_every_value_and_the_dtype():
+    """The feature cache keys on weights_digest: one retrained embedding row (values a strided
+    sample skips) or a bfloat16 copy must give another key, or stale features would be served."""
+    from prefheads.chat import detect_format, encode
+    from prefheads.training.cache import feature_key
+
+    bb, tok = make_backbone("llama")
+    items = [encode(tok, detect_format(tok), "hi", "there")]
+    before, key = weights_digest(bb), feature_key(bb, items, "float32")
+    emb = bb.get_input_embeddings().weight
+    step = max(1, emb.numel() // 2048)
+    row = 1 + step // emb.shape[1] if step > emb.shape[1] else 1
+    with torch.no_grad():
+        emb[row, 1:] += 0.5  # off the sample's stride: column 0 of each sampled row stays
+    assert weights_digest(bb) != before and feature_key(bb, items, "float32") != key
+    half = copy.deepcopy(bb).to(torch.bfloat16)
+    again = copy.deepcopy(half).float()
+    assert weights_digest(half) != weights_digest(again) and weights_digest(half) == weights_digest(copy.deepcopy(half))
+    assert weights_digest(copy.deepcopy(bb)) == weights_digest(bb)  # equal weights, equal digest
+
+
 def test_lora_heads_reload_on_a_fresh_base_under_another_name(tmp_path):
     from peft import LoraConfig, get_peft_model
 

@@ -46,7 +46,7 @@ def feature_key(model: torch.nn.Module, items: Sequence[Encoded], dtype: str,
     cfg = unwrap(model).config
     quant = quantization_of(model)
     h.update(json.dumps({"model": getattr(cfg, "_name_or_path", ""), "type": getattr(cfg, "model_type", ""),
-                         "weights": weights_digest(model), "dtype": dtype, "v": 2,
+                         "weights": weights_digest(model), "dtype": dtype, "v": 3,
                          **({"quantization": quant} if quant else {}), **(extra or {})}, sort_keys=True).encode())
     for it in items:
         h.update(len(it.ids).to_bytes(4, "little"))
