@@ -2,7 +2,7 @@
 
 * :func:`weights_digest` is exact: sha256 of every byte of every tensor, with its name, shape
   and dtype, so any change of value or dtype gives a new digest (one embedding row retrained,
-  a bfloat16 copy of a float32 checkpoint). The feature cache keys on it. About 0.35 s for a
+  a bfloat16 copy of a float32 checkpoint). The feature cache keys on it. About 0.5 s for a
   135M-parameter float32 model on CPU; taken once per model and reused until a weight changes
   (:func:`weights_version`).
 * :func:`base_weights_digest` identifies the *base* weights a head reads features of: names,
