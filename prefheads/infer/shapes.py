@@ -3,7 +3,7 @@ clients already speak.
 
 * ours — ``/score`` ``{prompt, candidates, head?}`` and ``/rerank`` ``{prompt, n, ...}``
   (best-of-N sampling);
-* the rerank shape of Cohere (v2 ``/v2/rerank``), Jina (``/v1/rerank``) and vLLM / TEI
+* the rerank shape of Cohere (v2 ``/v2/rerank``), Jina (``/v1/rerank``) and vLLM
   (``/rerank``): ``{query, documents, top_n?, return_documents?, model?}`` →
   ``{id, model, results: [{index, relevance_score, document?}], usage}``;
 * vLLM's score shape (``/score``, ``/v1/score``): ``{text_1, text_2, model?}`` →
