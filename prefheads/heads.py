@@ -133,7 +133,12 @@ SCORE_SCALE_INIT = 0.5413  # softplus(0.5413) = 1: the standardised score enters
 
 
 class RewardHead(nn.Module):
-    """Pooler + dropout + reward vector. Maps hidden states ``[N, d]`` to rewards ``[N]``."""
+    """Pooler + dropout + reward vector. Maps hidden states ``[N, d]`` to rewards ``[N]``.
+
+    A head computes in fp32 whatever the backbone's dtype: a cast of a module holding it
+    (``pm.to(torch.bfloat16)``, ``pm.half()``) moves it to the new device but keeps its
+    parameters and buffers fp32.
+    """
 
     def __init__(self, config: HeadConfig) -> None:
         super().__init__()
@@ -160,6 +165,14 @@ class RewardHead(nn.Module):
             self.register_buffer("score_std", torch.ones(k))
             self.score_weight = nn.Parameter(torch.zeros(k))
         self.reset_parameters()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "RewardHead":
+        # every tensor a head holds is fp32: undo a floating-point cast, keep device moves
+        def keep_fp32(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            return out.float() if out.is_floating_point() and out.dtype != torch.float32 else out
+
+        return super()._apply(keep_fp32, recurse)
 
     def reset_parameters(self) -> None:
         """Normal(0, init_std) weights, zero biases (as the reference code)."""
