@@ -129,6 +129,26 @@ def _real(name: str, value: Any) -> float:
     return float(value)
 
 
+def check_head_name(name: Any) -> str:
+    """Return ``name`` if a head may be called so: a non-empty string without ``.`` (heads are
+    modules of a ``ModuleDict``, whose keys are attribute names) that is no attribute of one.
+
+    Raises:
+        ValueError: Naming the head and what is wrong with the name.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a head name must be a non-empty string, got {name!r}")
+    if "." in name:
+        raise ValueError(f"head name {name!r} contains '.', which a head name may not "
+                         f"(e.g. {name.replace('.', '_')!r})")
+    if hasattr(_MODULE_DICT, name):
+        raise ValueError(f"head name {name!r} is taken by an attribute of torch's ModuleDict; pick another")
+    return name
+
+
+_MODULE_DICT = nn.ModuleDict()  # what a head name must not shadow
+
+
 SCORE_SCALE_INIT = 0.5413  # softplus(0.5413) = 1: the standardised score enters at unit scale
 
 

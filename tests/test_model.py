@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from conftest import make_backbone, make_tokenizer
 from prefheads import PreferenceModel
 from prefheads.chat import ChatFormat, RewardTokenError, encode
 from prefheads.families import get_module, unwrap
+from prefheads.headio import HeadFileError
 
 PROMPTS = ["Question: what is the capital of France?"] * 3 + ["hello world", "The quick brown fox " * 6]
 COMPS = ["Paris", "London is a big city", "yes", "no", "Answer: the lazy dog"]
@@ -272,3 +274,23 @@ def test_shared_prefix_chunks_bound_padded_tokens_and_cover_every_group():
         key = smax if suffix_heavy else plen  # ordered by the heavier side: little padding there
         flat = [g for c in chunks for g in c]
         assert [key[g] for g in flat] == sorted(key[g] for g in flat)
+
+
+@pytest.mark.parametrize("name,why", [("rte-v1.2", "contains '.'"), ("", "non-empty string"),
+                                      ("keys", "attribute of torch's ModuleDict")])
+def test_head_names_torch_cannot_hold_are_refused_by_name(name, why, tmp_path):
+    pm = _pm("llama")
+    with pytest.raises(ValueError, match=why):
+        pm.add_head(name, "identity")
+    pm.add_head("ok", "identity")
+    pm.save_heads(tmp_path)
+    cfg = json.loads((tmp_path / "heads.json").read_text())
+    cfg["heads"] = {name: cfg["heads"]["ok"]}
+    cfg["active"] = name
+    (tmp_path / "heads.json").write_text(json.dumps(cfg))
+    with pytest.raises(HeadFileError, match=why):
+        PreferenceModel.from_backbone(pm.backbone, pm.tokenizer).load_heads(tmp_path)
+    from prefheads.training import FitConfig
+
+    with pytest.raises(ValueError, match=why):  # before fit runs the backbone
+        FitConfig(task="glue/rte", head_name=name)

@@ -21,7 +21,7 @@ from prefheads.binding import active_adapter, is_peft
 from prefheads.chat import ChatFormat, Encoded, detect_format, encode
 from prefheads.engine import Features, extract
 from prefheads.families import FamilyProfile, profile_for, unwrap
-from prefheads.heads import HeadConfig, RewardHead
+from prefheads.heads import HeadConfig, RewardHead, check_head_name
 from prefheads.hooks import check_layer, hook_module, num_layers
 from prefheads.model.folders import HeadFolders
 from prefheads.model.states import BackboneStates
@@ -189,6 +189,7 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
             layer: Hidden state it reads (default: the model's ``layer``).
             **cfg: Other :class:`HeadConfig` fields (``dropout``, ``bias``, ``pooler_kwargs``...).
         """
+        check_head_name(name)
         if name in self.heads:
             raise ValueError(f"a head named {name!r} exists already; remove_head it first")
         kw = dict(cfg.pop("pooler_kwargs", {}) or {})
@@ -200,7 +201,9 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
 
     def check_head(self, name: str, head: RewardHead) -> None:
         """Refuse a head this backbone cannot feed: another width, a layer it lacks (LayerError),
-        or a layer mix built for a backbone of another depth."""
+        or a layer mix built for a backbone of another depth; and a name no head may have
+        (:func:`prefheads.heads.check_head_name`)."""
+        check_head_name(name)
         c = head.config
         if c.hidden_size != self.hidden_size:
             raise ValueError(f"head {name!r} reads width {c.hidden_size}, the backbone has {self.hidden_size}")
