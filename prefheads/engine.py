@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from prefheads.chat import Encoded
-from prefheads.families import FamilyProfile, unwrap
+from prefheads.families import FamilyProfile, get_module, unwrap
 from prefheads.hooks import FINAL, Capture
 
 
@@ -65,13 +65,17 @@ def _device(model: nn.Module) -> torch.device:
     return next(unwrap(model).parameters()).device
 
 
-def _logits_fn(model: nn.Module):
+def _logits_fn(model: nn.Module, profile: FamilyProfile):
+    """Hidden states after the final norm -> the logits the causal LM itself computes: its
+    ``output_proj`` (OPT's ``project_out``), the vocab projection and final soft-capping."""
     inner = unwrap(model)
     head = inner.get_output_embeddings()
+    proj = get_module(inner, profile.output_proj, optional=True) if profile.output_proj else None
     cap = getattr(inner.config, "final_logit_softcapping", None)
 
     def fn(h: torch.Tensor) -> torch.Tensor:
-        logits = head(h).float()
+        logits = head(proj(h) if proj is not None else h)
+        logits = logits.float()
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
@@ -278,7 +282,7 @@ def _finish(states: dict, n: int, layers: list[int], lp, nt) -> Features:
 
 def _extract_full(model, profile, items, layers, pad_id, logprobs, side, max_tokens, max_batch) -> Features:
     dec, dev = _decoder(model), _device(model)
-    logits_fn = _logits_fn(model) if logprobs else None
+    logits_fn = _logits_fn(model, profile) if logprobs else None
     n = len(items)
     states, lp, nt = _init(n, logprobs)
     lengths = [len(it.ids) for it in items]
@@ -316,7 +320,7 @@ def _extract_shared(model, profile, items, layers, pad_id, logprobs, max_tokens,
 
     dec, dev = _decoder(model), _device(model)
     ckw = _cache_kw(dec)
-    logits_fn = _logits_fn(model) if logprobs else None
+    logits_fn = _logits_fn(model, profile) if logprobs else None
     n = len(items)
     states, lp, nt = _init(n, logprobs)
     groups = _prompt_groups(items, max_tokens, max_batch)

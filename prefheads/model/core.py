@@ -20,7 +20,7 @@ from prefheads import headio
 from prefheads.binding import active_adapter, is_peft
 from prefheads.chat import ChatFormat, Encoded, detect_format, encode
 from prefheads.engine import Features, extract
-from prefheads.families import FamilyProfile, profile_for, unwrap
+from prefheads.families import FamilyProfile, hidden_width, profile_for, text_config, unwrap
 from prefheads.heads import HeadConfig, RewardHead, check_head_name
 from prefheads.hooks import check_layer, hook_module, num_layers
 from prefheads.model.folders import HeadFolders
@@ -86,8 +86,9 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
         self.model_id = model_id or getattr(cfg, "_name_or_path", None) or type(unwrap(backbone)).__name__
         self.revision = revision
         self._base_digest: tuple[Any, str | None] | None = None  # (weights_version, digest)
-        self.hidden_size = int(cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.n_embd)
-        self.max_length = max_length or getattr(cfg, "max_position_embeddings", None)
+        text = text_config(backbone)  # a multimodal wrapper's language model (Gemma-3 4B and up)
+        self.hidden_size = hidden_width(text)
+        self.max_length = max_length or getattr(text, "max_position_embeddings", None)
         self.heads = nn.ModuleDict()
         self.active: str | None = None
         # the backbone state each head reads (see prefheads.binding): head -> adapter name, None
@@ -193,7 +194,7 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
         if name in self.heads:
             raise ValueError(f"a head named {name!r} exists already; remove_head it first")
         kw = dict(cfg.pop("pooler_kwargs", {}) or {})
-        for k, v in pooler_defaults(pooler, self.hidden_size, unwrap(self.backbone).config, **kw).items():
+        for k, v in pooler_defaults(pooler, self.hidden_size, text_config(self.backbone), **kw).items():
             kw.setdefault(k, v)
         config = HeadConfig(pooler=pooler, hidden_size=self.hidden_size, layer=self.layer if layer is None else layer,
                             pooler_kwargs=kw, num_base_layers=self.num_layers, **cfg)
