@@ -346,6 +346,26 @@ def test_a_module_the_model_lacks_is_a_clear_error_not_none(tok):
     assert get_module(bb, "model.decoder.final_layer_norm", optional=True) is None
 
 
+@pytest.mark.parametrize("family,scaling", [("granite", {"logits_scaling": 8.0}),
+                                            ("cohere", {"logit_scale": 0.0625})])
+def test_logprobs_apply_the_family_logit_scaling(tok, family, scaling):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(family, vocab_size=len(tok), num_hidden_layers=3, hidden_size=32,
+                               intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                               max_position_embeddings=256, **scaling)
+    cfg.pad_token_id = tok.pad_token_id
+    bb = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    with pytest.warns(UserWarning, match="no prefheads profile"):
+        pm = PreferenceModel.from_backbone(bb, tok)
+    items = pm.encode(PROMPTS[:3], COMPS[:3])
+    want = _plain_logprob_sums(bb, items)
+    for shared in (False, True):
+        feats = pm.features(PROMPTS[:3], COMPS[:3], logprobs=True, shared_prefix=shared)
+        assert torch.allclose(feats.logprob_sum, want, atol=1e-4), (family, shared)
+
+
 @pytest.mark.parametrize("name,why", [("rte-v1.2", "contains '.'"), ("", "non-empty string"),
                                       ("keys", "attribute of torch's ModuleDict")])
 def test_head_names_torch_cannot_hold_are_refused_by_name(name, why, tmp_path):
