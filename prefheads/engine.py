@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from prefheads.chat import Encoded
-from prefheads.families import FamilyProfile, unwrap
+from prefheads.families import FamilyProfile, get_module, text_config, unwrap
 from prefheads.hooks import FINAL, Capture
 
 
@@ -65,13 +65,44 @@ def _device(model: nn.Module) -> torch.device:
     return next(unwrap(model).parameters()).device
 
 
-def _logits_fn(model: nn.Module):
+# How causal LMs scale the vocab projection's output, as their transformers modeling code does:
+# model_type -> (text config field, "div" | "mul"). A field set to None leaves the logits as they are.
+LOGIT_SCALINGS: dict[str, tuple[str, str]] = {
+    **{mt: ("logits_scaling", "div") for mt in (
+        "granite", "granite_swa", "granitemoe", "granitemoe_swa", "granitemoehybrid", "granitemoeshared",
+        "granite4_vision", "granite_docling", "minicpm3")},
+    "hyperclovax": ("logits_scaling", "mul"),
+    **{mt: ("logit_scale", "mul") for mt in ("cohere", "cohere2", "cohere2_moe", "cohere_compass")},
+}
+
+
+def logit_scaling(model: nn.Module) -> tuple[str, float] | None:
+    """How ``model`` scales its logits (:data:`LOGIT_SCALINGS`): ``("div" | "mul", value)``, or None."""
+    inner = unwrap(model)
+    rule = LOGIT_SCALINGS.get(getattr(inner.config, "model_type", None))
+    if rule is None:
+        return None
+    field, op = rule
+    value = getattr(text_config(inner), field, None)
+    return None if value is None else (op, float(value))
+
+
+def _logits_fn(model: nn.Module, profile: FamilyProfile):
+    """Hidden states after the final norm -> the logits the causal LM itself computes: its
+    ``output_proj`` (OPT's ``project_out``), the vocab projection, the family's logit scaling
+    and final soft-capping."""
     inner = unwrap(model)
     head = inner.get_output_embeddings()
+    proj = get_module(inner, profile.output_proj, optional=True) if profile.output_proj else None
+    scaling = logit_scaling(inner)
     cap = getattr(inner.config, "final_logit_softcapping", None)
 
     def fn(h: torch.Tensor) -> torch.Tensor:
-        logits = head(h).float()
+        logits = head(proj(h) if proj is not None else h)
+        if scaling is not None:
+            op, value = scaling
+            logits = logits / value if op == "div" else logits * value
+        logits = logits.float()
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
@@ -278,7 +309,7 @@ def _finish(states: dict, n: int, layers: list[int], lp, nt) -> Features:
 
 def _extract_full(model, profile, items, layers, pad_id, logprobs, side, max_tokens, max_batch) -> Features:
     dec, dev = _decoder(model), _device(model)
-    logits_fn = _logits_fn(model) if logprobs else None
+    logits_fn = _logits_fn(model, profile) if logprobs else None
     n = len(items)
     states, lp, nt = _init(n, logprobs)
     lengths = [len(it.ids) for it in items]
@@ -316,7 +347,7 @@ def _extract_shared(model, profile, items, layers, pad_id, logprobs, max_tokens,
 
     dec, dev = _decoder(model), _device(model)
     ckw = _cache_kw(dec)
-    logits_fn = _logits_fn(model) if logprobs else None
+    logits_fn = _logits_fn(model, profile) if logprobs else None
     n = len(items)
     states, lp, nt = _init(n, logprobs)
     groups = _prompt_groups(items, max_tokens, max_batch)

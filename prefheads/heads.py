@@ -129,11 +129,36 @@ def _real(name: str, value: Any) -> float:
     return float(value)
 
 
+def check_head_name(name: Any) -> str:
+    """Return ``name`` if a head may be called so: a non-empty string without ``.`` (heads are
+    modules of a ``ModuleDict``, whose keys are attribute names) that is no attribute of one.
+
+    Raises:
+        ValueError: Naming the head and what is wrong with the name.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a head name must be a non-empty string, got {name!r}")
+    if "." in name:
+        raise ValueError(f"head name {name!r} contains '.', which a head name may not "
+                         f"(e.g. {name.replace('.', '_')!r})")
+    if hasattr(_MODULE_DICT, name):
+        raise ValueError(f"head name {name!r} is taken by an attribute of torch's ModuleDict; pick another")
+    return name
+
+
+_MODULE_DICT = nn.ModuleDict()  # what a head name must not shadow
+
+
 SCORE_SCALE_INIT = 0.5413  # softplus(0.5413) = 1: the standardised score enters at unit scale
 
 
 class RewardHead(nn.Module):
-    """Pooler + dropout + reward vector. Maps hidden states ``[N, d]`` to rewards ``[N]``."""
+    """Pooler + dropout + reward vector. Maps hidden states ``[N, d]`` to rewards ``[N]``.
+
+    A head computes in fp32 whatever the backbone's dtype: a cast of a module holding it
+    (``pm.to(torch.bfloat16)``, ``pm.half()``) moves it to the new device but keeps its
+    parameters and buffers fp32.
+    """
 
     def __init__(self, config: HeadConfig) -> None:
         super().__init__()
@@ -160,6 +185,14 @@ class RewardHead(nn.Module):
             self.register_buffer("score_std", torch.ones(k))
             self.score_weight = nn.Parameter(torch.zeros(k))
         self.reset_parameters()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "RewardHead":
+        # every tensor a head holds is fp32: undo a floating-point cast, keep device moves
+        def keep_fp32(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            return out.float() if out.is_floating_point() and out.dtype != torch.float32 else out
+
+        return super()._apply(keep_fp32, recurse)
 
     def reset_parameters(self) -> None:
         """Normal(0, init_std) weights, zero biases (as the reference code)."""

@@ -87,10 +87,18 @@ class _StopForward(Exception):
 
 
 def hook_module(model: nn.Module, profile: FamilyProfile, layer: int) -> nn.Module:
-    """The module whose output is hidden state ``layer`` (-1: final norm, i: block i)."""
+    """The module whose output is hidden state ``layer`` (-1: final norm, i: block i).
+
+    A model built without its final norm where the profile allows it (``final_norm_optional``:
+    OPT with ``do_layer_norm_before=False``) gives its last block for -1: its output is the
+    state the vocab projection reads.
+    """
     inner = unwrap(model)
     if layer == FINAL:
-        return get_module(inner, profile.final_norm)
+        norm = get_module(inner, profile.final_norm, optional=profile.final_norm_optional)
+        if norm is not None:
+            return norm
+        return get_module(inner, profile.layers)[-1]
     blocks = get_module(inner, profile.layers)
     return blocks[check_layer(layer, len(blocks))]
 

@@ -3,7 +3,8 @@
 Poolers, losses, training modes, metrics and tasks each keep one :class:`Registry` so that a
 component is looked up by the name written in a config file, and adding a component is one
 decorated definition. A duplicate name is an error rather than a silent override, so two files
-can never fight over the same name.
+can never fight over the same name; a definition run again (a notebook cell re-executed: the same
+module and qualified name) replaces its earlier self, and ``replace=True`` replaces any entry.
 
 A registry may name an entry-point group (``plugins=``): installed packages then add components
 without being imported by hand. Each entry point of the group registers its object under the
@@ -72,34 +73,40 @@ class Registry(Generic[T]):
             added.append(ep.name)
         return added
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, *, replace: bool = False) -> Callable[[T], T]:
         """Return a decorator that registers its argument under ``name`` and returns it unchanged.
 
         Args:
-            name: The lookup key; must be a non-empty string not already registered.
+            name: The lookup key; a non-empty string.
+            replace: Replace whatever is registered under ``name`` already.
 
         Raises:
-            ValueError: If ``name`` is empty or already registered.
+            ValueError: If ``name`` is empty, or already registered to another definition and
+                ``replace`` is false (see :meth:`add`).
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
 
         def decorator(obj: T) -> T:
-            self.add(name, obj)
+            self.add(name, obj, replace=replace)
             return obj
 
         return decorator
 
-    def add(self, name: str, obj: T) -> None:
+    def add(self, name: str, obj: T, *, replace: bool = False) -> None:
         """Register ``obj`` under ``name`` directly (the non-decorator form).
 
+        A name taken by the same definition run again (same ``__module__`` and
+        ``__qualname__``: a notebook cell or a reloaded module) is replaced without ``replace``.
+
         Raises:
-            ValueError: If ``name`` is already registered.
+            ValueError: If ``name`` is registered to another definition and ``replace`` is false.
         """
-        if name in self._items:
+        old = self._items.get(name)
+        if name in self._items and not replace and not _same_definition(old, obj):
             raise ValueError(
-                f"{self.kind} {name!r} is already registered (by {self._items[name]!r}); "
-                "pick another name"
+                f"{self.kind} {name!r} is already registered (by {old!r}); "
+                "pick another name, or pass replace=True to replace it"
             )
         self._items[name] = obj
 
@@ -139,3 +146,12 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, names={self.names()})"
+
+
+def _same_definition(old: object, new: object) -> bool:
+    """Whether ``new`` is ``old``'s definition run again: the same module and qualified name."""
+    if old is new:
+        return True
+    qualname = getattr(old, "__qualname__", None)
+    return (qualname is not None and qualname == getattr(new, "__qualname__", None)
+            and getattr(old, "__module__", None) == getattr(new, "__module__", None))

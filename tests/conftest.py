@@ -49,12 +49,16 @@ def make_tokenizer(chat: bool = True):
 
 
 def _cfg(family: str, vocab: int):
-    """The config of a tiny random ``family`` model: the ``tiny`` block of its zoo profile."""
+    """The config of a tiny random ``family`` model: the ``tiny`` block of its zoo profile (the
+    vocabulary goes to the language model's config, nested in multimodal ones such as gemma3)."""
     from transformers import AutoConfig
 
     from prefheads.families import profiles
 
-    return AutoConfig.for_model(family, vocab_size=vocab, **profiles()[family].tiny)
+    tiny = profiles()[family].tiny
+    if "text_config" in tiny:
+        return AutoConfig.for_model(family, **{**tiny, "text_config": {**tiny["text_config"], "vocab_size": vocab}})
+    return AutoConfig.for_model(family, vocab_size=vocab, **tiny)
 
 
 PAPER_HEAD = {"pooler": "swiglu", "objective": "separable", "layer": "-1", "lm_score": "none", "template": "paper"}
@@ -74,8 +78,9 @@ def make_backbone(family: str, tok=None, seed: int = 0):
     tok = tok or make_tokenizer()
     torch.manual_seed(seed)
     cfg = _cfg(family, len(tok))
-    cfg.pad_token_id = tok.pad_token_id
-    cfg.eos_token_id = tok.eos_token_id
+    for c in {id(cfg): cfg, id(cfg.get_text_config()): cfg.get_text_config()}.values():
+        c.pad_token_id = tok.pad_token_id
+        c.eos_token_id = tok.eos_token_id
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
     return model.eval(), tok
 

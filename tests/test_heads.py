@@ -158,3 +158,17 @@ def test_interrupted_save_keeps_the_previous_heads(tmp_path, monkeypatch):
     pm.save_heads(tmp_path)
     files = {e["file"] for e in json.loads((tmp_path / "heads.json").read_text())["heads"].values()}
     assert {p.name for p in tmp_path.glob("*.safetensors")} == files
+
+
+@pytest.mark.parametrize("cast", ["bfloat16", "half"])
+def test_heads_stay_fp32_when_the_model_is_cast(cast):
+    pm = _pm_with_heads()
+    pm.add_head("lp", "identity", score_input="logprob_mean", activate=False)
+    pm.heads["arc"].fit_standardizer(torch.randn(10, 32) * 3 + 1)
+    getattr(pm, "to" if cast == "bfloat16" else cast)(*([torch.bfloat16] if cast == "bfloat16" else []))
+    want = torch.bfloat16 if cast == "bfloat16" else torch.float16
+    assert next(pm.backbone.parameters()).dtype == want
+    for name, head in pm.heads.items():
+        assert {t.dtype for t in [*head.parameters(), *head.buffers()]} == {torch.float32}, name
+    for name, r in pm.score_all_heads("q", ["x", "y"]).items():
+        assert r.dtype == torch.float32 and torch.isfinite(r).all(), name

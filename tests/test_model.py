@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from conftest import make_backbone, make_tokenizer
 from prefheads import PreferenceModel
 from prefheads.chat import ChatFormat, RewardTokenError, encode
 from prefheads.families import get_module, unwrap
+from prefheads.headio import HeadFileError
 
 PROMPTS = ["Question: what is the capital of France?"] * 3 + ["hello world", "The quick brown fox " * 6]
 COMPS = ["Paris", "London is a big city", "yes", "no", "Answer: the lazy dog"]
@@ -272,3 +274,113 @@ def test_shared_prefix_chunks_bound_padded_tokens_and_cover_every_group():
         key = smax if suffix_heavy else plen  # ordered by the heavier side: little padding there
         flat = [g for c in chunks for g in c]
         assert [key[g] for g in flat] == sorted(key[g] for g in flat)
+
+
+def _plain_logprob_sums(model, items):
+    """Summed completion log-probs of each item from a plain forward of the causal LM."""
+    out = []
+    for item in items:
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=torch.tensor([item.ids])).logits[0].float(), -1)
+        out.append(float(sum(lp[t - 1, item.ids[t]] for t in range(item.prompt_len, len(item.ids)))))
+    return torch.tensor(out)
+
+
+def test_multimodal_gemma3_is_wrapped_through_its_text_config():
+    # Gemma-3 4B and up load as Gemma3ForConditionalGeneration: width, context and the SwiGLU
+    # width live in the nested text config; the blocks sit in model.language_model
+    pm = _pm("gemma3")
+    assert type(pm.backbone).__name__ == "Gemma3ForConditionalGeneration"
+    assert not hasattr(pm.backbone.config, "hidden_size")
+    assert not pm.profile.generic and pm.profile.final_norm == "model.language_model.norm"
+    assert (pm.hidden_size, pm.max_length, pm.num_layers) == (32, 256, 3)
+    assert pm.add_head("h", "swiglu", dropout=0.0).config.pooler_kwargs["ffn_dim"] == 64
+    assert pm.base_record()["vocab_size"] == len(pm.tokenizer)
+    feats = pm.features(PROMPTS[:2], COMPS[:2], layers=[-1, 1])
+    for i, item in enumerate(pm.encode(PROMPTS[:2], COMPS[:2])):
+        out = pm.backbone(input_ids=torch.tensor([item.ids]), output_hidden_states=True)
+        assert torch.allclose(feats.states[-1][i], out.hidden_states[-1][0, -1], atol=1e-5)
+        assert torch.allclose(feats.states[1][i], out.hidden_states[2][0, -1], atol=1e-5)
+    assert torch.allclose(pm.score(PROMPTS[:2], COMPS[:2]), pm(feats), atol=1e-6)
+
+
+def _opt(tok, **kw):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("opt", vocab_size=len(tok), num_hidden_layers=3, hidden_size=32, ffn_dim=64,
+                               num_attention_heads=4, max_position_embeddings=256, **kw)
+    cfg.pad_token_id = tok.pad_token_id
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+
+
+def test_opt_without_final_norm_reads_the_last_block_and_projects_out_for_logprobs(tok):
+    # as facebook/opt-350m: post-norm blocks (no final norm) and project_out 32 -> 16 before lm_head
+    bb = _opt(tok, word_embed_proj_dim=16, do_layer_norm_before=False)
+    assert bb.model.decoder.final_layer_norm is None and bb.model.decoder.project_out is not None
+    pm = PreferenceModel.from_backbone(bb, tok)
+    assert pm.hidden_size == 32
+    pm.add_head("h", "identity")
+    items = pm.encode(PROMPTS[:3], COMPS[:3])
+    want = _plain_logprob_sums(bb, items)
+    for shared in (False, True):
+        feats = pm.features(PROMPTS[:3], COMPS[:3], layers=[-1, 2], logprobs=True, shared_prefix=shared)
+        assert torch.equal(feats.states[-1], feats.states[2])  # the last block's output is the final state
+        assert torch.allclose(feats.logprob_sum, want, atol=1e-4)
+    assert pm.score(PROMPTS[:3], COMPS[:3]).shape == (3,)
+
+
+def test_opt_with_final_norm_projects_out_for_logprobs(tok):
+    bb = _opt(tok, word_embed_proj_dim=16, do_layer_norm_before=True)
+    pm = PreferenceModel.from_backbone(bb, tok)
+    items = pm.encode(PROMPTS[:3], COMPS[:3])
+    feats = pm.features(PROMPTS[:3], COMPS[:3], logprobs=True, shared_prefix=False)
+    assert feats.states[-1].shape == (3, 32)  # heads read the state before project_out
+    assert torch.allclose(feats.logprob_sum, _plain_logprob_sums(bb, items), atol=1e-4)
+
+
+def test_a_module_the_model_lacks_is_a_clear_error_not_none(tok):
+    bb = _opt(tok, do_layer_norm_before=False)
+    with pytest.raises(AttributeError, match="'final_layer_norm' is None"):
+        get_module(bb, "model.decoder.final_layer_norm")
+    assert get_module(bb, "model.decoder.final_layer_norm", optional=True) is None
+
+
+@pytest.mark.parametrize("family,scaling", [("granite", {"logits_scaling": 8.0}),
+                                            ("cohere", {"logit_scale": 0.0625})])
+def test_logprobs_apply_the_family_logit_scaling(tok, family, scaling):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(family, vocab_size=len(tok), num_hidden_layers=3, hidden_size=32,
+                               intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                               max_position_embeddings=256, **scaling)
+    cfg.pad_token_id = tok.pad_token_id
+    bb = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    with pytest.warns(UserWarning, match="no prefheads profile"):
+        pm = PreferenceModel.from_backbone(bb, tok)
+    items = pm.encode(PROMPTS[:3], COMPS[:3])
+    want = _plain_logprob_sums(bb, items)
+    for shared in (False, True):
+        feats = pm.features(PROMPTS[:3], COMPS[:3], logprobs=True, shared_prefix=shared)
+        assert torch.allclose(feats.logprob_sum, want, atol=1e-4), (family, shared)
+
+
+@pytest.mark.parametrize("name,why", [("rte-v1.2", "contains '.'"), ("", "non-empty string"),
+                                      ("keys", "attribute of torch's ModuleDict")])
+def test_head_names_torch_cannot_hold_are_refused_by_name(name, why, tmp_path):
+    pm = _pm("llama")
+    with pytest.raises(ValueError, match=why):
+        pm.add_head(name, "identity")
+    pm.add_head("ok", "identity")
+    pm.save_heads(tmp_path)
+    cfg = json.loads((tmp_path / "heads.json").read_text())
+    cfg["heads"] = {name: cfg["heads"]["ok"]}
+    cfg["active"] = name
+    (tmp_path / "heads.json").write_text(json.dumps(cfg))
+    with pytest.raises(HeadFileError, match=why):
+        PreferenceModel.from_backbone(pm.backbone, pm.tokenizer).load_heads(tmp_path)
+    from prefheads.training import FitConfig
+
+    with pytest.raises(ValueError, match=why):  # before fit runs the backbone
+        FitConfig(task="glue/rte", head_name=name)

@@ -48,3 +48,29 @@ def test_unknown_name_lists_known_names():
 def test_empty_name_rejected():
     with pytest.raises(ValueError):
         Registry("widget").register("")
+
+
+def test_the_same_definition_run_again_replaces_itself():
+    # a notebook cell re-executed: a new class object of the same module and qualified name
+    reg = Registry("widget")
+    for _ in range(2):
+        @reg.register("w")
+        class Widget:
+            pass
+
+    assert reg.get("w") is Widget
+
+
+def test_replace_puts_another_definition_under_a_taken_name():
+    reg = Registry("widget")
+    reg.add("a", 1)
+    with pytest.raises(ValueError, match="replace=True"):
+        reg.add("a", 2)
+
+    @reg.register("a", replace=True)
+    def other():
+        return 2
+
+    assert reg.get("a") is other
+    reg.add("a", 3, replace=True)
+    assert reg.get("a") == 3

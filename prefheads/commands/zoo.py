@@ -48,7 +48,10 @@ def profile_text(name: str) -> str:
     if prof is None:
         raise KeyError(f"unknown model family {name!r}; known families: {', '.join(sorted(profiles()))}")
     rows = [("model_type", prof.model_type), ("description", prof.description), ("layers", prof.layers),
-            ("final_norm", prof.final_norm), ("end_of_turn", prof.end_of_turn or "(from the chat template)"),
+            ("final_norm", prof.final_norm + (" (may be absent: -1 is then the last block)"
+                                               if prof.final_norm_optional else "")),
+            *([("output_proj", prof.output_proj)] if prof.output_proj else []),
+            ("end_of_turn", prof.end_of_turn or "(from the chat template)"),
             ("lora_targets", ", ".join(prof.lora_targets) or "(none)"),
             ("file", str(ZOO_DIR / f"{prof.model_type}.yaml"))]
     return "\n".join(f"{k + ':':14} {v}" for k, v in rows)
@@ -67,8 +70,11 @@ def _zoo_app() -> typer.Typer:
         from prefheads.families import profiles
 
         t = Table(title="Model families (zoo/families)")
+        # module paths are read and copied whole: their columns are as wide as the longest path
+        paths = {"layers": [p.layers for p in profiles().values()],
+                 "final norm": [p.final_norm for p in profiles().values()]}
         for col in ("model_type", "layers", "final norm", "end of turn", "LoRA targets", "description"):
-            t.add_column(col, overflow="fold")
+            t.add_column(col, overflow="fold", min_width=max(map(len, paths.get(col, [""]))) or None)
         for p in profiles().values():
             t.add_row(p.model_type, p.layers, p.final_norm, p.end_of_turn or "(template)",
                       ", ".join(p.lora_targets), p.description)

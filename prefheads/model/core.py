@@ -20,8 +20,8 @@ from prefheads import headio
 from prefheads.binding import active_adapter, is_peft
 from prefheads.chat import ChatFormat, Encoded, detect_format, encode
 from prefheads.engine import Features, extract
-from prefheads.families import FamilyProfile, profile_for, unwrap
-from prefheads.heads import HeadConfig, RewardHead
+from prefheads.families import FamilyProfile, hidden_width, profile_for, text_config, unwrap
+from prefheads.heads import HeadConfig, RewardHead, check_head_name
 from prefheads.hooks import check_layer, hook_module, num_layers
 from prefheads.model.folders import HeadFolders
 from prefheads.model.states import BackboneStates
@@ -86,8 +86,9 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
         self.model_id = model_id or getattr(cfg, "_name_or_path", None) or type(unwrap(backbone)).__name__
         self.revision = revision
         self._base_digest: tuple[Any, str | None] | None = None  # (weights_version, digest)
-        self.hidden_size = int(cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.n_embd)
-        self.max_length = max_length or getattr(cfg, "max_position_embeddings", None)
+        text = text_config(backbone)  # a multimodal wrapper's language model (Gemma-3 4B and up)
+        self.hidden_size = hidden_width(text)
+        self.max_length = max_length or getattr(text, "max_position_embeddings", None)
         self.heads = nn.ModuleDict()
         self.active: str | None = None
         # the backbone state each head reads (see prefheads.binding): head -> adapter name, None
@@ -189,10 +190,11 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
             layer: Hidden state it reads (default: the model's ``layer``).
             **cfg: Other :class:`HeadConfig` fields (``dropout``, ``bias``, ``pooler_kwargs``...).
         """
+        check_head_name(name)
         if name in self.heads:
             raise ValueError(f"a head named {name!r} exists already; remove_head it first")
         kw = dict(cfg.pop("pooler_kwargs", {}) or {})
-        for k, v in pooler_defaults(pooler, self.hidden_size, unwrap(self.backbone).config, **kw).items():
+        for k, v in pooler_defaults(pooler, self.hidden_size, text_config(self.backbone), **kw).items():
             kw.setdefault(k, v)
         config = HeadConfig(pooler=pooler, hidden_size=self.hidden_size, layer=self.layer if layer is None else layer,
                             pooler_kwargs=kw, num_base_layers=self.num_layers, **cfg)
@@ -200,7 +202,9 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
 
     def check_head(self, name: str, head: RewardHead) -> None:
         """Refuse a head this backbone cannot feed: another width, a layer it lacks (LayerError),
-        or a layer mix built for a backbone of another depth."""
+        or a layer mix built for a backbone of another depth; and a name no head may have
+        (:func:`prefheads.heads.check_head_name`)."""
+        check_head_name(name)
         c = head.config
         if c.hidden_size != self.hidden_size:
             raise ValueError(f"head {name!r} reads width {c.hidden_size}, the backbone has {self.hidden_size}")

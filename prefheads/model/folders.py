@@ -17,7 +17,7 @@ from torch import nn
 from prefheads import headio
 from prefheads.binding import adapter_digest, save_adapter
 from prefheads.chat import ChatFormat
-from prefheads.families import unwrap
+from prefheads.families import text_config, unwrap
 from prefheads.heads import RewardHead
 from prefheads.loading import quantization_of
 
@@ -67,7 +67,7 @@ class HeadFolders:
             "model_type": getattr(cfg, "model_type", None),
             "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,
-            "vocab_size": getattr(cfg, "vocab_size", None),
+            "vocab_size": getattr(text_config(self.backbone), "vocab_size", None),
             "weights_digest": self.base_fingerprint(),
             "weights_dtype": str(getattr(unwrap(self.backbone), "dtype", "")).removeprefix("torch.") or None,
             "quantization": quantization_of(self.backbone),

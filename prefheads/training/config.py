@@ -8,6 +8,7 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 from typing import Any, Literal
 
+from prefheads.heads import check_head_name
 from prefheads.lmscores import is_raw, score_names
 from prefheads.losses import LOSSES, is_listwise
 from prefheads.poolers import POOLERS, is_multi_layer
@@ -187,6 +188,8 @@ class FitConfig:
             raise ValueError(f"mode {self.mode!r} is not available; choose {choices(mode_names())}")
         if self.pooler not in POOLERS:
             raise ValueError(f"pooler must be one of {POOLERS.names()}, got {self.pooler!r}")
+        if self.head_name is not None:
+            check_head_name(self.head_name)  # before any backbone pass
         self._resolve_defaults()
         self.layer = _layer(self.layer)
         if self.init_head and self.layer == "auto":
