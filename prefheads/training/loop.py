@@ -67,6 +67,21 @@ def pair_accuracy(trainable: Any, pairs: torch.Tensor, chunk: int = 256) -> floa
     return float((r[:, 0] > r[:, 1]).float().mean())
 
 
+def _prior_group(opt: torch.optim.Optimizer, prior: Any) -> int:
+    """Index of the optimizer group holding every parameter ``prior`` decays (-1 without a prior).
+
+    The decay θ ← θ − lr·λ·(θ − θ_ref) takes the lr of the step those parameters took, not the
+    head's (``--head-lr``).
+    """
+    if prior is None or not len(prior):
+        return -1
+    tracked = {id(p) for p in prior.params}
+    held = [i for i, g in enumerate(opt.param_groups) if tracked & {id(p) for p in g["params"]}]
+    if len(held) != 1 or not tracked <= {id(p) for p in opt.param_groups[held[0]]["params"]}:
+        raise RuntimeError(f"the prior's parameters lie in optimizer groups {held}, not all in one")
+    return held[0]
+
+
 def _loss(cfg: FitConfig, r: torch.Tensor, lp: torch.Tensor | None, ref: torch.Tensor | None,
           mask: torch.Tensor | None = None):
     if mask is not None:  # listwise: every candidate of each question
@@ -145,10 +160,12 @@ def train(
         shard = Sharding(trainable)  # before the optimizer: parameters become their shards
     params = [p for p in trainable.parameters() if p.requires_grad]
     head_ids = {id(p) for p in trainable.head.parameters()}
-    groups = [{"params": [p for p in params if id(p) in head_ids], "lr": cfg.head_lr or cfg.lr},
-              {"params": [p for p in params if id(p) not in head_ids], "lr": cfg.lr}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95),
-                            weight_decay=cfg.weight_decay)
+    # --weight-decay is the head's: adapters and the backbone (held by the prior, if any) get none
+    groups = [{"params": [p for p in params if id(p) in head_ids], "lr": cfg.head_lr or cfg.lr,
+               "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if id(p) not in head_ids], "lr": cfg.lr, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95))
+    prior_group = _prior_group(opt, trainable.prior)
     batches_per_epoch = math.ceil(len(train_groups) / cfg.batch_size)
     total = max(1, cfg.epochs * batches_per_epoch // cfg.grad_accum)
     sched = warmup_cosine_schedule(opt, int(cfg.warmup_ratio * total), total, cfg.final_lr_ratio)
@@ -216,9 +233,8 @@ def train(
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 if acc.sync_gradients:
-                    lr = sched.get_last_lr()[0]
-                    if inner.prior is not None:
-                        inner.prior.step(lr)
+                    if inner.prior is not None:  # at the lr of the step its parameters just took
+                        inner.prior.step(opt.param_groups[prior_group]["lr"])
                     sched.step()
                     step += 1
             n = len(batch) if weight else 0
