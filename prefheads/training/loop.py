@@ -22,7 +22,7 @@ import torch
 
 from prefheads.losses import cdpo_loss, get_loss, is_listwise, joint_loss
 from prefheads.optim import warmup_cosine_schedule
-from prefheads.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from prefheads.training.checkpoint import find_checkpoint, load_checkpoint, remove_stale, save_checkpoint
 from prefheads.training.config import FitConfig
 from prefheads.training.data import choice_share, padded_groups, sample_pairs
 from prefheads.training.sharding import gather
@@ -184,6 +184,9 @@ def train(
     best_score, best_epoch, best_state = -1.0, 0, None
     start_epoch, start_batch, step = 1, 0, 0
     ckpt_dir = out / "checkpoint"
+    if acc.is_main_process:  # what a run killed mid-write left: never a checkpoint to resume from
+        remove_stale(ckpt_dir)
+    acc.wait_for_everyone()
     found = find_checkpoint(ckpt_dir) if cfg.resume else None
     if found is not None:
         raw_opt = opt.optimizer if hasattr(opt, "optimizer") else opt
@@ -271,5 +274,6 @@ def train(
         acc.end_training()
     if acc.is_main_process:
         (out / "history.json").write_text(json.dumps(history, indent=2))
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the saved heads are the result
+        for d in (ckpt_dir, ckpt_dir.with_name(ckpt_dir.name + ".old")):  # finished: the heads are the result
+            shutil.rmtree(d, ignore_errors=True)
     return history, best_epoch

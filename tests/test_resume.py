@@ -1,0 +1,75 @@
+"""Resuming a killed training run: it ends where an uninterrupted one does (head, history, metrics)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import PAPER_HEAD, make_backbone
+from prefheads import PreferenceModel
+from prefheads.training import FitConfig, fit, loop
+from test_fit_cli import _pairs_file
+
+
+class Killed(BaseException):
+    """Stands for the process dying (not an Exception: nothing in fit may catch it)."""
+
+
+def _pm() -> PreferenceModel:
+    bb, tok = make_backbone("llama")
+    return PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
+
+
+def _opts(tmp_path: Path, n: int = 20, **kw) -> dict:
+    data = _pairs_file(tmp_path / "pairs.jsonl", n=n)
+    return {"data": str(data), "epochs": 3, "batch_size": 4, "lr": 3e-3, "cache_dir": str(tmp_path / "cache"),
+            **PAPER_HEAD, **kw}
+
+
+def _head(pm: PreferenceModel) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in pm.heads["default"].state_dict().items()}
+
+
+def _fit(tmp_path: Path, name: str, **opts):
+    pm = _pm()
+    return pm, fit(FitConfig(out=str(tmp_path / name), **opts), pm=pm, progress=False)
+
+
+def _kill_after_checkpoint(monkeypatch, epoch: int, batch: int = 0) -> None:
+    """Die right after the checkpoint of (epoch, batch) is written."""
+    real = loop.save_checkpoint
+
+    def dying(directory, **kw):
+        real(directory, **kw)
+        if (kw["info"]["epoch"], kw["info"]["batch"]) == (epoch, batch):
+            raise Killed
+
+    monkeypatch.setattr(loop, "save_checkpoint", dying)
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("left", ["temporary folder", "checkpoint.old"])
+def test_run_killed_while_writing_a_checkpoint_resumes(tmp_path, monkeypatch, left):
+    opts = _opts(tmp_path)
+    ref, _ = _fit(tmp_path, "ref", **opts)
+    with monkeypatch.context() as m:
+        _kill_after_checkpoint(m, epoch=2)
+        with pytest.raises(Killed):
+            _fit(tmp_path, "run", **opts)
+    run = tmp_path / "run"
+    # killed while writing the next checkpoint: its temporary folder is left half-written, or the
+    # swap stopped between its two renames (the previous checkpoint set aside as checkpoint.old)
+    tmp = run / ".checkpoint.tmp-x1y2z3"
+    tmp.mkdir()
+    (tmp / "state.safetensors").write_bytes(b"\0" * 10)
+    if left == "checkpoint.old":
+        (run / "checkpoint").rename(run / "checkpoint.old")
+    res, _ = _fit(tmp_path, "run", resume=True, **opts)
+    assert _same(_head(ref), _head(res))
+    assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == []
