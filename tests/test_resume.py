@@ -73,3 +73,41 @@ def test_run_killed_while_writing_a_checkpoint_resumes(tmp_path, monkeypatch, le
     res, _ = _fit(tmp_path, "run", resume=True, **opts)
     assert _same(_head(ref), _head(res))
     assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == []
+
+
+@pytest.mark.parametrize("accum", [2, 3])
+def test_grad_accum_that_does_not_divide_the_epoch_resumes_to_the_same_head(tmp_path, monkeypatch, accum):
+    opts = _opts(tmp_path, grad_accum=accum)  # 18 training pairs: 5 batches of 4 per epoch
+    ref, _ = _fit(tmp_path, "ref", **opts)
+    # each epoch ends on an optimizer step: its last micro-batches are never carried into the next
+    steps = [json.loads(line)["step"] for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 3 * 5 and steps[4::5] == {2: [3, 6, 9], 3: [2, 4, 6]}[accum]
+    with monkeypatch.context() as m:
+        _kill_after_checkpoint(m, epoch=2)
+        with pytest.raises(Killed):
+            _fit(tmp_path, "run", **opts)
+    res, _ = _fit(tmp_path, "run", resume=True, **opts)
+    assert _same(_head(ref), _head(res))
+
+
+def test_mid_epoch_resume_reports_the_epoch_and_its_steps_once(tmp_path, monkeypatch):
+    opts = _opts(tmp_path, epochs=2, save_every=2)
+    ref, a = _fit(tmp_path, "ref", **opts)
+    real = loop.train
+
+    def dies_after_step_3(trainable, trg, vag, cfg, out, on_step=None):
+        def step(m):
+            on_step(m)
+            if m["step"] == 3:  # one step after the step-2 checkpoint, mid-epoch
+                raise Killed
+        return real(trainable, trg, vag, cfg, out, step)
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "train", dies_after_step_3)
+        with pytest.raises(Killed):
+            _fit(tmp_path, "run", **opts)
+    res, b = _fit(tmp_path, "run", resume=True, **opts)
+    assert _same(_head(ref), _head(res))
+    for ra, rb in zip(a.history, b.history, strict=True):
+        assert {k: v for k, v in ra.items() if k != "seconds"} == {k: v for k, v in rb.items() if k != "seconds"}
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == (tmp_path / "ref" / "metrics.jsonl").read_bytes()

@@ -96,6 +96,15 @@ def find_checkpoint(directory: Path) -> Path | None:
     return None
 
 
+def checkpoint_info(directory: Path) -> dict[str, Any] | None:
+    """What the checkpoint :func:`find_checkpoint` picks records of the run (its ``info``), or None."""
+    found = find_checkpoint(directory)
+    if found is None:
+        return None
+    meta = json.loads((found / "state.json").read_text())
+    return {k: v for k, v in meta.items() if k not in ("optimizer", "scheduler", "has_best")}
+
+
 def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer, scheduler: Any
                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, Any]]:
     """Restore optimizer, scheduler and RNG; return (weights, best weights or None, info)."""

@@ -196,6 +196,8 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
     from prefheads.training.sharding import is_main_process
 
     main = is_main_process()  # of several processes, one writes (the others would truncate its files)
+    if main and cfg.resume:
+        _resumed_metrics(out)
     with bar(progress and main) as pb, open(out / "metrics.jsonl" if main else os.devnull, "a" if cfg.resume else "w") as mf:
         steps = cfg.epochs * -(-len(tr) // cfg.batch_size)
         tid = pb.add_task(f"training ({cfg.mode})", total=steps)
@@ -222,6 +224,21 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
         pm.save_heads(out)
     return FitResult(out, name, history, best_epoch, len(tr), len(va), setup_s, train_s,
                      getattr(trainable, "cache_hit", False), data)
+
+
+def _resumed_metrics(out: Path) -> None:
+    """Cut ``out/metrics.jsonl`` back to the step records the checkpoint a resumed run starts from
+    accounts for (none without a checkpoint): the steps run after it are run, and logged, again."""
+    from prefheads.training.checkpoint import checkpoint_info
+
+    info = checkpoint_info(out / "checkpoint")
+    keep = 0 if info is None else info.get("records")
+    path = out / "metrics.jsonl"
+    if keep is None or not path.is_file():  # a checkpoint of an earlier version: as it was
+        return
+    with path.open("rb") as f:
+        lines = [f.readline() for _ in range(keep)]
+    path.write_bytes(b"".join(lines))
 
 
 def _fit_auto(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates, tr: list[int], va: list[int],
