@@ -95,12 +95,12 @@ def test_mid_epoch_resume_reports_the_epoch_and_its_steps_once(tmp_path, monkeyp
     ref, a = _fit(tmp_path, "ref", **opts)
     real = loop.train
 
-    def dies_after_step_3(trainable, trg, vag, cfg, out, on_step=None):
+    def dies_after_step_3(trainable, trg, vag, cfg, out, on_step=None, **kw):
         def step(m):
             on_step(m)
             if m["step"] == 3:  # one step after the step-2 checkpoint, mid-epoch
                 raise Killed
-        return real(trainable, trg, vag, cfg, out, step)
+        return real(trainable, trg, vag, cfg, out, step, **kw)
 
     with monkeypatch.context() as m:
         m.setattr(loop, "train", dies_after_step_3)
@@ -111,3 +111,28 @@ def test_mid_epoch_resume_reports_the_epoch_and_its_steps_once(tmp_path, monkeyp
     for ra, rb in zip(a.history, b.history, strict=True):
         assert {k: v for k, v in ra.items() if k != "seconds"} == {k: v for k, v in rb.items() if k != "seconds"}
     assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == (tmp_path / "ref" / "metrics.jsonl").read_bytes()
+
+
+def test_budget_capped_run_resumes_on_the_data_it_started_with(tmp_path, monkeypatch):
+    from prefheads.training import budget
+
+    real = budget.estimate_pass
+    minutes = {"pass": 1.0}  # what a full backbone pass is timed at: half of it fits the budget
+
+    def timed(pm, items, logprobs, sample=16):
+        est = real(pm, items, logprobs, sample)
+        est.tokens_per_second = est.tokens / 60.0 / minutes["pass"]
+        return est
+
+    monkeypatch.setattr(budget, "estimate_pass", timed)
+    opts = _opts(tmp_path, n=60, batch_size=8, time_budget=0.5, val_fraction=0.0)
+    ref, a = _fit(tmp_path, "ref", **opts)
+    assert a.data["budget"]["examples_used"] == 30
+    with monkeypatch.context() as m:
+        _kill_after_checkpoint(m, epoch=2)
+        with pytest.raises(Killed):
+            _fit(tmp_path, "run", **opts)
+    minutes["pass"] = 1.25  # the machine is busier when the run resumes
+    res, b = _fit(tmp_path, "run", resume=True, **opts)
+    assert b.data == a.data and b.n_train == a.n_train
+    assert _same(_head(ref), _head(res))

@@ -84,7 +84,7 @@ class FitConfig:
         time_budget: Minutes a frozen run's backbone pass may take without max_train (the raw
             view's pass included). The pass is priced before it runs (padded tokens over a timed sample) and the
             data capped to a seeded subset that fits, with the count printed and recorded (pass
-            --max-train with that count to rerun it exactly). 0: no cap.
+            --max-train with that count to rerun it exactly; --resume keeps the count the run started with). 0: no cap.
         max_eval: Cap on evaluation examples (seeded subset).
         truncation: What a sequence longer than the model's context loses. left (the oldest
             prompt tokens), right (the end of the answer; the reward token stays last) or error

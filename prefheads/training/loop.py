@@ -125,8 +125,13 @@ def train(
     cfg: FitConfig,
     out: Path,
     on_step: Callable[[dict[str, float]], None] | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> tuple[list[dict[str, float]], int]:
     """Train ``trainable`` (already set up); keep its best-validation state.
+
+    ``record`` (JSON-ready) is written into every checkpoint as ``info["record"]``
+    (:func:`~prefheads.training.checkpoint.checkpoint_info`): what the caller decided before
+    training and must decide the same way when the run resumes (fit: the time budget's data cap).
 
     With ``cfg.fsdp`` on several processes the backbone and head train sharded (FSDP2) and are
     handed back whole at the end, on every process, as plain modules (the trainable's and its
@@ -211,7 +216,7 @@ def train(
             save_checkpoint(ckpt_dir, weights=weights, best=best, optimizer=optim, scheduler=sched,
                             info={"epoch": epoch, "batch": batch, "step": step, "history": history,
                                   "best_score": best_score, "best_epoch": best_epoch, "partial": partial,
-                                  "records": records})
+                                  "records": records, "record": dict(record or {})})
         acc.wait_for_everyone()
 
     rank, world = acc.process_index, acc.num_processes
