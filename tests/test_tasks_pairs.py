@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from prefheads import tasks as T
 from prefheads.tasks import DataError
@@ -64,6 +65,19 @@ def test_duplicate_choice_texts_never_become_the_rejected():
     assert {T.pairs_from_examples([ex], seed=s)[0].rejected for s in range(20)} == {"b"}
     none = T.pairs_from_examples([Example("y", ex.prompt, ["a", "a"], 0, "t"), Example("z", ex.prompt, ["a"], None)])
     assert len(none) == 0 and none.dropped == 2
+
+
+def test_training_candidates_never_pair_a_choice_with_its_own_text():
+    from prefheads.training.data import from_examples, sample_pairs
+
+    q = [{"role": "user", "content": "q"}]
+    c = from_examples([Example("x", q, ["a", "a", "b"], 1, "t"), Example("y", q, ["a", "a"], 0, "t")], "t")
+    assert c.ids == ["x"] and c.dropped == 1  # y has no wrong choice distinct from its answer
+    (w, losers), = c.groups
+    assert c.completions[w] == "a" and [c.completions[r] for r in losers] == ["b"]
+    for seed in range(10):
+        p = sample_pairs(c.groups, torch.Generator().manual_seed(seed))
+        assert all(c.completions[a] != c.completions[b] for a, b in p.tolist())
 
 
 def test_squad_v2_pairs(tmp_path):

@@ -25,8 +25,8 @@ def _pm(family="llama"):
     return PreferenceModel.from_backbone(bb, tok, model_id=f"tiny/{family}")
 
 
-def _run(tmp_path, name, **kw):
-    data = _pairs_file(tmp_path / "pairs.jsonl")
+def _run(tmp_path, name, n=60, **kw):
+    data = _pairs_file(tmp_path / "pairs.jsonl", n=n)
     pm = _pm()
     opts = {"epochs": 3, "batch_size": 8, "lr": 3e-3, "cache_dir": str(tmp_path / "cache"), **kw}
     cfg = FitConfig(data=str(data), out=str(tmp_path / name), **opts)
@@ -101,6 +101,35 @@ def test_prior_regularization_pulls_toward_the_start(tmp_path):
     free, _ = _run(tmp_path, "free", mode="full", prior=0.0, lr=1e-2)
     held, _ = _run(tmp_path, "held", mode="full", prior=50.0, lr=1e-2)
     assert dist(held) < 0.5 * dist(free)
+
+
+def test_prior_decays_at_the_backbone_lr_not_the_head_lr(tmp_path, monkeypatch):
+    from prefheads import optim
+
+    seen = []
+    real = optim.PriorRegularizer.step
+    monkeypatch.setattr(optim.PriorRegularizer, "step", lambda self, lr: seen.append(lr) or real(self, lr))
+    # head_lr·prior = 1.5 > 1: decaying the backbone at the head's lr is not even a valid step
+    _run(tmp_path, "full", mode="full", epochs=1, batch_size=4, lr=1e-5, head_lr=3.0, prior=0.5,
+         warmup_ratio=0.0, final_lr_ratio=1.0, n=10)
+    assert seen and all(lr == pytest.approx(1e-5) for lr in seen)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_weight_decay_is_the_heads_alone(tmp_path, monkeypatch, mode):
+    made = []
+
+    class Spy(torch.optim.AdamW):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Spy)
+    pm, _ = _run(tmp_path, mode, mode=mode, epochs=1, batch_size=4, weight_decay=0.1, n=10)
+    head = {id(p) for p in pm.heads["default"].parameters()}
+    decay = {id(p): g["weight_decay"] for g in made[0].param_groups for p in g["params"]}
+    assert {decay[i] for i in decay if i in head} == {0.1}
+    assert {decay[i] for i in decay if i not in head} == {0.0}  # adapters / backbone: none
 
 
 def test_feature_cache_is_reused_across_runs_and_keyed(tmp_path):

@@ -126,6 +126,13 @@ def test_out_accepts_the_same_run_again_and_refuses_another_run(tmp_path):
      r"empty\.jsonl:1: field 'prompt\[0\]\.role': unknown role 'wizard'"),
     (b'{"prompt": "a", "chosen": "", "rejected": "c"}\n',
      r"no usable rows.*empty\.jsonl:1: field 'chosen': empty reply"),
+    (b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+     b'{"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "chosen": "c", '
+     b'"rejected": "d"}\n',
+     r"empty\.jsonl:2: field 'prompt\[-1\]\.role': the prompt must end with a user turn, got 'assistant'"),
+    (b'{"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, '
+     b'{"role": "assistant", "content": "c"}], "rejected": "d"}\n',
+     r"empty\.jsonl:1: field 'chosen\[-2\]\.role': the prompt must end with a user turn, got 'assistant'"),
 ])
 def test_bad_data_files_are_named_errors_and_nothing_is_written(tmp_path, content, match):
     data = tmp_path / "empty.jsonl"

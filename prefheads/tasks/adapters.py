@@ -279,12 +279,15 @@ def _reply(value: Any, key: str) -> tuple[list[Message], str]:
     return msgs[:-1], msgs[-1]["content"]
 
 
-def _check_pair(prompt: list[Message], chosen: str, rejected: str) -> None:
+def _check_pair(prompt: list[Message], chosen: str, rejected: str, prompt_field: str) -> None:
+    """Drop a pair without a preference signal; a prompt not ending on a user turn is an error
+    naming ``prompt_field`` (the field its last turn came from)."""
     for key, text in (("chosen", chosen), ("rejected", rejected)):
         if not text.strip():  # a few official rows (HH-RLHF) have them: dropped and counted
             raise Drop(f"field {key!r}: empty reply, nothing to score")
     if not prompt or prompt[-1]["role"] != "user":
-        raise Drop("prompt does not end with a user turn")
+        got = prompt[-1]["role"] if prompt else "none"
+        raise DataError(f"the prompt must end with a user turn, got {got!r}", field=prompt_field)
     if chosen.strip() == rejected.strip():
         raise Drop("chosen and rejected replies are identical")
 
@@ -301,18 +304,19 @@ def _chat_pairs(row: Mapping[str, Any], spec: "TaskSpec", src: "SourceSpec") -> 
     before_c, chosen = _reply(row["chosen"] if "chosen" in row else _missing("chosen"), "chosen")
     before_r, rejected = _reply(row["rejected"] if "rejected" in row else _missing("rejected"), "rejected")
     if before_c:
-        prompt = before_c
+        prompt, prompt_field = before_c, "chosen[-2].role"
         if before_r and before_r != before_c:
             raise Drop("chosen and rejected conversations have different prompts")
     elif "prompt" in row or "question" in row:
         key = "prompt" if "prompt" in row else "question"
         raw = row[key]
         prompt = [{"role": "user", "content": get(row, key)}] if not isinstance(raw, list) else _messages(raw, key)
+        prompt_field = f"{key}[-1].role"
     else:
         raise DataError("missing field (no prompt turns in 'chosen' either)", field="prompt")
     system = row.get("system") if isinstance(row.get("system"), str) and row["system"].strip() else spec.system
     prompt = _with_system(prompt, system)
-    _check_pair(prompt, chosen, rejected)
+    _check_pair(prompt, chosen, rejected, prompt_field)
     meta = {k: row[k] for k in ("score_chosen", "score_rejected") if k in row}
     return PairRecord(prompt, chosen, rejected, _opt_id(row, "prompt_id", "id"), meta)
 
@@ -355,5 +359,5 @@ def _hh_rlhf(row: Mapping[str, Any], spec: "TaskSpec", src: "SourceSpec") -> Pai
         raise Drop("chosen and rejected transcripts differ before the final reply")
     prompt = _with_system(prompt, spec.system)
     chosen, rejected = chosen_msgs[-1]["content"], rejected_msgs[-1]["content"]
-    _check_pair(prompt, chosen, rejected)
+    _check_pair(prompt, chosen, rejected, "chosen")  # parse_hh alternates roles: never fires
     return PairRecord(prompt, chosen, rejected)

@@ -69,15 +69,25 @@ def affordable(n_groups: int, estimate: Estimate, budget_minutes: float) -> int:
     return max(2, int(n_groups * budget_minutes / estimate.minutes))
 
 
-def within_budget(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, items: list[Any]) -> tuple[Candidates, list[Any], dict[str, Any]]:
+def within_budget(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, items: list[Any],
+                  recorded: dict[str, Any] | None = None) -> tuple[Candidates, list[Any], dict[str, Any]]:
     """All the training data (and its encoded rows), or the seeded share of it a frozen run's
-    backbone passes cover in ``cfg.time_budget``; with what was estimated, for the run's record."""
+    backbone passes cover in ``cfg.time_budget``; with what was estimated, for the run's record.
+
+    Args:
+        recorded: What this function returned for the run a resumed run continues (its
+            checkpoint keeps it): the same examples are taken again, without timing anything, so
+            the run goes on with the data and split it started with, whatever the machine's speed
+            or the feature cache now holds.
+    """
     from prefheads.training.cache import FeatureCache, feature_key
     from prefheads.training.modes import MODES
     from prefheads.training.passes import raw_items, reads_raw_view
 
     if MODES.get(cfg.mode).trains_backbone or cfg.max_train is not None or not cfg.time_budget:
         return cands, items, {}
+    if recorded is not None:
+        return _take(cfg, cands, items, recorded)
     cache = FeatureCache(cfg.cache_dir, cfg.cache_dtype) if cfg.feature_cache else None
 
     def due(rows: list[Any]) -> bool:  # a pass the feature cache has not paid for yet
@@ -101,6 +111,19 @@ def within_budget(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, items:
                 len(items), est.tokens, est.minutes, est.tokens_per_second,
                 "" if keep == len(cands) else f"; the {cfg.time_budget:g}-min budget covers {keep} of "
                 f"{len(cands)} examples (seeded subset; --max-train {keep} reruns it exactly)")
+    return _take(cfg, cands, items, info)
+
+
+def _take(cfg: FitConfig, cands: Candidates, items: list[Any], info: dict[str, Any]
+          ) -> tuple[Candidates, list[Any], dict[str, Any]]:
+    """The seeded subset of ``info``'s ``examples_used`` examples (all of them: as they are)."""
+    budget = info.get("budget") if info else None
+    if not budget:  # nothing was capped (the passes were paid for): all the data
+        return cands, items, {}
+    keep = budget["examples_used"]
+    if budget["examples_available"] != len(cands) or not 0 < keep <= len(cands):
+        raise ValueError(f"the time budget chose {keep} of {budget['examples_available']} examples, but the "
+                         f"training data now holds {len(cands)}: resume with the data the run started with")
     if keep == len(cands):
         return cands, items, info
     pick = sorted(random.Random(cfg.seed).sample(range(len(cands)), keep))

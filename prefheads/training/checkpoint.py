@@ -39,6 +39,28 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], scaffold: dict[str, A
     return {"state": state, "param_groups": scaffold["param_groups"]}
 
 
+def _temp_prefix(directory: Path) -> str:
+    return f".{directory.name}.tmp-"
+
+
+def remove_stale(directory: Path) -> list[str]:
+    """Delete the temporary folders a run killed while writing a checkpoint to ``directory`` left.
+
+    ``directory`` itself and its ``.old`` predecessor (:func:`find_checkpoint`) are kept.
+
+    Returns:
+        The names removed.
+    """
+    directory = Path(directory)
+    if not directory.parent.is_dir():
+        return []
+    stale = [p for p in directory.parent.iterdir()
+             if p.name.startswith(_temp_prefix(directory)) and p.is_dir() and not p.is_symlink()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return sorted(p.name for p in stale)
+
+
 def save_checkpoint(directory: Path, *, weights: dict[str, torch.Tensor], best: dict[str, torch.Tensor] | None,
                     optimizer: torch.optim.Optimizer, scheduler: Any, info: dict[str, Any]) -> None:
     """Write a checkpoint to ``directory`` atomically (swap of a complete temporary folder)."""
@@ -51,7 +73,7 @@ def save_checkpoint(directory: Path, *, weights: dict[str, torch.Tensor], best: 
     tensors["rng.torch"] = torch.get_rng_state()
     sched = scheduler.state_dict()  # LambdaLR: plain numbers (lr_lambdas of functions are None)
     meta = {"optimizer": opt_s, "scheduler": sched, "has_best": best is not None, **info}
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=_temp_prefix(directory)))
     try:
         save_file(tensors, str(tmp / "state.safetensors"), metadata={"format": "pt"})
         (tmp / "state.json").write_text(json.dumps(meta))
@@ -72,6 +94,15 @@ def find_checkpoint(directory: Path) -> Path | None:
         if (cand / "state.json").is_file() and (cand / "state.safetensors").is_file():
             return cand
     return None
+
+
+def checkpoint_info(directory: Path) -> dict[str, Any] | None:
+    """What the checkpoint :func:`find_checkpoint` picks records of the run (its ``info``), or None."""
+    found = find_checkpoint(directory)
+    if found is None:
+        return None
+    meta = json.loads((found / "state.json").read_text())
+    return {k: v for k, v in meta.items() if k not in ("optimizer", "scheduler", "has_best")}
 
 
 def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer, scheduler: Any

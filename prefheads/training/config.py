@@ -74,7 +74,7 @@ class FitConfig:
         batch_size: Pairs per optimizer step.
         lr: Peak learning rate.
         head_lr: Peak learning rate of the head in lora / full modes (default: lr).
-        weight_decay: AdamW weight decay of the head.
+        weight_decay: AdamW weight decay of the head (LoRA adapters and the backbone get none).
         warmup_ratio: Fraction of steps of linear warmup before cosine decay.
         final_lr_ratio: Cosine decays to lr · final_lr_ratio.
         clip: Gradient-norm clip.
@@ -85,7 +85,7 @@ class FitConfig:
         time_budget: Minutes a frozen run's backbone pass may take without max_train (the raw
             view's pass included). The pass is priced before it runs (padded tokens over a timed sample) and the
             data capped to a seeded subset that fits, with the count printed and recorded (pass
-            --max-train with that count to rerun it exactly). 0: no cap.
+            --max-train with that count to rerun it exactly; --resume keeps the count the run started with). 0: no cap.
         max_eval: Cap on evaluation examples (seeded subset).
         truncation: What a sequence longer than the model's context loses. left (the oldest
             prompt tokens), right (the end of the answer; the reward token stays last) or error
@@ -101,7 +101,7 @@ class FitConfig:
         lora_alpha: LoRA alpha.
         lora_dropout: LoRA dropout.
         lora_targets: LoRA target modules (default: the zoo profile's).
-        prior: Prior-regularization coefficient toward the starting weights (full mode).
+        prior: Prior-regularization coefficient toward the starting weights (full mode), at the backbone's lr.
         prior_exclude: Name substrings of parameters without prior regularization (e.g. embed).
         dpo_weight: α1 of the joint α1·cDPO + α2·DPH objective (0: DPH only).
         dph_weight: α2 of the joint objective.

@@ -64,18 +64,28 @@ def _counted(rows: Sequence, source: str) -> Candidates:
 
 
 def from_examples(examples: Sequence[Example], source: str = "") -> Candidates:
-    """Candidates of labelled multiple-choice examples (unlabelled ones are an error)."""
+    """Candidates of labelled multiple-choice examples (unlabelled ones are an error).
+
+    A wrong choice whose text equals the correct one is left out (it would pair an answer with
+    itself); an example with no distinct wrong choice left is dropped and counted in ``dropped``.
+    """
     out = _counted(examples, source)
     for ex in examples:
         if ex.label is None:
             raise ValueError(f"{ex.id}: example has no label; it cannot train a head")
         if len(ex.choices) < 2:
             raise ValueError(f"{ex.id}: needs at least 2 choices, got {len(ex.choices)}")
+        right = ex.choices[ex.label]
+        keep = [j for j, c in enumerate(ex.choices) if j == ex.label or c != right]
+        if len(keep) < 2:
+            out.dropped += 1
+            continue
         base = len(out.completions)
-        for c in ex.choices:
+        for j in keep:
             out.prompts.append(ex.prompt)
-            out.completions.append(c)
-        out.groups.append((base + ex.label, [base + j for j in range(len(ex.choices)) if j != ex.label]))
+            out.completions.append(ex.choices[j])
+        out.groups.append((base + keep.index(ex.label),
+                           [base + i for i, j in enumerate(keep) if j != ex.label]))
         out.ids.append(ex.id)
     return out
 

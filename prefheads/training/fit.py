@@ -139,7 +139,7 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
 
         raise DataError("no training rows", file=cands.source or cfg.data or cfg.task)
     items, n_trunc = encode_candidates(pm, cands, cfg.truncation)  # every data problem surfaces here
-    cands, items, budget = within_budget(cfg, pm, cands, items)
+    cands, items, budget = within_budget(cfg, pm, cands, items, _recorded(cfg))
     tr, va = split(len(cands), cfg.val_fraction, cfg.seed)
     init = _initial_head(pm, cfg.init_head, cfg.head_dropout) if cfg.init_head else None
     if init is not None:  # the saved head decides what is read and how: record that, not the defaults
@@ -196,6 +196,8 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
     from prefheads.training.sharding import is_main_process
 
     main = is_main_process()  # of several processes, one writes (the others would truncate its files)
+    if main and cfg.resume:
+        _resumed_metrics(out)
     with bar(progress and main) as pb, open(out / "metrics.jsonl" if main else os.devnull, "a" if cfg.resume else "w") as mf:
         steps = cfg.epochs * -(-len(tr) // cfg.batch_size)
         tid = pb.add_task(f"training ({cfg.mode})", total=steps)
@@ -206,7 +208,7 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
             pb.update(tid, completed=m["step"] * cfg.grad_accum,
                       info=f"loss {m['loss']:.3f} acc {m['pair_accuracy']:.2f} margin {m['margin']:.2f}")
 
-        history, best_epoch = train(trainable, trg, vag, cfg, out, on_step)
+        history, best_epoch = train(trainable, trg, vag, cfg, out, on_step, record=budget)
     train_s = time.perf_counter() - t1
     head = pm.heads[name]
     if score is not None and init is None:
@@ -222,6 +224,35 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
         pm.save_heads(out)
     return FitResult(out, name, history, best_epoch, len(tr), len(va), setup_s, train_s,
                      getattr(trainable, "cache_hit", False), data)
+
+
+def _recorded(cfg: FitConfig) -> dict[str, Any] | None:
+    """The data choices the checkpoint a resumed run continues recorded (None: no checkpoint)."""
+    from prefheads.training.checkpoint import checkpoint_info
+
+    if not cfg.resume:
+        return None
+    out = Path(cfg.out)
+    for folder in [out / "checkpoint", *sorted(out.glob("layers/*/checkpoint"))]:  # --layer auto: per layer
+        info = checkpoint_info(folder)
+        if info is not None and "record" in info:
+            return info["record"]
+    return None
+
+
+def _resumed_metrics(out: Path) -> None:
+    """Cut ``out/metrics.jsonl`` back to the step records the checkpoint a resumed run starts from
+    accounts for (none without a checkpoint): the steps run after it are run, and logged, again."""
+    from prefheads.training.checkpoint import checkpoint_info
+
+    info = checkpoint_info(out / "checkpoint")
+    keep = 0 if info is None else info.get("records")
+    path = out / "metrics.jsonl"
+    if keep is None or not path.is_file():  # a checkpoint of an earlier version: as it was
+        return
+    with path.open("rb") as f:
+        lines = [f.readline() for _ in range(keep)]
+    path.write_bytes(b"".join(lines))
 
 
 def _fit_auto(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates, tr: list[int], va: list[int],
@@ -272,7 +303,8 @@ def _fit_auto(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates,
             if tmp in stacked:
                 history, best_epoch = stacked[tmp]
             else:
-                history, best_epoch = train(trainable, trg, vag, cfg, out / "layers" / tmp.rpartition("@")[2])
+                history, best_epoch = train(trainable, trg, vag, cfg, out / "layers" / tmp.rpartition("@")[2],
+                                            record={k: v for k, v in data.items() if k == "budget"})
             if variant is not None:
                 pm.heads[tmp].config.meta["lm_score"] = {**selection, **settle(trainable, values, vag)}
             acc = choice_accuracy(trainable, vag)

@@ -22,7 +22,7 @@ import torch
 
 from prefheads.losses import cdpo_loss, get_loss, is_listwise, joint_loss
 from prefheads.optim import warmup_cosine_schedule
-from prefheads.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from prefheads.training.checkpoint import find_checkpoint, load_checkpoint, remove_stale, save_checkpoint
 from prefheads.training.config import FitConfig
 from prefheads.training.data import choice_share, padded_groups, sample_pairs
 from prefheads.training.sharding import gather
@@ -65,6 +65,21 @@ def pair_accuracy(trainable: Any, pairs: torch.Tensor, chunk: int = 256) -> floa
     r = torch.cat([trainable(rows[i: i + chunk])[0] for i in range(0, len(rows), chunk)]).view(-1, 2)
     trainable.train(was)
     return float((r[:, 0] > r[:, 1]).float().mean())
+
+
+def _prior_group(opt: torch.optim.Optimizer, prior: Any) -> int:
+    """Index of the optimizer group holding every parameter ``prior`` decays (-1 without a prior).
+
+    The decay θ ← θ − lr·λ·(θ − θ_ref) takes the lr of the step those parameters took, not the
+    head's (``--head-lr``).
+    """
+    if prior is None or not len(prior):
+        return -1
+    tracked = {id(p) for p in prior.params}
+    held = [i for i, g in enumerate(opt.param_groups) if tracked & {id(p) for p in g["params"]}]
+    if len(held) != 1 or not tracked <= {id(p) for p in opt.param_groups[held[0]]["params"]}:
+        raise RuntimeError(f"the prior's parameters lie in optimizer groups {held}, not all in one")
+    return held[0]
 
 
 def _loss(cfg: FitConfig, r: torch.Tensor, lp: torch.Tensor | None, ref: torch.Tensor | None,
@@ -110,8 +125,13 @@ def train(
     cfg: FitConfig,
     out: Path,
     on_step: Callable[[dict[str, float]], None] | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> tuple[list[dict[str, float]], int]:
     """Train ``trainable`` (already set up); keep its best-validation state.
+
+    ``record`` (JSON-ready) is written into every checkpoint as ``info["record"]``
+    (:func:`~prefheads.training.checkpoint.checkpoint_info`): what the caller decided before
+    training and must decide the same way when the run resumes (fit: the time budget's data cap).
 
     With ``cfg.fsdp`` on several processes the backbone and head train sharded (FSDP2) and are
     handed back whole at the end, on every process, as plain modules (the trainable's and its
@@ -145,12 +165,15 @@ def train(
         shard = Sharding(trainable)  # before the optimizer: parameters become their shards
     params = [p for p in trainable.parameters() if p.requires_grad]
     head_ids = {id(p) for p in trainable.head.parameters()}
-    groups = [{"params": [p for p in params if id(p) in head_ids], "lr": cfg.head_lr or cfg.lr},
-              {"params": [p for p in params if id(p) not in head_ids], "lr": cfg.lr}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95),
-                            weight_decay=cfg.weight_decay)
+    # --weight-decay is the head's: adapters and the backbone (held by the prior, if any) get none
+    groups = [{"params": [p for p in params if id(p) in head_ids], "lr": cfg.head_lr or cfg.lr,
+               "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if id(p) not in head_ids], "lr": cfg.lr, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95))
+    prior_group = _prior_group(opt, trainable.prior)
     batches_per_epoch = math.ceil(len(train_groups) / cfg.batch_size)
-    total = max(1, cfg.epochs * batches_per_epoch // cfg.grad_accum)
+    # every epoch ends on an optimizer step (its last window of micro-batches may be shorter)
+    total = max(1, cfg.epochs * math.ceil(batches_per_epoch / cfg.grad_accum))
     sched = warmup_cosine_schedule(opt, int(cfg.warmup_ratio * total), total, cfg.final_lr_ratio)
     if shard is not None:  # the root's hooks gather weights; accelerate would wrap it in DDP
         model, opt = shard.root, acc.prepare(opt)
@@ -166,7 +189,14 @@ def train(
     history: list[dict[str, float]] = []
     best_score, best_epoch, best_state = -1.0, 0, None
     start_epoch, start_batch, step = 1, 0, 0
+    # the epoch's running totals and step records (metrics.jsonl lines) so far, kept by a
+    # mid-epoch checkpoint so that a resumed epoch reports what an uninterrupted one does
+    partial: dict[str, Any] = {}
+    records = 0
     ckpt_dir = out / "checkpoint"
+    if acc.is_main_process:  # what a run killed mid-write left: never a checkpoint to resume from
+        remove_stale(ckpt_dir)
+    acc.wait_for_everyone()
     found = find_checkpoint(ckpt_dir) if cfg.resume else None
     if found is not None:
         raw_opt = opt.optimizer if hasattr(opt, "optimizer") else opt
@@ -176,24 +206,27 @@ def train(
         inner.load_trainable_state(weights)
         history, best_score, best_epoch = info["history"], info["best_score"], info["best_epoch"]
         start_epoch, start_batch, step = info["epoch"], info["batch"], info["step"]
+        partial, records = info.get("partial", {}), info.get("records", 0)
 
-    def checkpoint(epoch: int, batch: int) -> None:
+    def checkpoint(epoch: int, batch: int, partial: dict[str, Any]) -> None:
         weights, best, optim = state(), best_state, opt
         if shard is not None:  # every process gathers; the main one writes the one-process layout
             weights, best, optim = gather(weights), gather(best), shard.full_optimizer(opt)
         if acc.is_main_process:
             save_checkpoint(ckpt_dir, weights=weights, best=best, optimizer=optim, scheduler=sched,
                             info={"epoch": epoch, "batch": batch, "step": step, "history": history,
-                                  "best_score": best_score, "best_epoch": best_epoch})
+                                  "best_score": best_score, "best_epoch": best_epoch, "partial": partial,
+                                  "records": records, "record": dict(record or {})})
         acc.wait_for_everyone()
 
     rank, world = acc.process_index, acc.num_processes
     for epoch in range(start_epoch, cfg.epochs + 1):
-        t0 = time.perf_counter()
+        resumed = partial if epoch == start_epoch and start_batch else {}
+        t0 = time.perf_counter() - resumed.get("seconds", 0.0)
         model.train()
         pairs = (_epoch_lists if listwise else _epoch_pairs)(train_groups, cfg.seed, epoch)
-        tot: dict[str, float] = {"loss": 0.0, "pair_accuracy": 0.0, "margin": 0.0}
-        seen = 0
+        tot: dict[str, float] = {"loss": 0.0, "pair_accuracy": 0.0, "margin": 0.0, **resumed.get("totals", {})}
+        seen = resumed.get("seen", 0)
         for b in range(start_batch if epoch == start_epoch else 0, batches_per_epoch):
             full = pairs[b * cfg.batch_size: (b + 1) * cfg.batch_size]
             batch = full[rank::world]
@@ -205,24 +238,30 @@ def train(
             mask = batch >= 0 if listwise else None
             # padding (-1) reads the question's own preferred row; the mask drops it from the loss
             rows = torch.where(batch >= 0, batch, batch[:, :1]).reshape(-1)
+            # accumulation windows restart each epoch and its last batch always steps: the micro-step
+            # counter is a function of the position (a resumed run syncs where an uninterrupted one
+            # does), and a window cut short by the epoch's end is averaged over its own length
+            last = b + 1 == batches_per_epoch
+            acc.step = cfg.grad_accum - 1 if last else b % cfg.grad_accum
+            window = min(cfg.grad_accum, batches_per_epoch - (b - b % cfg.grad_accum))
             with acc.accumulate(model):
                 with acc.autocast():
                     r, lp = model(rows)
                 ref = inner.ref_logp[rows].view(-1, 2) if inner.ref_logp is not None else None
                 loss, m = _loss(cfg, r.float().view(-1, width), None if lp is None else lp.view(-1, 2), ref, mask)
-                acc.backward(loss * weight)
+                acc.backward(loss * (weight * (cfg.grad_accum / window)))
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(params, cfg.clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 if acc.sync_gradients:
-                    lr = sched.get_last_lr()[0]
-                    if inner.prior is not None:
-                        inner.prior.step(lr)
+                    if inner.prior is not None:  # at the lr of the step its parameters just took
+                        inner.prior.step(opt.param_groups[prior_group]["lr"])
                     sched.step()
                     step += 1
             n = len(batch) if weight else 0
             seen += n
+            records += 1
             for k in tot:
                 tot[k] += float(m.get(k, m.get(f"dph/{k}", 0.0))) * n
             if cfg.log_with:
@@ -232,7 +271,7 @@ def train(
                          "pair_accuracy": float(m.get("pair_accuracy", m.get("dph/pair_accuracy", 0.0))),
                          "margin": float(m.get("margin", m.get("dph/margin", 0.0))), "lr": sched.get_last_lr()[0]})
             if cfg.save_every and step % cfg.save_every == 0 and acc.sync_gradients and b + 1 < batches_per_epoch:
-                checkpoint(epoch, b + 1)
+                checkpoint(epoch, b + 1, {"totals": tot, "seen": seen, "seconds": time.perf_counter() - t0})
         rec = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in tot.items()}, "seconds": time.perf_counter() - t0}
         rec["val_pair_accuracy"] = pair_accuracy(scorer, val_pairs) if val_pairs is not None else float("nan")
         rec["val_accuracy"] = choice_accuracy(scorer, val_groups)
@@ -243,7 +282,7 @@ def train(
         if score > best_score:
             best_score, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in state().items()}
-        checkpoint(epoch + 1, 0)
+        checkpoint(epoch + 1, 0, {})
     if best_state is not None:
         if shard is not None:
             shard.reshard()
@@ -255,5 +294,6 @@ def train(
         acc.end_training()
     if acc.is_main_process:
         (out / "history.json").write_text(json.dumps(history, indent=2))
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the saved heads are the result
+        for d in (ckpt_dir, ckpt_dir.with_name(ckpt_dir.name + ".old")):  # finished: the heads are the result
+            shutil.rmtree(d, ignore_errors=True)
     return history, best_epoch

@@ -19,6 +19,9 @@ from prefheads.headio import listed_files
 OWN_FILES = frozenset({"heads.json", "README.md", "fit_config.json", "metrics.jsonl", "history.json",
                        "layer_scores.json", "results.json", "layers.json", "layers.png", "stage.json"})
 OWN_DIRS = frozenset({"adapter", "backbone", "checkpoint", "layers"})
+# a checkpoint swap cut short leaves the previous checkpoint as checkpoint.old (resumed from) and,
+# killed mid-write, a temporary folder (removed when the run starts again)
+OWN_DIR_PATTERN = re.compile(r"checkpoint\.old|\.checkpoint\.tmp-.+")
 # options that change how a run executes, not what it produces (fsdp: the same result within float
 # tolerance, so a sharded run may resume in one process and the other way round)
 EXECUTION_ONLY = frozenset({"out", "overwrite", "resume", "save_every", "log_with", "cache_dir", "feature_cache",
@@ -35,7 +38,7 @@ def foreign_entries(folder: Path) -> list[str]:
     out = []
     for p in folder.iterdir():
         if p.is_dir() and not p.is_symlink():
-            ours = p.name in OWN_DIRS
+            ours = p.name in OWN_DIRS or bool(OWN_DIR_PATTERN.fullmatch(p.name))
         else:
             ours = p.name in OWN_FILES or p.name in listed or bool(re.fullmatch(r"\.(heads\.json|.+\.safetensors)\..+\.tmp", p.name))
         if not ours:
