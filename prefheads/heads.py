@@ -187,10 +187,13 @@ class RewardHead(nn.Module):
         self.reset_parameters()
 
     def _apply(self, fn: Any, recurse: bool = True) -> "RewardHead":
-        # every tensor a head holds is fp32: undo a floating-point cast, keep device moves
+        # every tensor a head holds is fp32: a floating-point cast keeps the original values
+        # (not rounded through the new dtype), a device move still moves them
         def keep_fp32(t: torch.Tensor) -> torch.Tensor:
             out = fn(t)
-            return out.float() if out.is_floating_point() and out.dtype != torch.float32 else out
+            if out.is_floating_point() and out.dtype != torch.float32:
+                return t.to(device=out.device, dtype=torch.float32)
+            return out
 
         return super()._apply(keep_fp32, recurse)
 

@@ -165,7 +165,10 @@ def test_heads_stay_fp32_when_the_model_is_cast(cast):
     pm = _pm_with_heads()
     pm.add_head("lp", "identity", score_input="logprob_mean", activate=False)
     pm.heads["arc"].fit_standardizer(torch.randn(10, 32) * 3 + 1)
+    before = {n: {k: v.clone() for k, v in h.state_dict().items()} for n, h in pm.heads.items()}
     getattr(pm, "to" if cast == "bfloat16" else cast)(*([torch.bfloat16] if cast == "bfloat16" else []))
+    for name, head in pm.heads.items():  # the values themselves, not rounded through the cast
+        assert all(torch.equal(v, before[name][k]) for k, v in head.state_dict().items()), name
     want = torch.bfloat16 if cast == "bfloat16" else torch.float16
     assert next(pm.backbone.parameters()).dtype == want
     for name, head in pm.heads.items():
