@@ -91,7 +91,7 @@ def run(stacking: bool, cfg, pm, cands, feats, out: Path) -> tuple[float, dict]:
     """Time ``_fit_auto`` with stacking on or off; returns ``(seconds, layer_scores.json)``."""
     import importlib
 
-    from prefheads.training.data import split
+    from prefheads.training.data import prompt_keys, split
 
     fit_mod = importlib.import_module("prefheads.training.fit")  # the module (the package exports fit())
 
@@ -99,7 +99,7 @@ def run(stacking: bool, cfg, pm, cands, feats, out: Path) -> tuple[float, dict]:
     fit_mod.frozen_features = lambda *a, **k: (feats, True)  # the backbone pass, already cached
     if "bench" in pm.heads:
         pm.remove_head("bench")
-    tr, va = split(len(cands), cfg.val_fraction, cfg.seed)
+    tr, va = split(len(cands), cfg.val_fraction, cfg.seed, keys=prompt_keys(cands))
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     fit_mod._fit_auto(cfg, pm, "bench", cands, tr, va, out, [None] * len(cands.completions), {}, progress=False)

@@ -50,6 +50,20 @@ def as_prompt(prompt: str | Prompt, system: str | None = None) -> Prompt:
     return [dict(m) for m in prompt]
 
 
+def broadcast(prompts: Any, completions: Any) -> tuple[list, list[str]]:
+    """Aligned ``(prompts, completions)`` lists: one completion string becomes a list, and one
+    prompt (a string or a message list) is repeated for every completion; what is neither a
+    prompt nor a list of prompts is a clear error (:func:`as_prompt`'s)."""
+    if isinstance(completions, str):
+        completions = [completions]
+    completions = list(completions)
+    if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
+        prompts = [prompts] * len(completions)
+    elif not isinstance(prompts, (list, tuple)) or not prompts:
+        as_prompt(prompts)
+    return list(prompts), completions
+
+
 def check_completion(text: str, name: str = "completion") -> str:
     """``text`` if it can be scored as an assistant reply; a clear error otherwise."""
     if not isinstance(text, str):

@@ -54,7 +54,7 @@ def test_layer_auto_chooses_on_validation_only_and_records_scores(tmp_path, monk
 
     seen = []
     real = fit_mod.split
-    monkeypatch.setattr(fit_mod, "split", lambda n, f, s: seen.append((n, f)) or real(n, f, s))
+    monkeypatch.setattr(fit_mod, "split", lambda n, f, s, **kw: seen.append((n, f)) or real(n, f, s, **kw))
     bb, tok = make_backbone("llama")
     pm = PreferenceModel.from_backbone(bb, tok, model_id="tiny/llama")
     res = fit(FitConfig(data=str(_data(tmp_path)), out=str(tmp_path / "o"), layer="auto", layers="0,2,-1",

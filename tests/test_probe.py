@@ -179,3 +179,34 @@ def test_nearly_collinear_scores_on_few_rows_still_solve():
     torch.testing.assert_close(q.T @ (y - fit_), torch.zeros(4, dtype=torch.float64), rtol=0, atol=1e-6)
     cands = cross_validate(x.float(), z[:, 0].float(), groups, [-1], folds=4, l2=[1e-3, 1.0], combo=z.float())
     assert all(0.0 <= cand.cv_accuracy <= 1.0 for cand in cands)
+
+
+def test_pairs_of_one_prompt_stay_on_one_side_of_the_split_and_of_each_fold():
+    """Several preference pairs of one conversation: validation (epoch, layer choice) and every
+    cross-validation fold must hold out whole prompts, never score a prompt training saw."""
+    from prefheads.training.data import Candidates, prompt_keys, split
+    from prefheads.training.probe import fold_parts
+
+    cands = Candidates()
+    for i in range(60):  # 20 prompts, 1-5 pairs each
+        prompt = [{"role": "user", "content": f"prompt {i % 20}"}]
+        base = len(cands.completions)
+        cands.prompts += [prompt, prompt]
+        cands.completions += [f"good {i}", f"bad {i}"]
+        cands.groups.append((base, [base + 1]))
+        cands.ids.append(str(i))
+    keys = prompt_keys(cands)
+    assert len(set(keys)) == 20
+    for seed in range(5):
+        tr, va = split(len(cands), 0.1, seed, keys=keys)
+        assert sorted(tr + va) == list(range(60)) and va and tr
+        assert not {keys[g] for g in tr} & {keys[g] for g in va}
+        parts = fold_parts(60, 5, seed, keys)
+        assert sorted(torch.cat(parts).tolist()) == list(range(60)) and len(parts) == 5
+        for p in parts:
+            held = {keys[g] for g in p.tolist()}
+            assert not held & {keys[g] for g in range(60) if g not in set(p.tolist())}
+    # distinct keys: the split and the folds without keys, unchanged
+    distinct = [str(i) for i in range(60)]
+    assert split(60, 0.1, 3, keys=distinct) == split(60, 0.1, 3)
+    assert all(torch.equal(a, b) for a, b in zip(fold_parts(60, 5, 3, distinct), fold_parts(60, 5, 3)))

@@ -54,7 +54,7 @@ def run_layers(task: str, base: str | None, data_dir: str | None, layers: str, p
     """Train a head per layer on one backbone pass, report validation accuracy per layer."""
     from prefheads.model import PreferenceModel
     from prefheads.training import FitConfig, fit
-    from prefheads.training.data import split
+    from prefheads.training.data import prompt_keys, split
     from prefheads.training.fit import training_candidates
 
     # one pure-DPH head per layer in the training loop, each scored on the same validation split
@@ -63,7 +63,7 @@ def run_layers(task: str, base: str | None, data_dir: str | None, layers: str, p
     pm = PreferenceModel.from_pretrained(base)
     cands = training_candidates(cfg)
     res = fit(cfg, pm=pm, cands=cands)
-    _, va = split(len(cands), cfg.val_fraction, cfg.seed)
+    _, va = split(len(cands), cfg.val_fraction, cfg.seed, keys=prompt_keys(cands))
     ref = logprob_accuracy(pm, cands.subset(va))
     scores = {int(k): v for k, v in json.loads((out / "layer_scores.json").read_text())["val_accuracy"].items()}
     report = {"task": task, "model": pm.model_id, "pooler": pooler, "n_train": res.n_train, "n_val": res.n_val,

@@ -26,7 +26,7 @@ from prefheads.hooks import check_layer, hook_module, num_layers
 from prefheads.model.folders import HeadFolders
 from prefheads.model.states import BackboneStates
 from prefheads.poolers import pooler_defaults
-from prefheads.types import Prompt, as_prompt
+from prefheads.types import Prompt, broadcast
 
 
 class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
@@ -348,7 +348,7 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
               head: str | None = None, **kw: Any) -> torch.Tensor:
         """Rewards ``[N]`` (fp32) of the given head for each (prompt, completion); a single prompt
         with several completions scores them as candidates of that prompt."""
-        prompts, completions = _broadcast(prompts, completions)
+        prompts, completions = broadcast(prompts, completions)
         h = self._get(head)
         was = h.training
         h.eval()
@@ -368,7 +368,7 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
         the same state (the base model, or one adapter): one per group of :meth:`head_groups`."""
         if not self.heads:
             raise ValueError("no head attached")
-        prompts, completions = _broadcast(prompts, completions)
+        prompts, completions = broadcast(prompts, completions)
         logprobs = kw.pop("logprobs", False)
         out = {}
         for adapter, names in self.head_groups():
@@ -391,14 +391,3 @@ class PreferenceModel(BackboneStates, HeadFolders, nn.Module):
         self.head_adapters.clear()
         self.head_folders.clear()
         return self.backbone
-
-
-def _broadcast(prompts: Any, completions: Any) -> tuple[list, list[str]]:
-    if isinstance(completions, str):
-        completions = [completions]
-    completions = list(completions)
-    if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
-        prompts = [prompts] * len(completions)
-    elif not isinstance(prompts, (list, tuple)) or not prompts:
-        as_prompt(prompts)  # a clear error for what is neither a prompt nor a list of prompts
-    return list(prompts), completions

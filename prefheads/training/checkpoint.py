@@ -116,3 +116,26 @@ def load_checkpoint(directory: Path, optimizer: torch.optim.Optimizer, scheduler
     weights = {k[2:]: v for k, v in tensors.items() if k.startswith("w.")}
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} if meta.pop("has_best") else None
     return weights, best, meta
+
+
+def recorded_choices(out: Path) -> dict[str, Any] | None:
+    """The data choices (``info["record"]``) that the checkpoint a resumed run in ``out``
+    continues recorded; None without one (``--layer auto`` runs keep one per layer)."""
+    for folder in [out / "checkpoint", *sorted(out.glob("layers/*/checkpoint"))]:
+        info = checkpoint_info(folder)
+        if info is not None and "record" in info:
+            return info["record"]
+    return None
+
+
+def cut_metrics(out: Path) -> None:
+    """Cut ``out/metrics.jsonl`` back to the step records the checkpoint a resumed run starts from
+    accounts for (none without a checkpoint): the steps run after it are run, and logged, again."""
+    info = checkpoint_info(out / "checkpoint")
+    keep = 0 if info is None else info.get("records")
+    path = out / "metrics.jsonl"
+    if keep is None or not path.is_file():  # a checkpoint of an earlier version: as it was
+        return
+    with path.open("rb") as f:
+        lines = [f.readline() for _ in range(keep)]
+    path.write_bytes(b"".join(lines))

@@ -8,8 +8,10 @@ are the special case of one dispreferred candidate.
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -102,12 +104,39 @@ def from_pairs(pairs: Sequence[PreferencePair], source: str = "") -> Candidates:
     return out
 
 
-def split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded (train, validation) split of ``range(n)``; validation is empty for fraction 0."""
-    idx = list(range(n))
-    random.Random(seed).shuffle(idx)
+def prompt_keys(cands: Candidates) -> list[str]:
+    """One key per group: its prompt (the messages as JSON), so that the groups of one prompt
+    (several preference pairs of one conversation) can be kept on one side of a split."""
+    return [json.dumps(cands.prompts[w], sort_keys=True, ensure_ascii=False) for w, _ in cands.groups]
+
+
+def split(n: int, val_fraction: float, seed: int,
+          keys: Sequence[Hashable] | None = None) -> tuple[list[int], list[int]]:
+    """Seeded (train, validation) split of ``range(n)``; validation is empty for fraction 0.
+
+    With ``keys`` (one per item, e.g. :func:`prompt_keys`), items that share a key fall on the
+    same side: validation never scores a prompt that training saw, so choosing an epoch or a layer
+    on it is not flattered by memorised prompts. Keys are drawn in a seeded order until about
+    ``val_fraction`` of the items are in validation. Where every key is distinct the split is the
+    one without keys.
+    """
     n_val = int(round(n * val_fraction)) if n > 1 else 0
     n_val = min(n_val, n - 1)
+    if keys is not None and len(keys) != n:
+        raise ValueError(f"{len(keys)} keys for {n} items")
+    if keys is not None and n_val and len(set(keys)) < n:
+        order = list(dict.fromkeys(keys))
+        random.Random(seed).shuffle(order)
+        size, held, count = Counter(keys), set(), 0
+        for k in order:
+            if count >= n_val:
+                break
+            if count + size[k] < n:  # training keeps at least one item
+                held.add(k)
+                count += size[k]
+        return [i for i in range(n) if keys[i] not in held], [i for i in range(n) if keys[i] in held]
+    idx = list(range(n))
+    random.Random(seed).shuffle(idx)
     return sorted(idx[n_val:]), sorted(idx[:n_val])
 
 

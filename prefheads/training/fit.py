@@ -17,10 +17,11 @@ from prefheads.hooks import auto_layers, parse_layers
 from prefheads.lmscores import all_scores
 from prefheads.poolers import is_multi_layer
 from prefheads.training.budget import within_budget
+from prefheads.training.checkpoint import cut_metrics, recorded_choices
 from prefheads.training.config import FitConfig
 from prefheads.training.lmscore import choose_score, settle
 from prefheads.training.loop import choice_accuracy
-from prefheads.training.data import Candidates, from_examples, from_pairs, split
+from prefheads.training.data import Candidates, from_examples, from_pairs, prompt_keys, split
 from prefheads.training.modes import MODES
 from prefheads.training.passes import (backbone_pass, encode_candidates, frozen_features, raw_features, reads_raw_view,
                                        score_values)
@@ -139,8 +140,8 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
 
         raise DataError("no training rows", file=cands.source or cfg.data or cfg.task)
     items, n_trunc = encode_candidates(pm, cands, cfg.truncation)  # every data problem surfaces here
-    cands, items, budget = within_budget(cfg, pm, cands, items, _recorded(cfg))
-    tr, va = split(len(cands), cfg.val_fraction, cfg.seed)
+    cands, items, budget = within_budget(cfg, pm, cands, items, recorded_choices(Path(cfg.out)) if cfg.resume else None)
+    tr, va = split(len(cands), cfg.val_fraction, cfg.seed, keys=prompt_keys(cands))
     init = _initial_head(pm, cfg.init_head, cfg.head_dropout) if cfg.init_head else None
     if init is not None:  # the saved head decides what is read and how: record that, not the defaults
         hc = init.config
@@ -197,7 +198,7 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
 
     main = is_main_process()  # of several processes, one writes (the others would truncate its files)
     if main and cfg.resume:
-        _resumed_metrics(out)
+        cut_metrics(out)
     with bar(progress and main) as pb, open(out / "metrics.jsonl" if main else os.devnull, "a" if cfg.resume else "w") as mf:
         steps = cfg.epochs * -(-len(tr) // cfg.batch_size)
         tid = pb.add_task(f"training ({cfg.mode})", total=steps)
@@ -224,35 +225,6 @@ def fit(cfg: FitConfig, pm: PreferenceModel | None = None, progress: bool = True
         pm.save_heads(out)
     return FitResult(out, name, history, best_epoch, len(tr), len(va), setup_s, train_s,
                      getattr(trainable, "cache_hit", False), data)
-
-
-def _recorded(cfg: FitConfig) -> dict[str, Any] | None:
-    """The data choices the checkpoint a resumed run continues recorded (None: no checkpoint)."""
-    from prefheads.training.checkpoint import checkpoint_info
-
-    if not cfg.resume:
-        return None
-    out = Path(cfg.out)
-    for folder in [out / "checkpoint", *sorted(out.glob("layers/*/checkpoint"))]:  # --layer auto: per layer
-        info = checkpoint_info(folder)
-        if info is not None and "record" in info:
-            return info["record"]
-    return None
-
-
-def _resumed_metrics(out: Path) -> None:
-    """Cut ``out/metrics.jsonl`` back to the step records the checkpoint a resumed run starts from
-    accounts for (none without a checkpoint): the steps run after it are run, and logged, again."""
-    from prefheads.training.checkpoint import checkpoint_info
-
-    info = checkpoint_info(out / "checkpoint")
-    keep = 0 if info is None else info.get("records")
-    path = out / "metrics.jsonl"
-    if keep is None or not path.is_file():  # a checkpoint of an earlier version: as it was
-        return
-    with path.open("rb") as f:
-        lines = [f.readline() for _ in range(keep)]
-    path.write_bytes(b"".join(lines))
 
 
 def _fit_auto(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates, tr: list[int], va: list[int],
@@ -367,7 +339,8 @@ def _fit_probe(cfg: FitConfig, pm: PreferenceModel, name: str, cands: Candidates
             combo_names = list(table)
             combo = torch.stack([table[n] for n in combo_names], 1)
     stacked = torch.stack([feats.states[l].float() for l in layers])
-    cands_cv = probe.cross_validate(stacked, values, groups, layers, folds=cfg.cv_folds, seed=cfg.seed, combo=combo)
+    cands_cv = probe.cross_validate(stacked, values, groups, layers, folds=cfg.cv_folds, seed=cfg.seed, combo=combo,
+                                    clusters=prompt_keys(cands))
     alone = {("combination" if c.combo else "score"): round(c.cv_accuracy, 4) for c in cands_cv if c.layer is None}
     if wanted == "all":
         cands_cv = [c for c in cands_cv if c.combo]

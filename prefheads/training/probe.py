@@ -32,7 +32,7 @@ The winner is refitted on all the training data.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -217,9 +217,30 @@ def _combination(z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.linalg.lstsq(zc[0], y[:, None]).solution[:, 0]
 
 
+def fold_parts(n: int, folds: int, seed: int, clusters: Sequence[Hashable] | None = None) -> list[torch.Tensor]:
+    """The held-out group indices of each of ``folds`` seeded folds over ``n`` groups.
+
+    With ``clusters`` (one key per group, e.g. its prompt), groups sharing a key are held out
+    together, so no fold scores a prompt its training part saw; where every key is distinct the
+    folds are those without keys.
+    """
+    k = max(2, min(folds, n))
+    gen = torch.Generator().manual_seed(seed)
+    if clusters is None or len(set(clusters)) == n:
+        return [p for p in torch.randperm(n, generator=gen).chunk(k) if len(p)]
+    keys = list(dict.fromkeys(clusters))
+    order = [keys[i] for i in torch.randperm(len(keys), generator=gen).tolist()]
+    fold_of = {key: f for f, chunk in enumerate(torch.arange(len(order)).chunk(min(k, len(order))))
+               for key in (order[i] for i in chunk.tolist())}
+    parts = [[] for _ in range(max(fold_of.values()) + 1)]
+    for g, key in enumerate(clusters):
+        parts[fold_of[key]].append(g)
+    return [torch.tensor(p) for p in parts if p]
+
+
 def cross_validate(states: torch.Tensor, s: torch.Tensor | None, groups: Groups, layers: Sequence[int], *,
                    folds: int = 5, l2: Sequence[float] = L2_GRID, seed: int = 0,
-                   combo: torch.Tensor | None = None) -> list[Candidate]:
+                   combo: torch.Tensor | None = None, clusters: Sequence[Hashable] | None = None) -> list[Candidate]:
     """Out-of-fold choice accuracy of every candidate.
 
     Args:
@@ -231,6 +252,8 @@ def cross_validate(states: torch.Tensor, s: torch.Tensor | None, groups: Groups,
         l2: The strengths λ searched.
         combo: ``[M, S]`` several raw LM scores, entered together (free weights) as a further
             variant: alone and beside each layer's state.
+        clusters: One key per group (its prompt): groups sharing one are held out together
+            (:func:`fold_parts`).
 
     Returns:
         Candidates in preference order for ties: the score alone (with a score), the scores'
@@ -238,8 +261,7 @@ def cross_validate(states: torch.Tensor, s: torch.Tensor | None, groups: Groups,
     """
     idx = padded_groups(groups)
     G = len(groups)
-    perm = torch.randperm(G, generator=torch.Generator().manual_seed(seed))
-    parts = [p for p in perm.chunk(max(2, min(folds, G))) if len(p)]
+    parts = fold_parts(G, folds, seed, clusters)
     variants = ["none"] + (["score"] if s is not None else []) + (["combo"] if combo is not None else [])
     hits = {v: torch.zeros(len(layers), len(l2), dtype=torch.float64) for v in variants}
     score_hits = combo_hits = 0.0
