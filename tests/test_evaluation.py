@@ -118,7 +118,10 @@ def test_pairs_count_a_tie_as_a_miss():
     scores = ChoiceScores(exs, logprob=[[1, 0], [0, 1], [2, 2], [3, 1]], logprob_sum=[[0, 0]] * 4)
     m = task_metrics(spec, scores)[0][LOGPROB]
     assert m["metrics"]["pair_accuracy"] == 0.5 and m["ties"] == 1
-    assert m["predicted"] == {"chosen": 3, "rejected": 1}
+    # the distribution agrees with the accuracy: the tie is shown as one, not as "chosen"
+    assert m["predicted"] == {"chosen": 2, "rejected": 1, "tie": 1}
+    flat = task_metrics(spec, ChoiceScores(exs, logprob=[[0, 0]] * 4, logprob_sum=[[0, 0]] * 4))[0][LOGPROB]
+    assert flat["metrics"]["pair_accuracy"] == 0.0 and flat["majority_choice"] == "tie"
 
 
 def test_calibration_only_for_separable_heads_and_matches_sigmoid():

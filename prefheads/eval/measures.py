@@ -109,10 +109,12 @@ def task_metrics(spec: TaskSpec, scores: ChoiceScores, separable: Sequence[str] 
         if spec.kind == "pairs":
             metrics = {"pair_accuracy": pair_accuracy([r[0] for r in table], [r[1] for r in table])}
             official = ["pair_accuracy"]
-            ties = sum(1 for r in table if r[0] == r[1])
+            # a tie is its own prediction (index 2, "tie"), as pair accuracy counts it: a miss
+            preds = [0 if r[0] > r[1] else 1 if r[1] > r[0] else 2 for r in table]
+            ties = preds.count(2)
         else:
             metrics, official = choice_metrics(spec, exs, preds)
-        dist = prediction_distribution(preds, names)
+        dist = prediction_distribution(preds, names + ["tie"] if spec.kind == "pairs" else names)
         block = {"score": float(np.mean([metrics[k] for k in official])), "metrics": metrics,
                  "official": official, "ties": ties, "predicted": dist["counts"],
                  "majority_choice": dist["majority_choice"], "majority_fraction": dist["majority_fraction"]}

@@ -6,6 +6,8 @@ Data location, in order: an explicit ``data_dir`` (``"bundled"`` for the small s
 
 from __future__ import annotations
 
+import math
+
 import os
 import random
 from collections.abc import Iterator
@@ -92,13 +94,15 @@ def _rows(spec: TaskSpec, split: str, data_dir: Any, path: Any, limit: int | Non
 
 def _resolve_label(spec: TaskSpec, src: SourceSpec, rec: Record, n_choices: int) -> tuple[int | None, dict[str, Any]]:
     raw = rec.label
-    if raw is None or raw == "" or (isinstance(raw, int) and not isinstance(raw, bool) and raw == -1):
-        return None, {}  # unlabelled: hub test splits hide labels as -1 or ""
+    if raw is None or raw == "" or (isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw == -1):
+        return None, {}  # unlabelled: hub test splits hide labels as -1 (-1.0 for STS-B scores) or ""
     if spec.label_kind == "score":
         try:
             score = float(raw)
         except (TypeError, ValueError):
             raise DataError(f"unknown label {raw!r}: expected a number", field=src.label) from None
+        if not math.isfinite(score):
+            raise DataError(f"score {raw!r} is not a finite number", field=src.label)
         idx = round(score)  # ties to even, like the reference code's round()
         if not 0 <= idx < n_choices:
             raise DataError(f"score {score} outside 0..{n_choices - 1}", field=src.label)
@@ -207,7 +211,10 @@ def collect(spec: TaskSpec, split: str, *, data_dir: Any = None, path: Any = Non
     of the whole split comes first.
     """
     out: Loaded[Any] = Loaded()
-    for name in _split_names(spec, split):
+    names = _split_names(spec, split)
+    if path is not None:  # one file is one split, read once (MNLI's eval would read it twice)
+        names = names[:1]
+    for name in names:
         part: Loaded[Any] = Loaded()
         it = iter_records(spec, name, data_dir=data_dir, path=path, skip_bad=skip_bad, out=part,
                           limit=None if shuffle else limit)
@@ -215,7 +222,7 @@ def collect(spec: TaskSpec, split: str, *, data_dir: Any = None, path: Any = Non
             items = list(it)
             random.Random(f"{seed}|{spec.name}|{name}").shuffle(items)
             part.extend(items[:limit] if limit is not None else items)
-        else:
+        elif limit != 0:
             for item in it:
                 part.append(item)
                 if limit is not None and len(part) >= limit:

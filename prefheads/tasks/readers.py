@@ -156,6 +156,9 @@ def read_race_dir(path: Path, **_: Any) -> Iterator[Row]:
             continue
         try:
             doc = json.loads(text)
+            if not isinstance(doc, dict):
+                yield Row(str(fp), 1, error=f"expected a JSON object, got {type(doc).__name__}", field="<json>")
+                continue
             article, qs, opts, ans = doc["article"], doc["questions"], doc["options"], doc["answers"]
         except json.JSONDecodeError as e:
             yield Row(str(fp), 1, error=f"malformed JSON ({e.msg})", field="<json>")
@@ -204,7 +207,7 @@ def read_squad_json(path: Path, **_: Any) -> Iterator[Row]:
 def read_mmlu_csv(path: Path, **_: Any) -> Iterator[Row]:
     """MMLU release: ``<subject>_<split>.csv`` files (question, A, B, C, D, answer letter), a
     folder of them or one file; rows shaped like ``cais/mmlu``."""
-    files = sorted(_need(path).glob("*.csv")) if path.is_dir() else [path]
+    files = sorted(path.glob("*.csv")) if _need(path).is_dir() else [path]
     for fp in files:
         subject = fp.stem.rsplit("_", 1)[0]
         text, bad = _decode_whole(fp)
