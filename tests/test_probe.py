@@ -202,10 +202,18 @@ def test_pairs_of_one_prompt_stay_on_one_side_of_the_split_and_of_each_fold():
         assert sorted(tr + va) == list(range(60)) and va and tr
         assert not {keys[g] for g in tr} & {keys[g] for g in va}
         parts = fold_parts(60, 5, seed, keys)
-        assert sorted(torch.cat(parts).tolist()) == list(range(60)) and len(parts) == 5
+        assert sorted(torch.cat(parts).tolist()) == list(range(60)) and len(parts) >= 2
         for p in parts:
             held = {keys[g] for g in p.tolist()}
             assert not held & {keys[g] for g in range(60) if g not in set(p.tolist())}
+    # a key of its own keeps its side and fold: one shared prompt moves its own items only
+    few = [str(i) for i in range(60)]
+    few[7] = few[40] = few[51] = "shared"
+    for seed in range(5):
+        tr0, va0 = split(60, 0.1, seed)
+        tr, va = split(60, 0.1, seed, keys=few)
+        assert {i for i in va0 if few[i] != "shared"} == {i for i in va if few[i] != "shared"}
+        assert len({i for i in (7, 40, 51) if i in va}) in (0, 3)
     # distinct keys: the split and the folds without keys, unchanged
     distinct = [str(i) for i in range(60)]
     assert split(60, 0.1, 3, keys=distinct) == split(60, 0.1, 3)

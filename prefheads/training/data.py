@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -116,28 +115,30 @@ def split(n: int, val_fraction: float, seed: int,
 
     With ``keys`` (one per item, e.g. :func:`prompt_keys`), items that share a key fall on the
     same side: validation never scores a prompt that training saw, so choosing an epoch or a layer
-    on it is not flattered by memorised prompts. Keys are drawn in a seeded order until about
-    ``val_fraction`` of the items are in validation. Where every key is distinct the split is the
-    one without keys.
+    on it is not flattered by memorised prompts. Each key goes where the split without keys puts
+    its first item (in data order), so items of a key of their own stay where they were.
     """
+    idx = list(range(n))
+    random.Random(seed).shuffle(idx)
     n_val = int(round(n * val_fraction)) if n > 1 else 0
     n_val = min(n_val, n - 1)
     if keys is not None and len(keys) != n:
         raise ValueError(f"{len(keys)} keys for {n} items")
-    if keys is not None and n_val and len(set(keys)) < n:
-        order = list(dict.fromkeys(keys))
-        random.Random(seed).shuffle(order)
-        size, held, count = Counter(keys), set(), 0
-        for k in order:
-            if count >= n_val:
-                break
-            if count + size[k] < n:  # training keeps at least one item
-                held.add(k)
-                count += size[k]
-        return [i for i in range(n) if keys[i] not in held], [i for i in range(n) if keys[i] in held]
-    idx = list(range(n))
-    random.Random(seed).shuffle(idx)
-    return sorted(idx[n_val:]), sorted(idx[:n_val])
+    if keys is None or not n_val or len(set(keys)) == n:
+        return sorted(idx[n_val:]), sorted(idx[:n_val])
+    held = set(idx[:n_val])
+    side: dict[Hashable, bool] = {}
+    for i in range(n):  # a key's first item in data order: its side is a fair draw
+        side.setdefault(keys[i], i in held)
+    va = sorted(i for i in idx if side[keys[i]])
+    tr = sorted(i for i in idx if not side[keys[i]])
+    if not va:  # no key's first item fell in validation: the first drawn item's key validates
+        first = keys[idx[0]]
+        tr, va = sorted(i for i in tr if keys[i] != first), sorted(i for i in tr if keys[i] == first)
+    if not tr:  # every key's first item fell in validation: the last drawn item's key trains
+        last = keys[idx[-1]]
+        tr, va = sorted(i for i in va if keys[i] == last), sorted(i for i in va if keys[i] != last)
+    return tr, va
 
 
 def choice_share(score: Mapping[int, float] | Sequence[float], groups: Sequence[tuple[int, list[int]]]) -> float:

@@ -221,21 +221,23 @@ def fold_parts(n: int, folds: int, seed: int, clusters: Sequence[Hashable] | Non
     """The held-out group indices of each of ``folds`` seeded folds over ``n`` groups.
 
     With ``clusters`` (one key per group, e.g. its prompt), groups sharing a key are held out
-    together, so no fold scores a prompt its training part saw; where every key is distinct the
-    folds are those without keys.
+    together, so no fold scores a prompt its training part saw: each key goes to the fold its
+    first group (in data order) has without keys, so groups of a key of their own keep their
+    fold.
     """
-    k = max(2, min(folds, n))
-    gen = torch.Generator().manual_seed(seed)
+    parts = [p for p in torch.randperm(n, generator=torch.Generator().manual_seed(seed)).chunk(max(2, min(folds, n)))
+             if len(p)]
     if clusters is None or len(set(clusters)) == n:
-        return [p for p in torch.randperm(n, generator=gen).chunk(k) if len(p)]
-    keys = list(dict.fromkeys(clusters))
-    order = [keys[i] for i in torch.randperm(len(keys), generator=gen).tolist()]
-    fold_of = {key: f for f, chunk in enumerate(torch.arange(len(order)).chunk(min(k, len(order))))
-               for key in (order[i] for i in chunk.tolist())}
-    parts = [[] for _ in range(max(fold_of.values()) + 1)]
-    for g, key in enumerate(clusters):
-        parts[fold_of[key]].append(g)
-    return [torch.tensor(p) for p in parts if p]
+        return parts
+    fold = {g: f for f, p in enumerate(parts) for g in p.tolist()}
+    fold_of: dict[Hashable, int] = {}
+    for g in range(n):  # a key's first group in data order: its fold is a fair draw
+        fold_of.setdefault(clusters[g], fold[g])
+    if len(set(fold_of.values())) < 2 <= len(fold_of):  # all in one fold: keys dealt round the folds
+        fold_of = {key: j % len(parts) for j, key in enumerate(fold_of)}
+    moved = [torch.tensor([g for p in parts for g in p.tolist() if fold_of[clusters[g]] == f], dtype=torch.long)
+             for f in range(len(parts))]
+    return [p for p in moved if len(p)]
 
 
 def cross_validate(states: torch.Tensor, s: torch.Tensor | None, groups: Groups, layers: Sequence[int], *,
