@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: an error prints one line (``--debug`` or ``PREFHEADS_DEBUG=1``: the traceback)."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        app(args=args, prog_name="prefheads", standalone_mode=False)
+        # without standalone mode click hands back a command's typer.Exit(n) as a return value
+        rc = app(args=args, prog_name="prefheads", standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:

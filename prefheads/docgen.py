@@ -29,7 +29,7 @@ def cli_markdown() -> str:
         if getattr(p, "param_type_name", "") == "option" and p.name != "help":
             metavar = f" {p.metavar}" if getattr(p, "metavar", None) else ""
             lines.append(f"- `prefheads {' / '.join(p.opts)}{metavar} <command> ...`: {(p.help or '').strip()}")
-    lines += ["", "Without `--debug` an error prints one line, `error: ...`, and exits with status 1.", ""]
+    lines += ["", "Without `--debug` an error prints one line, `error: ...`, and exits with status 1 (2 for a usage error or an unknown task, template, family or recipe).", ""]
     for name in group.list_commands(ctx):
         cmd = group.get_command(ctx, name)
         sub = click.Context(cmd, info_name=name, parent=ctx)

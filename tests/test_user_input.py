@@ -225,6 +225,15 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
     assert r.returncode != 0 and "Traceback" in r.stderr and "DataError" in r.stderr
 
 
+@pytest.mark.parametrize("args", [["zoo", "show", "no-such-family"], ["tasks", "show", "no-such-task"]])
+def test_a_command_ending_in_an_exit_status_gives_it_to_the_shell(args, capsys):
+    from prefheads.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code in (1, 2) and "error" in capsys.readouterr().err.lower()  # not 0
+
+
 # ------------------------------------------------------------------ the data a frozen run can afford
 def test_a_time_budget_caps_the_data_to_a_seeded_subset_and_says_so(tmp_path):
     res = _fit(tmp_path, tmp_path / "cap", time_budget=1e-9)
