@@ -132,3 +132,23 @@ def test_layers_command(tmp_path):
     rep = json.loads((tmp_path / "o" / "layers.json").read_text())
     assert set(rep["val_accuracy"]) == {"0", "1", "2", "-1"} and 0 <= rep["logprob_val_accuracy"] <= 1
     assert (tmp_path / "o" / "layers.png").stat().st_size > 1000
+
+
+def test_the_log_prob_reference_scores_the_heads_validation_questions_when_a_budget_cuts(tmp_path, monkeypatch):
+    """A time budget that keeps a share of the data: the reference must score that share's
+    validation questions, not a split of all the data (which holds the heads' training rows)."""
+    from prefheads.commands import layers as layers_cmd
+    from prefheads.training import budget
+
+    bb, tok = make_backbone("llama")
+    bb.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    monkeypatch.setenv("PREFHEADS_CACHE", str(tmp_path / "c"))
+    monkeypatch.setattr(budget, "affordable", lambda n, est, minutes: max(2, n // 4))
+    seen = []
+    real = layers_cmd.logprob_accuracy
+    monkeypatch.setattr(layers_cmd, "logprob_accuracy", lambda pm, c: seen.append(len(c)) or real(pm, c))
+    rep = layers_cmd.run_layers(f"pairs:{_data(tmp_path)}", str(tmp_path / "base"), None, "0,-1", "identity", None, 1,
+                                tmp_path / "o", 0)
+    assert rep["n_train"] + rep["n_val"] == 10  # a quarter of the 40 pairs
+    assert seen == [rep["n_val"]]

@@ -54,6 +54,7 @@ def run_layers(task: str, base: str | None, data_dir: str | None, layers: str, p
     """Train a head per layer on one backbone pass, report validation accuracy per layer."""
     from prefheads.model import PreferenceModel
     from prefheads.training import FitConfig, fit
+    from prefheads.training.budget import budget_share
     from prefheads.training.data import prompt_keys, split
     from prefheads.training.fit import training_candidates
 
@@ -63,7 +64,11 @@ def run_layers(task: str, base: str | None, data_dir: str | None, layers: str, p
     pm = PreferenceModel.from_pretrained(base)
     cands = training_candidates(cfg)
     res = fit(cfg, pm=pm, cands=cands)
+    # the questions the heads were validated on: those of the share a time budget kept, if it cut
+    cands = budget_share(cfg, cands, [None] * len(cands.completions), res.data)[0]
     _, va = split(len(cands), cfg.val_fraction, cfg.seed, keys=prompt_keys(cands))
+    if len(va) != res.n_val:
+        raise RuntimeError(f"the log-prob reference would score {len(va)} validation questions, the heads {res.n_val}")
     ref = logprob_accuracy(pm, cands.subset(va))
     scores = {int(k): v for k, v in json.loads((out / "layer_scores.json").read_text())["val_accuracy"].items()}
     report = {"task": task, "model": pm.model_id, "pooler": pooler, "n_train": res.n_train, "n_val": res.n_val,

@@ -87,7 +87,7 @@ def within_budget(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, items:
     if MODES.get(cfg.mode).trains_backbone or cfg.max_train is not None or not cfg.time_budget:
         return cands, items, {}
     if recorded is not None:
-        return _take(cfg, cands, items, recorded)
+        return budget_share(cfg, cands, items, recorded)
     cache = FeatureCache(cfg.cache_dir, cfg.cache_dtype) if cfg.feature_cache else None
 
     def due(rows: list[Any]) -> bool:  # a pass the feature cache has not paid for yet
@@ -111,12 +111,13 @@ def within_budget(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, items:
                 len(items), est.tokens, est.minutes, est.tokens_per_second,
                 "" if keep == len(cands) else f"; the {cfg.time_budget:g}-min budget covers {keep} of "
                 f"{len(cands)} examples (seeded subset; --max-train {keep} reruns it exactly)")
-    return _take(cfg, cands, items, info)
+    return budget_share(cfg, cands, items, info)
 
 
-def _take(cfg: FitConfig, cands: Candidates, items: list[Any], info: dict[str, Any]
+def budget_share(cfg: FitConfig, cands: Candidates, items: list[Any], info: dict[str, Any]
           ) -> tuple[Candidates, list[Any], dict[str, Any]]:
-    """The seeded subset of ``info``'s ``examples_used`` examples (all of them: as they are)."""
+    """The seeded subset of ``info``'s ``examples_used`` examples (all of them: as they are):
+    what a frozen run trained and validated on, given its record (``FitResult.data``)."""
     budget = info.get("budget") if info else None
     if not budget:  # nothing was capped (the passes were paid for): all the data
         return cands, items, {}
