@@ -424,6 +424,17 @@ def saved(tmp_path_factory):
     return root
 
 
+def test_cli_eval_refuses_what_it_would_ignore_and_quotes_names_whole(saved, tmp_path):
+    from prefheads.cli import app
+
+    common = ["eval", "--base", str(saved / "base"), "--task", "openbookqa", "--data-dir", "bundled",
+              "--max-eval", "2", "--no-progress"]
+    res = CliRunner().invoke(app, common + ["--examples-out", str(tmp_path / "ex.jsonl")])
+    assert res.exit_code != 0 and "--examples-out" in res.output and not (tmp_path / "ex.jsonl").exists()
+    res = CliRunner().invoke(app, common + ["--subset", "bogus"])
+    assert res.exit_code == 2 and "'bogus'" in res.output  # the closing quote kept
+
+
 def test_cli_eval_writes_results_and_compares(saved, tmp_path):
     from prefheads.cli import app
 

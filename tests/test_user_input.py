@@ -225,6 +225,13 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
     assert r.returncode != 0 and "Traceback" in r.stderr and "DataError" in r.stderr
 
 
+def test_a_negative_time_budget_is_refused():
+    from prefheads.training import FitConfig
+
+    with pytest.raises(ValueError, match="time_budget is in minutes, >= 0"):
+        FitConfig(task="glue/rte", time_budget=-1)
+
+
 @pytest.mark.parametrize("args", [["zoo", "show", "no-such-family"], ["tasks", "show", "no-such-task"]])
 def test_a_command_ending_in_an_exit_status_gives_it_to_the_shell(args, capsys):
     from prefheads.cli import main

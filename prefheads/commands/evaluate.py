@@ -50,6 +50,8 @@ def eval_command(
         raise typer.BadParameter(f"unexpected arguments {[str(f) for f in files]} (did you mean --compare?)")
     if not task:
         raise typer.BadParameter("--task is required (e.g. --task glue, --task glue/rte,boolq)")
+    if examples_out is not None and out is None:
+        raise typer.BadParameter("--examples-out is written beside the results: give --out too")
     if heads is not None:
         pm = load_heads(heads, base, allow_base_mismatch, names=head, load_in_4bit=load_in_4bit,
                         load_in_8bit=load_in_8bit)
@@ -65,7 +67,9 @@ def eval_command(
         typer.echo(f"error: {e}\n(pass --skip-missing to evaluate the tasks whose data is there)", err=True)
         raise typer.Exit(2) from None
     except (ValueError, KeyError) as e:  # unknown task, template or subset: the message says which
-        typer.echo(f"error: {str(e).strip(chr(34) + chr(39))}", err=True)
+        # a KeyError's str() is the repr of its message: unquote that, and only that
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        typer.echo(f"error: {msg}", err=True)
         raise typer.Exit(2) from None
     res = run.results
     console().print(comparison_table([res], title=f"{res['model']['id']}: {', '.join(res['tasks'])}"))

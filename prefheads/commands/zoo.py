@@ -101,7 +101,7 @@ def _zoo_app() -> typer.Typer:
             if family in cards:
                 typer.echo(cards[family].read_text(), nl=False)
                 return
-            typer.echo(f"error: {str(e).strip(chr(34) + chr(39))}", err=True)
+            typer.echo(f"error: {e.args[0] if e.args else e}", err=True)
             raise typer.Exit(2) from None
 
     return zoo
@@ -203,7 +203,7 @@ def _tasks_app() -> typer.Typer:
         try:
             spec = tasks.get_task(task)
         except KeyError as e:
-            typer.echo(f"error: {str(e).strip(chr(34) + chr(39))}", err=True)
+            typer.echo(f"error: {e.args[0] if e.args else e}", err=True)
             raise typer.Exit(2) from None
         d = tasks.describe(spec.name)
         lines = [f"# {spec.name} — {d['description']}", f"group: {d['group'] or '–'}    kind: {d['kind']}    "

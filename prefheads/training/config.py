@@ -197,6 +197,8 @@ class FitConfig:
         mode = MODES.get(self.mode)
         if self.dpo_weight < 0 or self.dph_weight < 0:
             raise ValueError("dpo_weight and dph_weight must be >= 0")
+        if self.time_budget < 0:
+            raise ValueError(f"time_budget is in minutes, >= 0 (0: no cap), got {self.time_budget}")
         if (self.load_in_4bit or self.load_in_8bit) and not mode.quantized:
             raise ValueError(f"quantized backbones train in {choices(quantized_modes())} mode only, not {self.mode}")
         if self.load_in_4bit and self.load_in_8bit:
