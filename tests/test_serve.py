@@ -102,6 +102,17 @@ def test_size_limits_are_413_and_unknown_head_404(client):
     assert r.status_code == 404
     r = client.post("/rerank", json={"prompt": "x", "n": 2, "temperature": -1})
     assert r.status_code == 422
+    # a chunked upload has no Content-Length: its size is checked when read
+    chunks = (piece.encode() for piece in ['{"prompt": "x", "candidates": ["', "a" * 100_000, '"]}'])
+    r = client.post("/score", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "body" in r.json()["detail"]
+
+
+def test_best_of_n_defaults_follow_the_servers_limits(client):
+    """A request that leaves n and max_new_tokens out gets the server's limits (4 and 16 here),
+    not a 413 for defaults (8, 128) it never asked for."""
+    body = client.post("/rerank", json={"prompt": PROMPT, "seed": 1}).json()
+    assert len(body["ranked"]) <= 4 and all(x["n_tokens"] <= 16 for x in body["ranked"])
 
 
 def test_rerank_samples_and_ranks(client, pm):
@@ -199,6 +210,20 @@ def test_metrics_are_prometheus_text(pm):
     assert "prefheads_batch_requests_count 2" in text and 'prefheads_batch_candidates_bucket{le="2"} 2' in text
     assert "# TYPE prefheads_queue_depth gauge" in text and "prefheads_queue_depth 0" in text
     assert "prefheads_model_loaded 1" in text
+
+
+def test_an_unhandled_error_is_counted_as_a_500(pm, monkeypatch):
+    app = create_app(pm, batching=False)
+    c = TestClient(app, raise_server_exceptions=False)
+
+    def boom(*a, **k):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(app.state.scorer, "score", boom)
+    assert c.post("/score", json={"prompt": PROMPT, "candidates": ["Paris"]}).status_code == 500
+    text = c.get("/metrics").text
+    app.state.scorer.close()
+    assert 'prefheads_requests_total{path="/score",code="500"} 1' in text
 
 
 def test_shutdown_finishes_queued_work_and_health_says_so(pm):

@@ -134,7 +134,13 @@ def create_app(pm: "PreferenceModel", max_candidates: int = 64, max_chars: int =
             response = JSONResponse({"detail": f"request body of {size} bytes exceeds the limit of {limit_body}"},
                                     status_code=413)
         else:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception:  # an unhandled error is a 500 the metrics must show too
+                path = getattr(request.scope.get("route"), "path", "other")
+                requests_total.inc(path=path, code="500")
+                latency.observe(time.perf_counter() - t0, path=path)
+                raise
         route = request.scope.get("route")
         path = getattr(route, "path", "other")  # the route, not the raw URL: bounded label values
         requests_total.inc(path=path, code=str(response.status_code))
@@ -143,8 +149,11 @@ def create_app(pm: "PreferenceModel", max_candidates: int = 64, max_chars: int =
 
     # ------------------------------------------------------------------ checks
     async def body_of(request: Request) -> Any:
+        raw = await request.body()
+        if len(raw) > limit_body:  # a chunked upload carries no Content-Length for the middleware to check
+            raise HTTPException(413, f"request body of {len(raw)} bytes exceeds the limit of {limit_body}")
         try:
-            body = json.loads(await request.body() or b"null")
+            body = json.loads(raw or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": f"JSON decode error: {e}",
                                            "input": {}}]) from None
@@ -262,6 +271,11 @@ def create_app(pm: "PreferenceModel", max_candidates: int = 64, max_chars: int =
 
     async def sample_and_rank(req: Any) -> dict[str, Any]:
         head = check_head(req.head)
+        # defaults a request did not set follow the server's limits; what it set is checked
+        if "n" not in req.model_fields_set:
+            req.n = min(req.n, max_candidates)
+        if "max_new_tokens" not in req.model_fields_set:
+            req.max_new_tokens = min(req.max_new_tokens, max_new_tokens)
         if req.n > max_candidates:
             raise HTTPException(413, f"n={req.n} exceeds the limit of {max_candidates} samples")
         if req.max_new_tokens > max_new_tokens:
