@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 import torch
@@ -210,6 +211,34 @@ def test_metrics_are_prometheus_text(pm):
     assert "prefheads_batch_requests_count 2" in text and 'prefheads_batch_candidates_bucket{le="2"} 2' in text
     assert "# TYPE prefheads_queue_depth gauge" in text and "prefheads_queue_depth 0" in text
     assert "prefheads_model_loaded 1" in text
+
+
+def test_without_batching_max_queue_and_shutdown_still_hold(pm):
+    """--no-batching: requests waiting for the model lock count against max_queue (503 past
+    it), and after shutdown new requests are refused as /health says."""
+    from prefheads.infer.batching import BatchSettings
+
+    app = create_app(pm, batching=False, batch=BatchSettings(max_queue=1))
+    c = TestClient(app)
+    scorer = app.state.scorer
+    scorer._lock.acquire()  # a pass in progress
+    try:
+        waiting = threading.Thread(target=scorer._score, args=([PROMPT], ["Paris"]))
+        waiting.start()
+        for _ in range(200):
+            if scorer.depth == 1:
+                break
+            time.sleep(0.01)
+        assert scorer.depth == 1 and c.get("/health").json()["queue_depth"] == 1
+        r = c.post("/score", json={"prompt": PROMPT, "candidates": ["Rome"]})
+        assert r.status_code == 503 and r.headers["retry-after"].isdigit()
+    finally:
+        scorer._lock.release()
+    waiting.join(30)
+    assert c.post("/score", json={"prompt": PROMPT, "candidates": ["Rome"]}).status_code == 200
+    scorer.close()
+    assert c.get("/health").status_code == 503
+    assert c.post("/score", json={"prompt": PROMPT, "candidates": ["Rome"]}).status_code == 503
 
 
 def test_an_unhandled_error_is_counted_as_a_500(pm, monkeypatch):

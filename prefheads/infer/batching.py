@@ -352,29 +352,53 @@ class Serial:
     Args:
         pm: The model (its own ``shared_prefix`` setting is used, as ``pm.score_all_heads`` does).
         on_pass: As for :class:`Batcher` (``requests`` is always 1).
+        max_queue: Most requests waiting for the lock; past it new ones are refused
+            (:class:`QueueFull`, a 503), as :class:`Batcher`'s queue does. After :meth:`close`
+            new requests are refused (:class:`Closed`).
     """
 
-    def __init__(self, pm: PreferenceModel, on_pass: OnPass | None = None) -> None:
+    def __init__(self, pm: PreferenceModel, on_pass: OnPass | None = None, max_queue: int = 256) -> None:
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         self.pm = pm
         self.on_pass = on_pass
+        self.max_queue = max_queue
         self._lock = threading.Lock()
-        self.depth = 0  # no queue of its own: waiting requests hold handler threads
+        self._count = threading.Lock()
+        self.depth = 0  # requests waiting for the lock (each holds a handler thread)
         self.alive = True
+        self._seconds = 1.0  # the last pass's duration: the Retry-After estimate
+
+    def _enter(self) -> None:
+        with self._count:
+            if not self.alive:
+                raise Closed("the server is shutting down")
+            if self.depth >= self.max_queue:
+                raise QueueFull(self.depth, max(1, math.ceil(self._seconds * self.depth)))
+            self.depth += 1
+
+    def _leave(self) -> None:
+        with self._count:
+            self.depth -= 1
 
     def _score(self, prompts: Sequence[Any], candidates: Sequence[str], heads: Sequence[str] | None = None) -> Scored:
+        self._enter()
         with self._lock:
+            self._leave()  # waiting is over: this request runs
             t0 = time.perf_counter()
             items = encode_all(self.pm, prompts, candidates)
             rewards = score_items(self.pm, items, heads=heads_to_score(self.pm, heads),
                                   shared_prefix=self.pm.shared_prefix)
-            seconds = time.perf_counter() - t0
+            seconds = self._seconds = time.perf_counter() - t0
         tokens = sum(len(it.ids) for it in items)
         if self.on_pass is not None:
             self.on_pass(1, len(items), tokens, seconds)
         return Scored({h: v.tolist() for h, v in rewards.items()}, tokens)
 
     def _run(self, fn: Callable[[], Any]) -> Any:
+        self._enter()
         with self._lock:
+            self._leave()
             return fn()
 
     async def score(self, prompts: Sequence[Any], candidates: Sequence[str],
@@ -391,5 +415,6 @@ class Serial:
         return await anyio.to_thread.run_sync(self._run, fn)
 
     def close(self, timeout: float | None = None) -> None:
-        """Nothing to stop: requests finish in their own threads."""
-        self.alive = False
+        """Refuse new requests; those already running or waiting finish in their own threads."""
+        with self._count:
+            self.alive = False

@@ -82,7 +82,7 @@ def create_app(pm: "PreferenceModel", max_candidates: int = 64, max_chars: int =
     from pydantic import ValidationError
 
     from prefheads.infer import promtext
-    from prefheads.infer.batching import Batcher, Closed, QueueFull, Serial
+    from prefheads.infer.batching import Batcher, BatchSettings, Closed, QueueFull, Serial
     from prefheads.infer.rerank import GenerationSettings, generate_candidates, rank
     from prefheads.infer.shapes import (PairScoreRequest, RerankRequest, SampleRequest, ScoreRequest, pair_score_response,
                                   rerank_response, shape_of)
@@ -113,7 +113,8 @@ def create_app(pm: "PreferenceModel", max_candidates: int = 64, max_chars: int =
         pass_tokens.observe(n_tokens)
         pass_seconds.observe(seconds)
 
-    scorer = Batcher(pm, batch, on_pass=on_pass) if batching else Serial(pm, on_pass=on_pass)
+    scorer = (Batcher(pm, batch, on_pass=on_pass) if batching
+              else Serial(pm, on_pass=on_pass, max_queue=(batch or BatchSettings()).max_queue))
     reg.add(promtext.Gauge("prefheads_queue_depth", "Requests waiting for the model.", lambda: scorer.depth))
     reg.add(promtext.Gauge("prefheads_model_loaded", "1 while the model serves requests.", lambda: int(scorer.alive)))
 
