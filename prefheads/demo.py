@@ -29,7 +29,8 @@ def print_summary(summary: dict[str, Any], title: str, choice_names: list[str] |
 
 
 def run_demo(out: Path = Path("runs/demo"), max_train: int | None = None, max_eval: int | None = None,
-             epochs: int = 10, seed: int = 0, base: str | None = None, progress: bool = True) -> dict[str, Any]:
+             epochs: int = 10, seed: int = 0, base: str | None = None, progress: bool = True,
+             overwrite: bool = False) -> dict[str, Any]:
     """Fit the default head on the bundled OpenBookQA slice and evaluate it against log-prob.
 
     Uses the bundled SmolLM2-135M-Instruct (or ``base``), 1,000 training and 500 test questions
@@ -48,7 +49,7 @@ def run_demo(out: Path = Path("runs/demo"), max_train: int | None = None, max_ev
     t0 = time.perf_counter()
     pm = PreferenceModel.from_pretrained(base)
     cfg = FitConfig(base=base, task="openbookqa", data_dir="bundled", out=str(out), epochs=epochs,
-                    seed=seed, max_train=max_train)
+                    seed=seed, max_train=max_train, overwrite=overwrite)
     res = fit(cfg, pm=pm, progress=progress)
     best = res.history[res.best_epoch - 1]
     hc = pm.heads[res.head_name].config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from typer.testing import CliRunner
 import torch
 
 from conftest import make_backbone
@@ -152,3 +153,14 @@ def test_the_log_prob_reference_scores_the_heads_validation_questions_when_a_bud
                                 tmp_path / "o", 0)
     assert rep["n_train"] + rep["n_val"] == 10  # a quarter of the 40 pairs
     assert seen == [rep["n_val"]]
+    # other options into the same folder: refused, naming --overwrite, which the command has
+    with pytest.raises(Exception, match="--overwrite"):
+        layers_cmd.run_layers(f"pairs:{_data(tmp_path)}", str(tmp_path / "base"), None, "0", "identity", None, 1,
+                              tmp_path / "o", 0)
+    rep = layers_cmd.run_layers(f"pairs:{_data(tmp_path)}", str(tmp_path / "base"), None, "0", "identity", None, 1,
+                                tmp_path / "o", 0, overwrite=True)
+    assert set(rep["val_accuracy"]) == {0}
+    from prefheads.cli import app
+
+    assert "--overwrite" in CliRunner().invoke(app, ["layers", "--help"]).output
+    assert "--overwrite" in CliRunner().invoke(app, ["demo", "--help"]).output

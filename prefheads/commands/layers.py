@@ -50,7 +50,7 @@ def plot_layers(scores: dict[int, float], reference: float, path: Path, title: s
 
 
 def run_layers(task: str, base: str | None, data_dir: str | None, layers: str, pooler: str, max_train: int | None,
-               epochs: int, out: Path, seed: int) -> dict[str, Any]:
+               epochs: int, out: Path, seed: int, overwrite: bool = False) -> dict[str, Any]:
     """Train a head per layer on one backbone pass, report validation accuracy per layer."""
     from prefheads.model import PreferenceModel
     from prefheads.training import FitConfig, fit
@@ -60,7 +60,8 @@ def run_layers(task: str, base: str | None, data_dir: str | None, layers: str, p
 
     # one pure-DPH head per layer in the training loop, each scored on the same validation split
     cfg = FitConfig(base=base, task=task, data_dir=data_dir, layer="auto", layers=layers, pooler=pooler,
-                    max_train=max_train, epochs=epochs, out=str(out), seed=seed, solver="adamw", lm_score="none")
+                    max_train=max_train, epochs=epochs, out=str(out), seed=seed, solver="adamw", lm_score="none",
+                    overwrite=overwrite)
     pm = PreferenceModel.from_pretrained(base)
     cands = training_candidates(cfg)
     res = fit(cfg, pm=pm, cands=cands)
@@ -93,12 +94,13 @@ def register(app: typer.Typer) -> None:
         epochs: Annotated[int, typer.Option(help="Epochs per layer head.")] = 10,
         out: Annotated[Path, typer.Option(help="Output folder (head, layers.json, layers.png).")] = Path("runs/layers"),
         seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+        overwrite: Annotated[bool, typer.Option(help="Replace what an earlier run with other options left in --out.")] = False,
     ) -> None:
         """Validation accuracy of a DPH head at every layer (one backbone pass), vs log-prob; PNG + JSON."""
         from rich.console import Console
         from rich.table import Table
 
-        rep = run_layers(task, base, data_dir, layer_spec, pooler, max_train, epochs, out, seed)
+        rep = run_layers(task, base, data_dir, layer_spec, pooler, max_train, epochs, out, seed, overwrite)
         t = Table(title=f"{task}: validation accuracy per layer ({rep['n_val']} examples)")
         t.add_column("layer")
         t.add_column("DPH")
