@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from prefheads.infer import batching
-from prefheads.infer.batching import BatchSettings, Batcher, Closed, QueueFull, Serial
+from prefheads.infer.batching import BatchSettings, Batcher, Closed, QueueFull
+from prefheads.infer.serial import Serial
 
 REQUESTS = [
     ("Question: what is the capital of France?", ["Paris", "London", "Rome"]),

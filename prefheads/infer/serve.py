@@ -82,7 +82,8 @@ def create_app(pm: "PreferenceModel", max_candidates: int = 64, max_chars: int =
     from pydantic import ValidationError
 
     from prefheads.infer import promtext
-    from prefheads.infer.batching import Batcher, BatchSettings, Closed, QueueFull, Serial
+    from prefheads.infer.batching import Batcher, BatchSettings, Closed, QueueFull
+    from prefheads.infer.serial import Serial
     from prefheads.infer.rerank import GenerationSettings, generate_candidates, rank
     from prefheads.infer.shapes import (PairScoreRequest, RerankRequest, SampleRequest, ScoreRequest, pair_score_response,
                                   rerank_response, shape_of)
