@@ -34,7 +34,7 @@ import re
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
@@ -63,29 +63,23 @@ def _version() -> str:
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` in one ``os.replace`` (fsynced; the mode a plain open() gives)."""
-    # not tempfile.mkstemp: its files are 0600, while a head folder should read like any other
-    # output, with the mode a plain open() gives under the process umask
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        f.write(data)
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], encoding: str = "utf-8") -> Iterator[TextIO]:
-    """A text file to stream into that appears at ``path`` only once the block finishes (fsynced,
-    then one ``os.replace``); on an error the temporary file is removed and ``path`` is untouched."""
+def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+    """A file to stream into (``mode`` ``"w"`` or ``"wb"``) that appears at ``path`` only once the
+    block finishes (fsynced, then one ``os.replace``); on an error the temporary file is removed
+    and ``path`` is untouched."""
+    # not tempfile.mkstemp: its files are 0600, while a head folder should read like any other
+    # output, with the mode a plain open() gives under the process umask
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
-        with open(tmp, "x", encoding=encoding) as f:
+        with open(tmp, mode.replace("w", "x"), encoding=None if "b" in mode else encoding) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -117,12 +117,12 @@ class HeadFolders:
                 raise headio.HeadFileError(f"{where}: {e} (base {config['base'].get('model_id')!r})") from e
         reads = {n: headio.recorded_adapter(config, n) for n in loaded}
         paths = {rel: headio.adapter_path(directory, rel, where) for rel in dict.fromkeys(reads.values()) if rel}
-        _check_adapter_digests(config, reads, paths)
+        digests = _checked_adapter_digests(config, reads, paths)
         if paths:
             self.pin()  # heads attached already keep reading what they read now
         label = directory.resolve().name
         try:
-            bound = {rel: self.load_adapter(p, label if rel == "adapter" else f"{label}-{p.name}")
+            bound = {rel: self.load_adapter(p, label if rel == "adapter" else f"{label}-{p.name}", digests[rel])
                      for rel, p in paths.items()}
         except Exception:
             self.prune_adapters()  # all or nothing: no adapter stays loaded for heads that did not load
@@ -173,20 +173,24 @@ class HeadFolders:
                 "and read the fine-tuned backbone saved there; load each folder into its own PreferenceModel")
 
 
-def _check_adapter_digests(config: dict[str, Any], reads: dict[str, str | None], paths: dict[str, Path]) -> None:
-    """Each adapter folder must hold what ``heads.json`` recorded for the heads that read it.
+def _checked_adapter_digests(config: dict[str, Any], reads: dict[str, str | None],
+                             paths: dict[str, Path]) -> dict[str, str]:
+    """The digest of each adapter folder (read once: loading it reuses it), which must be what
+    ``heads.json`` recorded for the heads that read it.
 
     A save writes a head's adapter before it swaps ``heads.json``: one stopped in between leaves
     the previous heads beside a rewritten adapter, refused here rather than read as a mix.
     Folders written before digests were recorded are not checked.
     """
+    digests = {rel: adapter_digest(p) for rel, p in paths.items()}
     for name, rel in reads.items():
         want = config["heads"][name].get("adapter_sha256") if rel else None
         if want is None:
             continue
-        got = adapter_digest(paths[rel])
+        got = digests[rel]
         if got != want:
             raise headio.HeadFileError(
                 f"{paths[rel]}: the adapter's files do not match what heads.json records for head {name!r} "
                 f"(sha256 {got[:12]}…, recorded {want[:12]}…): a save into this folder stopped before it "
                 "finished, or the files were changed; save the heads again")
+    return digests

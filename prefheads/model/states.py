@@ -64,7 +64,7 @@ class BackboneStates:
         for name in self.heads:
             self.head_adapters.setdefault(name, now)
 
-    def load_adapter(self, path: Path, label: str) -> str:
+    def load_adapter(self, path: Path, label: str, digest: str | None = None) -> str:
         """Load the peft adapter saved in ``path`` into the backbone; returns its name.
 
         An adapter whose files are identical to one loaded already is not loaded again: its name is
@@ -74,7 +74,7 @@ class BackboneStates:
         model's, and only a pass that reads the adapter (:meth:`reading`) turns it on. A backbone
         with an adapter in training (:meth:`new_adapter`) is left running it.
         """
-        digest = adapter_digest(path)
+        digest = digest or adapter_digest(path)
         for name, d in self.adapter_digests.items():
             if d == digest and is_peft(self.backbone) and name in self.backbone.peft_config:
                 return name

@@ -114,8 +114,8 @@ def within_budget(cfg: FitConfig, pm: PreferenceModel, cands: Candidates, items:
     return budget_share(cfg, cands, items, info)
 
 
-def budget_share(cfg: FitConfig, cands: Candidates, items: list[Any], info: dict[str, Any]
-          ) -> tuple[Candidates, list[Any], dict[str, Any]]:
+def budget_share(cfg: FitConfig, cands: Candidates, items: list[Any],
+                 info: dict[str, Any]) -> tuple[Candidates, list[Any], dict[str, Any]]:
     """The seeded subset of ``info``'s ``examples_used`` examples (all of them: as they are):
     what a frozen run trained and validated on, given its record (``FitResult.data``)."""
     budget = info.get("budget") if info else None

@@ -136,6 +136,8 @@ def cut_metrics(out: Path) -> None:
     path = out / "metrics.jsonl"
     if keep is None or not path.is_file():  # a checkpoint of an earlier version: as it was
         return
+    from prefheads.headio import atomic_write
+
     with path.open("rb") as f:
         lines = [f.readline() for _ in range(keep)]
-    path.write_bytes(b"".join(lines))
+    atomic_write(path, b"".join(lines))  # a kill mid-cut leaves the records as they were
